@@ -1,0 +1,72 @@
+//! Identifiers derived from the build's inputs, so that the same inputs give the
+//! same disk signature, GUIDs, filesystem UUIDs and volume IDs on every build.
+
+use sha2::{Digest, Sha256};
+
+/// 32 bytes derived from a seed (a hash of the build's inputs) and a purpose
+/// string ("gpt-disk", "data-uuid", ...). Different purposes give unrelated values.
+pub fn derive(seed: &[u8], purpose: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"nodeimg-id\0");
+    h.update(purpose.as_bytes());
+    h.update(b"\0");
+    h.update(seed);
+    h.finalize().into()
+}
+
+/// A random-looking (version 4, RFC 4122 variant) UUID in its on-disk byte order
+/// as written by `uuid_to_string` (big-endian fields).
+pub fn uuid(seed: &[u8], purpose: &str) -> [u8; 16] {
+    let d = derive(seed, purpose);
+    let mut u = [0u8; 16];
+    u.copy_from_slice(&d[..16]);
+    u[6] = (u[6] & 0x0f) | 0x40;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    u
+}
+
+/// A non-zero 32-bit value (MBR disk signature, FAT volume ID).
+pub fn u32_id(seed: &[u8], purpose: &str) -> u32 {
+    let d = derive(seed, purpose);
+    let v = u32::from_le_bytes([d[0], d[1], d[2], d[3]]);
+    if v == 0 {
+        1
+    } else {
+        v
+    }
+}
+
+/// "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", bytes in the given order.
+pub fn uuid_to_string(u: &[u8; 16]) -> String {
+    let h = hex::encode(u);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_id_and_purposes_differ() {
+        assert_eq!(uuid(b"s", "a"), uuid(b"s", "a"));
+        assert_ne!(uuid(b"s", "a"), uuid(b"s", "b"));
+        assert_ne!(u32_id(b"s", "a"), u32_id(b"t", "a"));
+    }
+
+    #[test]
+    fn uuid_has_version_and_variant_bits() {
+        let u = uuid(b"seed", "x");
+        assert_eq!(u[6] >> 4, 4);
+        assert_eq!(u[8] >> 6, 0b10);
+        let s = uuid_to_string(&u);
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+    }
+}

@@ -1,0 +1,14 @@
+//! nodeimg: builds immutable, reproducible OS images for small k3s clusters
+//! (Raspberry Pi 4, QEMU, postmarketOS phones) without root, `mount` or loop devices.
+//!
+//! The pipeline (see `build`) reads top to bottom:
+//! board + cluster config + rootfs -> tree -> filesystems -> disk image -> outputs.
+#![forbid(unsafe_code)]
+
+pub mod board;
+pub mod build;
+pub mod cli;
+pub mod disk;
+pub mod fs;
+pub mod ids;
+pub mod tree;
