@@ -1,1 +1,537 @@
-//! (being written)
+//! The build pipeline, top to bottom:
+//!
+//! 1. load the board; read the rootfs into a tree
+//! 2. find the kernel, modules, device trees, firmware and busybox in it
+//! 3. compose the initramfs; compose the system tree (overlays, usr-merge, factory /etc)
+//! 4. make the filesystems: squashfs of /usr, FAT boot, ext4 data
+//! 5. assemble the disk image; write build.json and SHA256SUMS; publish
+//!
+//! Each stage takes plain data from the one before.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::board::{BootMethod, Board, DataDir, Table};
+use crate::cli::BuildArgs;
+use crate::disk::gpt::{self, GptPart};
+use crate::disk::layout::{self, human, parse_size, PartKind, PartSpec, Placed, TableKind};
+use crate::disk::{image, mbr};
+use crate::fs::{cpio, ext4, fat, squashfs};
+use crate::ids;
+use crate::initramfs;
+use crate::output::{self, Staging};
+use crate::progress::Progress;
+use crate::tree::{self, lookup, reader, transform, Data, Kind, Tree};
+
+const SECTOR: u64 = 512;
+
+/// `nodeimg build`.
+pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
+    let (board, board_bytes) = data.load(&args.board)?;
+    let sizes = board.sizes()?;
+    let total = match &args.size {
+        Some(s) => parse_size(s).with_context(|| format!("--size {s:?}"))?,
+        None => sizes.default_size,
+    };
+    let progress = Progress::new();
+
+    progress.step(format!("reading rootfs {}", args.rootfs.display()));
+    let rootfs_file_sha256 = if args.rootfs.is_file() {
+        Some(output::sha256_file(&args.rootfs)?)
+    } else {
+        None
+    };
+    let mut rootfs = reader::read_rootfs(&args.rootfs)
+        .with_context(|| format!("reading rootfs {}", args.rootfs.display()))?;
+    let epoch = match source_date_epoch()? {
+        Some(e) => e,
+        None => rootfs.newest_mtime(),
+    };
+    rootfs.clamp_mtimes(epoch);
+    let rootfs_digest = tree_digest(&rootfs);
+    let seed = seed(&board_bytes, &rootfs_digest, epoch);
+
+    progress.step("finding kernel, modules and boot files");
+    let found = locate(&board, &rootfs)?;
+
+    progress.step("composing the initramfs");
+    let initramfs_tree = initramfs::compose(&initramfs::Inputs {
+        rootfs: &rootfs,
+        busybox: &found.busybox,
+        modules_dir: &found.modules_dir,
+        kernel_release: &found.kernel_release,
+        modules: &board.initramfs.modules,
+        overlay: &data.overlay_dir("initramfs"),
+        mtime: epoch,
+    })
+    .context("composing the initramfs")?;
+
+    progress.step("composing the system tree");
+    let (usr, data_tree) = compose_system(data, &board, rootfs, epoch)?;
+
+    let plan = plan_disk(&board, total)?;
+    let cmdline = kernel_cmdline(&board, &plan.disk_id(&seed));
+
+    let staging = Staging::create(&args.output, &board.name)?;
+    progress.step(format!(
+        "writing the initramfs ({} files)",
+        initramfs_tree.len()
+    ));
+    let initrd_path = staging.work("initramfs.cpio.gz");
+    cpio::write_gzip(&initramfs_tree, &initrd_path).context("writing the initramfs")?;
+
+    progress.step(format!("writing the system squashfs ({} files)", usr.len()));
+    let squash_path = staging.work("system.squashfs");
+    let squash_size = squashfs::write(&usr, &squash_path, epoch_u32(epoch))
+        .context("writing the system squashfs")?;
+    let system_slot = &plan.parts[1];
+    if squash_size > system_slot.size {
+        bail!(
+            "the system image (/usr of the rootfs, compressed) is {} but the system partition holds {}; \
+             raise disk.system_size in boards/{}.toml or slim the rootfs",
+            human(squash_size),
+            human(system_slot.size),
+            board.name
+        );
+    }
+
+    progress.step("writing the boot partition");
+    let initrd = std::fs::read(&initrd_path)
+        .with_context(|| format!("reading {}", initrd_path.display()))?;
+    let boot_files = boot_files(&board, &found, &initrd, &cmdline);
+    let boot_path = staging.work("boot.vfat");
+    fat::write(
+        &boot_path,
+        plan.parts[0].size,
+        &fat::FatOptions {
+            volume_id: ids::u32_id(&seed, "boot-volume-id"),
+            label: "NODEIMGBOOT".to_string(),
+        },
+        &boot_files,
+    )
+    .context("writing the boot partition")?;
+
+    progress.step("writing the data partition");
+    let data_part = &plan.parts[3];
+    let data_path = staging.work("data.ext4");
+    ext4::write(
+        &data_path,
+        data_part.size,
+        &ext4::Ext4Options {
+            uuid: ids::uuid(&seed, "data-fs-uuid"),
+            hash_seed: ids::uuid(&seed, "data-fs-hash-seed"),
+            label: "nodeimg-data".to_string(),
+            mtime: epoch,
+        },
+        &data_tree,
+    )
+    .context("writing the data partition")?;
+
+    progress.step(format!("assembling the {} disk image", human(total)));
+    let image_name = format!("{}.img", board.name);
+    let image_path = staging.output(&image_name);
+    let tables = plan.tables(&seed, total)?;
+    let blobs: Vec<(u64, &[u8])> = tables.iter().map(|(o, b)| (*o, b.as_slice())).collect();
+    let parts: Vec<(u64, u64, &Path)> = vec![
+        (plan.parts[0].start, plan.parts[0].size, boot_path.as_path()),
+        (system_slot.start, system_slot.size, squash_path.as_path()),
+        (data_part.start, data_part.size, data_path.as_path()),
+    ];
+    image::assemble(&image_path, total, &blobs, &parts).context("assembling the disk image")?;
+
+    progress.step("writing build.json and SHA256SUMS");
+    let manifest = Manifest {
+        nodeimg_version: env!("CARGO_PKG_VERSION"),
+        board: board.name.clone(),
+        board_sha256: hex::encode(Sha256::digest(&board_bytes)),
+        source_date_epoch: epoch,
+        rootfs: RootfsInput {
+            name: args
+                .rootfs
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            sha256: rootfs_file_sha256,
+            tree_sha256: hex::encode(rootfs_digest),
+        },
+        kernel: KernelInfo {
+            path: format!("/{}", found.kernel),
+            release: found.kernel_release.clone(),
+            cmdline: cmdline.clone(),
+            initramfs_modules: board.initramfs.modules.clone(),
+        },
+        disk: DiskInfo {
+            table: match board.disk.table {
+                Table::Mbr => "mbr",
+                Table::Gpt => "gpt",
+            },
+            size: total,
+            id: plan.disk_id(&seed),
+            partitions: plan
+                .parts
+                .iter()
+                .zip(["vfat", "squashfs", "none", "ext4"])
+                .map(|(p, fs)| PartInfo {
+                    number: p.number,
+                    name: p.name.clone(),
+                    start: p.start,
+                    size: p.size,
+                    filesystem: fs,
+                })
+                .collect(),
+        },
+        system_image_size: squash_size,
+        outputs: vec![OutputInfo {
+            file: image_name.clone(),
+            size: total,
+            sha256: output::sha256_file(&image_path)?,
+        }],
+    };
+    let json = serde_json::to_vec_pretty(&manifest).context("encoding build.json")?;
+    output::write_synced(&staging.output("build.json"), &json)?;
+    let dir = staging.publish(&[image_name.clone(), "build.json".to_string()])?;
+    progress.finish();
+    println!(
+        "{}: {} ({})",
+        board.name,
+        dir.join(&image_name).display(),
+        human(total)
+    );
+    Ok(())
+}
+
+/// `SOURCE_DATE_EPOCH`, if set; an unparsable value is an error.
+fn source_date_epoch() -> Result<Option<u64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        _ => Ok(None),
+    }
+}
+
+fn epoch_u32(epoch: u64) -> u32 {
+    u32::try_from(epoch).unwrap_or(u32::MAX)
+}
+
+/// A digest of a tree's content (paths, metadata, contents), independent of the
+/// order entries were read in.
+fn tree_digest(t: &Tree) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for (path, e) in t.iter() {
+        h.update(path.as_bytes());
+        h.update([0]);
+        h.update(e.st_mode().to_le_bytes());
+        h.update(e.meta.uid.to_le_bytes());
+        h.update(e.meta.gid.to_le_bytes());
+        h.update(e.meta.mtime.to_le_bytes());
+        match &e.kind {
+            Kind::File(d) => {
+                h.update((d.len() as u64).to_le_bytes());
+                h.update(d.as_slice());
+            }
+            Kind::Symlink(target) => h.update(target.as_bytes()),
+            Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
+                h.update(major.to_le_bytes());
+                h.update(minor.to_le_bytes());
+            }
+            Kind::Dir | Kind::Fifo | Kind::Socket => {}
+        }
+        h.update([0xff]);
+    }
+    h.finalize().into()
+}
+
+/// The seed every identifier of this image derives from.
+fn seed(board: &[u8], rootfs_digest: &[u8], epoch: u64) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(board);
+    h.update(rootfs_digest);
+    h.update(epoch.to_le_bytes());
+    h.finalize().to_vec()
+}
+
+/// Paths (relative, canonical) of what the board needs from the rootfs.
+struct Found {
+    kernel: String,
+    modules_dir: String,
+    kernel_release: String,
+    busybox: String,
+    kernel_data: Data,
+    /// Name on the boot partition -> (path in the rootfs, contents).
+    dtbs: BTreeMap<String, (String, Data)>,
+    firmware: BTreeMap<String, (String, Data)>,
+}
+
+fn locate(board: &Board, rootfs: &Tree) -> Result<Found> {
+    let kernel = lookup::find_first(rootfs, &board.sources.kernel).context("no kernel found")?;
+    let kernel_name = tree::file_name(&kernel).to_string();
+    let mut module_dirs = Vec::new();
+    for pattern in &board.sources.modules {
+        module_dirs = lookup::glob(rootfs, pattern)
+            .into_iter()
+            .filter(|p| matches!(rootfs.get(p).map(|e| &e.kind), Some(Kind::Dir)))
+            .collect();
+        if !module_dirs.is_empty() {
+            break;
+        }
+    }
+    module_dirs.dedup();
+    let modules_dir = match module_dirs.len() {
+        0 => bail!(
+            "no kernel modules directory found; tried: {}",
+            board.sources.modules.join(", ")
+        ),
+        1 => module_dirs.remove(0),
+        _ => module_dirs
+            .iter()
+            .find(|d| kernel_name.ends_with(&format!("-{}", tree::file_name(d))))
+            .cloned()
+            .ok_or_else(|| {
+                anyhow!(
+                    "several kernel module directories ({}) and none matches the kernel /{kernel}",
+                    module_dirs.join(", ")
+                )
+            })?,
+    };
+    let kernel_release = tree::file_name(&modules_dir).to_string();
+    let busybox =
+        lookup::find_first(rootfs, &board.initramfs.busybox).context("no busybox found")?;
+    let mut dtbs = BTreeMap::new();
+    for (name, candidates) in &board.sources.dtbs {
+        let p = lookup::find_first(rootfs, candidates)
+            .with_context(|| format!("device tree {name} not found"))?;
+        let d = file_data(rootfs, &p)?;
+        dtbs.insert(name.clone(), (p, d));
+    }
+    let mut firmware = BTreeMap::new();
+    for (name, candidates) in &board.sources.firmware {
+        let p = lookup::find_first(rootfs, candidates)
+            .with_context(|| format!("firmware file {name} not found"))?;
+        let d = file_data(rootfs, &p)?;
+        firmware.insert(name.clone(), (p, d));
+    }
+    let kernel_data = file_data(rootfs, &kernel)?;
+    Ok(Found {
+        kernel,
+        kernel_data,
+        modules_dir,
+        kernel_release,
+        busybox,
+        dtbs,
+        firmware,
+    })
+}
+
+/// Overlays, usr-merge and factory /etc; then splits the tree into the
+/// system image (/usr) and the data partition's initial content (the rest).
+fn compose_system(data: &DataDir, board: &Board, mut t: Tree, epoch: u64) -> Result<(Tree, Tree)> {
+    for name in &board.overlays {
+        let dir = data.overlay_dir(name);
+        transform::apply_overlay(&mut t, &dir, epoch)
+            .with_context(|| format!("applying overlay {}", dir.display()))?;
+    }
+    transform::usr_merge(&mut t).context("usr-merge")?;
+    transform::move_etc_to_factory(&mut t).context("moving /etc to /usr/share/factory/etc")?;
+    let usr = t
+        .take_subtree("usr")
+        .ok_or_else(|| anyhow!("the rootfs has no /usr directory"))?;
+    // The data partition is `/` on the node: it keeps the rootfs's /var, /root,
+    // /home, ... and has mount points for what the initramfs mounts over it.
+    // The kernel and friends in /boot live on the boot partition instead.
+    if let Some(boot) = t.get("boot").cloned() {
+        t.remove("boot");
+        t.insert("boot", tree::Entry::dir(boot.meta))?;
+    }
+    let dir = tree::Meta::root(0o755, epoch);
+    for mount_point in ["usr", "etc", "boot", "proc", "sys", "dev", "run", "tmp"] {
+        if !t.contains(mount_point) {
+            let mut meta = dir;
+            if mount_point == "tmp" {
+                meta.mode = 0o1777;
+            }
+            t.insert(mount_point, tree::Entry::dir(meta))?;
+        }
+    }
+    for (link, target) in [("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib")] {
+        t.insert(
+            link,
+            tree::Entry::symlink(tree::Meta::root(0o777, epoch), target),
+        )?;
+    }
+    Ok((usr, t))
+}
+
+/// The disk layout: boot, system A, system B, data.
+struct DiskPlan {
+    table: Table,
+    parts: Vec<Placed>,
+}
+
+fn plan_disk(board: &Board, total: u64) -> Result<DiskPlan> {
+    let sizes = board.sizes()?;
+    let specs = [
+        ("boot", Some(sizes.boot), PartKind::BootFat),
+        ("system_a", Some(sizes.system), PartKind::LinuxData),
+        ("system_b", Some(sizes.system), PartKind::LinuxData),
+        ("data", None, PartKind::LinuxData),
+    ]
+    .map(|(name, size, kind)| PartSpec {
+        name: name.to_string(),
+        size,
+        kind,
+    });
+    let kind = match board.disk.table {
+        Table::Mbr => TableKind::Mbr,
+        Table::Gpt => TableKind::Gpt,
+    };
+    let parts = layout::plan(kind, SECTOR, total, &specs)?;
+    Ok(DiskPlan {
+        table: board.disk.table,
+        parts,
+    })
+}
+
+impl DiskPlan {
+    /// The identifier the init finds the disk by: `mbr:xxxxxxxx` or `gpt:<guid>`.
+    fn disk_id(&self, seed: &[u8]) -> String {
+        match self.table {
+            Table::Mbr => format!("mbr:{:08x}", ids::u32_id(seed, "mbr-signature")),
+            Table::Gpt => format!(
+                "gpt:{}",
+                ids::uuid_to_string(&ids::uuid(seed, "gpt-disk-guid"))
+            ),
+        }
+    }
+
+    /// Partition table blobs and where they go.
+    fn tables(&self, seed: &[u8], total: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        Ok(match self.table {
+            Table::Mbr => {
+                let mbr = mbr::table(ids::u32_id(seed, "mbr-signature"), &self.parts, Some(1))?;
+                vec![(0, mbr.to_vec())]
+            }
+            Table::Gpt => {
+                let parts: Vec<GptPart> = self
+                    .parts
+                    .iter()
+                    .map(|p| GptPart {
+                        placed: p,
+                        type_guid: match p.kind {
+                            PartKind::BootFat => gpt::BASIC_DATA,
+                            _ => gpt::LINUX_FILESYSTEM,
+                        },
+                        unique_guid: ids::uuid(seed, &format!("gpt-part-{}", p.number)),
+                    })
+                    .collect();
+                let t = gpt::tables(ids::uuid(seed, "gpt-disk-guid"), SECTOR, total, &parts)?;
+                vec![(0, t.primary), (t.backup_offset, t.backup)]
+            }
+        })
+    }
+}
+
+/// The board's cmdline plus where the init finds its partitions.
+fn kernel_cmdline(board: &Board, disk_id: &str) -> String {
+    format!(
+        "{} nodeimg.disk={disk_id} nodeimg.boot=1 nodeimg.system=2 nodeimg.data=4",
+        board.boot.cmdline.trim()
+    )
+}
+
+/// The files of the FAT boot partition.
+fn boot_files(
+    board: &Board,
+    found: &Found,
+    initramfs: &[u8],
+    cmdline: &str,
+) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    files.insert(board.boot.kernel_name.clone(), found.kernel_data.to_vec());
+    files.insert(board.boot.initramfs_name.clone(), initramfs.to_vec());
+    files.insert("cmdline.txt".to_string(), format!("{cmdline}\n").into_bytes());
+    for (name, data) in found.dtbs.iter().chain(found.firmware.iter()) {
+        files.insert(name.clone(), data.1.to_vec());
+    }
+    if board.boot.method == BootMethod::RpiFirmware {
+        let mut cfg = String::from("# written by nodeimg\narm_64bit=1\n");
+        cfg.push_str(&format!("kernel={}\n", board.boot.kernel_name));
+        cfg.push_str(&format!("initramfs {} followkernel\n", board.boot.initramfs_name));
+        for line in &board.boot.config_txt {
+            cfg.push_str(line);
+            cfg.push('\n');
+        }
+        files.insert("config.txt".to_string(), cfg.into_bytes());
+    }
+    files
+}
+
+/// A regular file's contents (symlinks already resolved by the lookup).
+fn file_data(t: &Tree, path: &str) -> Result<Data> {
+    match t.get(path).map(|e| &e.kind) {
+        Some(Kind::File(d)) => Ok(d.clone()),
+        _ => bail!("/{path} is not a regular file"),
+    }
+}
+
+#[derive(Serialize)]
+struct Manifest {
+    nodeimg_version: &'static str,
+    board: String,
+    board_sha256: String,
+    source_date_epoch: u64,
+    rootfs: RootfsInput,
+    kernel: KernelInfo,
+    disk: DiskInfo,
+    system_image_size: u64,
+    outputs: Vec<OutputInfo>,
+}
+
+#[derive(Serialize)]
+struct RootfsInput {
+    /// File or directory name (not the full path: the manifest must not
+    /// depend on where the build ran).
+    name: String,
+    /// SHA-256 of the archive file, when the rootfs is an archive.
+    sha256: Option<String>,
+    /// SHA-256 over the tree's paths, metadata and contents.
+    tree_sha256: String,
+}
+
+#[derive(Serialize)]
+struct KernelInfo {
+    path: String,
+    release: String,
+    cmdline: String,
+    initramfs_modules: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct DiskInfo {
+    table: &'static str,
+    size: u64,
+    id: String,
+    partitions: Vec<PartInfo>,
+}
+
+#[derive(Serialize)]
+struct PartInfo {
+    number: u32,
+    name: String,
+    start: u64,
+    size: u64,
+    filesystem: &'static str,
+}
+
+#[derive(Serialize)]
+struct OutputInfo {
+    file: String,
+    size: u64,
+    sha256: String,
+}

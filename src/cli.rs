@@ -1,1 +1,53 @@
-//! (being written)
+//! Command-line types only (clap derive); the logic lives in the modules they name.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nodeimg",
+    version,
+    about = "Build immutable, reproducible OS images for small k3s clusters, without root",
+    long_about = "Build immutable, reproducible OS images for small k3s clusters (Raspberry Pi 4, \
+QEMU aarch64) without root, mount or loop devices. The system is a read-only squashfs on /usr, \
+/etc is rebuilt at every boot, and a persistent ext4 data partition holds the node's state."
+)]
+pub struct Cli {
+    /// Directory holding boards/ and overlays/ [default: $NODEIMG_DATA_DIR, then the installed or source tree]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the boards this nodeimg knows, one per line.
+    Boards,
+    /// Build the image(s) for a board.
+    Build(BuildArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// Board name (see `nodeimg boards`).
+    pub board: String,
+
+    /// Root filesystem: a directory or a .tar, .tar.gz, .tar.zst or .tar.xz archive.
+    #[arg(long, value_name = "PATH")]
+    pub rootfs: PathBuf,
+
+    /// Cluster join configuration (cluster.yaml).
+    #[arg(long, value_name = "FILE")]
+    pub join: Option<PathBuf>,
+
+    /// Output directory; the image goes to <DIR>/<board>/.
+    #[arg(short, long, value_name = "DIR", default_value = "out")]
+    pub output: PathBuf,
+
+    /// Medium size, e.g. 4G or 3500M (binary units) [default: the board's].
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<String>,
+}

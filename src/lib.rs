@@ -11,4 +11,7 @@ pub mod cli;
 pub mod disk;
 pub mod fs;
 pub mod ids;
+pub mod initramfs;
+pub mod output;
+pub mod progress;
 pub mod tree;

@@ -1,1 +1,33 @@
-fn main(){}
+//! The `nodeimg` binary: parse the command line, run it, print the error chain
+//! on one line and exit 1 on failure.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use nodeimg::board::DataDir;
+use nodeimg::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nodeimg: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let data = DataDir::locate(cli.data_dir.as_deref())?;
+    match cli.command {
+        Command::Boards => {
+            for name in data.board_names()? {
+                let (board, _) = data.load(&name)?;
+                println!("{:<16} {}", board.name, board.description);
+            }
+            Ok(())
+        }
+        Command::Build(args) => nodeimg::build::run(&data, &args),
+    }
+}

@@ -1,0 +1,152 @@
+//! Output directories that appear only when complete.
+//!
+//! A build writes into `<out>/.<name>.partial/` (outputs) and uses
+//! `<out>/.<name>.work/` for intermediate files. `publish` swaps the partial
+//! directory in as `<out>/<name>/` (the previous one, if any, is removed only
+//! after the swap). If the build fails or is dropped before `publish`, both
+//! temporary directories are removed and any earlier `<out>/<name>/` is untouched.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+pub struct Staging {
+    final_dir: PathBuf,
+    partial: PathBuf,
+    work: PathBuf,
+    published: bool,
+}
+
+impl Staging {
+    pub fn create(out: &Path, name: &str) -> Result<Staging> {
+        fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let s = Staging {
+            final_dir: out.join(name),
+            partial: out.join(format!(".{name}.partial")),
+            work: out.join(format!(".{name}.work")),
+            published: false,
+        };
+        for d in [&s.partial, &s.work] {
+            if d.exists() {
+                fs::remove_dir_all(d)
+                    .with_context(|| format!("removing leftover {}", d.display()))?;
+            }
+            fs::create_dir(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        Ok(s)
+    }
+
+    /// Where intermediate files go (removed at the end).
+    pub fn work(&self, file: &str) -> PathBuf {
+        self.work.join(file)
+    }
+
+    /// Where an output file is written before publishing.
+    pub fn output(&self, file: &str) -> PathBuf {
+        self.partial.join(file)
+    }
+
+    pub fn final_dir(&self) -> &Path {
+        &self.final_dir
+    }
+
+    /// Writes `SHA256SUMS` over the given output files, then makes the outputs visible.
+    pub fn publish(mut self, files: &[String]) -> Result<PathBuf> {
+        let mut sums = String::new();
+        for f in files {
+            sums.push_str(&format!("{}  {f}\n", sha256_file(&self.output(f))?));
+        }
+        write_synced(&self.output("SHA256SUMS"), sums.as_bytes())?;
+        let _ = fs::remove_dir_all(&self.work);
+        let old = self.final_dir.with_file_name(format!(
+            ".{}.old",
+            self.final_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("out")
+        ));
+        if old.exists() {
+            fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+        }
+        if self.final_dir.exists() {
+            fs::rename(&self.final_dir, &old)
+                .with_context(|| format!("moving aside {}", self.final_dir.display()))?;
+        }
+        fs::rename(&self.partial, &self.final_dir)
+            .with_context(|| format!("renaming into {}", self.final_dir.display()))?;
+        self.published = true;
+        if old.exists() {
+            fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+        }
+        Ok(self.final_dir.clone())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.work);
+        if !self.published {
+            let _ = fs::remove_dir_all(&self.partial);
+        }
+    }
+}
+
+/// Writes a whole file and syncs it to disk.
+pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Hex SHA-256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_staging_leaves_nothing_and_keeps_old_output() {
+        let out = tempfile::tempdir().unwrap();
+        fs::create_dir(out.path().join("b")).unwrap();
+        fs::write(out.path().join("b/old.img"), b"old").unwrap();
+        {
+            let s = Staging::create(out.path(), "b").unwrap();
+            fs::write(s.output("b.img"), b"half").unwrap();
+            fs::write(s.work("p.img"), b"tmp").unwrap();
+        }
+        let mut names: Vec<_> = fs::read_dir(out.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["b"]);
+        assert_eq!(fs::read(out.path().join("b/old.img")).unwrap(), b"old");
+    }
+
+    #[test]
+    fn publish_replaces_old_output_with_sums() {
+        let out = tempfile::tempdir().unwrap();
+        fs::create_dir(out.path().join("b")).unwrap();
+        fs::write(out.path().join("b/stale"), b"x").unwrap();
+        let s = Staging::create(out.path(), "b").unwrap();
+        fs::write(s.output("b.img"), b"abc").unwrap();
+        let dir = s.publish(&["b.img".to_string()]).unwrap();
+        assert!(!dir.join("stale").exists());
+        let sums = fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+        assert_eq!(
+            sums,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad  b.img\n"
+        );
+        assert_eq!(fs::read_dir(out.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,445 @@
+//! `nodeimg build` on the test rootfs, for both boards, checked with external
+//! tools: sfdisk, fsck.fat + mtools, unsquashfs, e2fsck.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+const MIB: u64 = 1024 * 1024;
+const SECTORS_PER_MIB: u64 = MIB / 512;
+
+#[test]
+fn rpi4_has_the_declared_mbr_table() {
+    let img = built_image("rpi4");
+    assert_eq!(fs::metadata(&img).unwrap().len(), 2048 * MIB, "default size 2G");
+    let t = sfdisk(&img);
+    assert_eq!(t.label, "dos");
+    let p = &t.partitions;
+    assert_eq!(p.len(), 4);
+    assert_eq!(p[0].typ, "c", "p1 is FAT32 LBA");
+    assert!(p[0].bootable, "p1 is bootable");
+    for q in &p[1..] {
+        assert_eq!(q.typ, "83");
+        assert!(!q.bootable);
+    }
+    assert_eq!(p[0].start, 2048, "first partition at 1 MiB");
+    assert_eq!(p[0].size, 256 * SECTORS_PER_MIB);
+    assert_eq!(p[1].size, 640 * SECTORS_PER_MIB);
+    assert_eq!(p[2].size, 640 * SECTORS_PER_MIB);
+    for q in p {
+        assert_eq!(q.start % SECTORS_PER_MIB, 0, "{} aligned to 1 MiB", q.node);
+    }
+    for w in p.windows(2) {
+        assert!(w[0].start + w[0].size <= w[1].start, "no overlap");
+    }
+    assert_eq!(p[3].start + p[3].size, 2048 * SECTORS_PER_MIB, "data fills the disk");
+    // The identifier the init finds the disk by is on the cmdline and in the manifest.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(img.with_file_name("build.json")).unwrap()).unwrap();
+    let id = manifest["disk"]["id"].as_str().unwrap();
+    assert_eq!(id, format!("mbr:{}", t.id.trim_start_matches("0x")));
+}
+
+#[test]
+fn qemu_has_the_declared_gpt_table() {
+    let img = built_image("qemu-aarch64");
+    let t = sfdisk(&img);
+    assert_eq!(t.label, "gpt");
+    let names: Vec<_> = t.partitions.iter().map(|p| p.name.clone().unwrap()).collect();
+    assert_eq!(names, ["boot", "system_a", "system_b", "data"]);
+    assert_eq!(
+        t.partitions[0].typ,
+        "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7",
+        "boot is basic data"
+    );
+    for q in &t.partitions[1..] {
+        assert_eq!(q.typ, "0FC63DAF-8483-4772-8E3D-4766E47D2B8A");
+    }
+    assert_eq!(t.partitions[0].size, 128 * SECTORS_PER_MIB);
+    for q in &t.partitions {
+        assert_eq!(q.start % SECTORS_PER_MIB, 0);
+    }
+    let verify = run(Command::new("sfdisk").arg("--verify").arg(&img));
+    assert!(verify.status.success(), "sfdisk --verify: {}", stdout(&verify));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(img.with_file_name("build.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["disk"]["id"].as_str().unwrap(),
+        format!("gpt:{}", t.id.to_lowercase())
+    );
+}
+
+fn check_boot_partition(board: &'static str, expected: &[(&str, &str)]) {
+    let img = built_image(board);
+    let dir = scratch(&format!("boot-{board}"));
+    let part = extract_partition(&img, 1, &dir.join("boot.vfat"));
+    let fsck = run_ok(Command::new("fsck.fat").arg("-n").arg("-v").arg(&part));
+    assert!(stdout(&fsck).contains("FAT32"), "{}", stdout(&fsck));
+    let rootfs = unpacked_rootfs();
+    for (name, source_glob) in expected {
+        let got = run_ok(
+            Command::new("mcopy")
+                .arg("-n")
+                .arg("-i")
+                .arg(&part)
+                .arg(format!("::{name}"))
+                .arg("-"),
+        )
+        .stdout;
+        let matches: Vec<_> = glob::glob(&rootfs.join(source_glob).to_string_lossy())
+            .unwrap()
+            .map(|p| p.unwrap())
+            .collect();
+        assert_eq!(matches.len(), 1, "{source_glob} in the test rootfs");
+        let want = fs::read(&matches[0]).unwrap();
+        assert!(got == want, "{name} on the boot partition differs from {source_glob}");
+    }
+    let cmdline = run_ok(
+        Command::new("mcopy")
+            .args(["-n", "-i"])
+            .arg(&part)
+            .args(["::cmdline.txt", "-"]),
+    );
+    let cmdline = stdout(&cmdline);
+    assert!(cmdline.contains("nodeimg.disk="), "{cmdline}");
+    assert!(cmdline.contains("nodeimg.data=4"), "{cmdline}");
+}
+
+#[test]
+fn rpi4_boot_partition_is_clean_fat32_with_the_boot_files() {
+    check_boot_partition(
+        "rpi4",
+        &[
+            ("vmlinuz", "boot/vmlinuz-*"),
+            ("start4.elf", "usr/lib/raspi-firmware/start4.elf"),
+            ("fixup4.dat", "usr/lib/raspi-firmware/fixup4.dat"),
+            (
+                "bcm2711-rpi-4-b.dtb",
+                "usr/lib/linux-image-*/broadcom/bcm2711-rpi-4-b.dtb",
+            ),
+        ],
+    );
+    let img = built_image("rpi4");
+    let dir = scratch("boot-rpi4-config");
+    let part = extract_partition(&img, 1, &dir.join("boot.vfat"));
+    let cfg = stdout(&run_ok(
+        Command::new("mcopy")
+            .args(["-n", "-i"])
+            .arg(&part)
+            .args(["::config.txt", "-"]),
+    ));
+    for line in ["arm_64bit=1", "kernel=vmlinuz", "initramfs initrd.img followkernel"] {
+        assert!(cfg.lines().any(|l| l == line), "config.txt lacks {line}: {cfg}");
+    }
+}
+
+#[test]
+fn qemu_boot_partition_is_clean_fat32_with_the_boot_files() {
+    check_boot_partition("qemu-aarch64", &[("vmlinuz", "boot/vmlinuz-*")]);
+}
+
+/// The initramfs on the boot partition: a gzip'd newc cpio with init, busybox
+/// and the listed modules (checked by GNU cpio).
+#[test]
+fn initramfs_holds_init_busybox_and_modules_with_dependencies() {
+    let img = built_image("qemu-aarch64");
+    let dir = scratch("initramfs");
+    let part = extract_partition(&img, 1, &dir.join("boot.vfat"));
+    let gz = run_ok(
+        Command::new("mcopy")
+            .args(["-n", "-i"])
+            .arg(&part)
+            .args(["::initrd.img", "-"]),
+    )
+    .stdout;
+    let mut cpio = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut cpio).unwrap();
+    fs::write(dir.join("initrd.cpio"), &cpio).unwrap();
+    let extracted = dir.join("x");
+    fs::create_dir(&extracted).unwrap();
+    run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg("cpio -idm --quiet < ../initrd.cpio")
+            .current_dir(&extracted),
+    );
+    let init = fs::metadata(extracted.join("init")).unwrap();
+    assert!(std::os::unix::fs::PermissionsExt::mode(&init.permissions()) & 0o111 != 0);
+    let bb = fs::read(extracted.join("bin/busybox")).unwrap();
+    let want = fs::read(unpacked_rootfs().join("usr/bin/busybox"))
+        .or_else(|_| fs::read(unpacked_rootfs().join("bin/busybox")))
+        .unwrap();
+    assert!(bb == want, "busybox is the rootfs's");
+    let list = fs::read_to_string(extracted.join("etc/nodeimg/modules")).unwrap();
+    let names: Vec<String> = list
+        .lines()
+        .map(|l| {
+            let base = l.rsplit('/').next().unwrap();
+            base.split(".ko").next().unwrap().replace('-', "_")
+        })
+        .collect();
+    for l in list.lines() {
+        assert!(extracted.join(l).is_file(), "{l} listed and present");
+    }
+    let pos = |n: &str| names.iter().position(|x| x == n);
+    let ext4 = pos("ext4").expect("ext4 loaded");
+    // ext4 needs jbd2 and mbcache (modules.dep): they must come first.
+    assert!(pos("jbd2").expect("jbd2 pulled in as a dependency") < ext4);
+    assert!(pos("mbcache").expect("mbcache pulled in") < ext4);
+    assert!(pos("squashfs").is_some());
+}
+
+#[test]
+fn system_squashfs_is_exactly_the_merged_usr_tree() {
+    let img = built_image("qemu-aarch64");
+    let dir = scratch("squashfs");
+    let part = extract_partition(&img, 2, &dir.join("system.squashfs"));
+    let sb = stdout(&run_ok(Command::new("unsquashfs").arg("-s").arg(&part)));
+    assert!(sb.contains("Compression zstd"), "{sb}");
+    let out = dir.join("usr");
+    run_ok(
+        Command::new("unsquashfs")
+            .arg("-no-progress")
+            .arg("-quiet")
+            .arg("-d")
+            .arg(&out)
+            .arg(&part),
+    );
+    // Expected: the rootfs's /usr plus its /etc under share/factory/etc plus
+    // the base overlay's /etc/fstab (the test rootfs is already usr-merged).
+    let rootfs = unpacked_rootfs();
+    let mut want = describe_tree(&rootfs.join("usr"));
+    for (k, v) in describe_tree(&rootfs.join("etc")) {
+        want.insert(format!("share/factory/etc/{k}"), v);
+    }
+    for d in ["share/factory", "share/factory/etc"] {
+        want.entry(d.to_string())
+            .or_insert_with(|| "dir mode=755 uid=0 gid=0".to_string());
+    }
+    let fstab = fs::read(repo().join("overlays/base/etc/fstab")).unwrap();
+    {
+        use sha2::{Digest, Sha256};
+        want.insert(
+            "share/factory/etc/fstab".to_string(),
+            format!("file {} mode=644 uid=0 gid=0", hex::encode(Sha256::digest(&fstab))),
+        );
+    }
+    let got = describe_tree(&out);
+    let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).take(10).collect();
+    let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).take(10).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, extra {extra:?}");
+    let differ: Vec<_> = want
+        .iter()
+        .filter(|(k, v)| got.get(*k) != Some(v))
+        .map(|(k, v)| format!("{k}: want {v}, got {}", got[k]))
+        .take(10)
+        .collect();
+    assert!(differ.is_empty(), "{differ:#?}");
+}
+
+#[test]
+fn data_partition_is_clean_ext4() {
+    for board in ["rpi4", "qemu-aarch64"] {
+        let img = built_image(board);
+        let dir = scratch(&format!("data-{board}"));
+        let part = extract_partition(&img, 4, &dir.join("data.ext4"));
+        run_ok(Command::new("e2fsck").arg("-fn").arg(&part));
+        let ls = stdout(&run_ok(
+            Command::new("debugfs").arg("-R").arg("ls -l /").arg(&part),
+        ));
+        for name in ["usr", "etc", "var", "root", "home", "bin"] {
+            assert!(
+                ls.split_whitespace().any(|w| w == name),
+                "{board}: /{name} on the data partition: {ls}"
+            );
+        }
+    }
+}
+
+#[test]
+fn outputs_come_with_manifest_and_checksums() {
+    let img = built_image("rpi4");
+    let dir = img.parent().unwrap();
+    assert_eq!(dir_names(dir), ["SHA256SUMS", "build.json", "rpi4.img"]);
+    let sums = fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    let check = run_ok(
+        Command::new("sha256sum")
+            .arg("--check")
+            .arg("--strict")
+            .arg("SHA256SUMS")
+            .current_dir(dir),
+    );
+    assert!(stdout(&check).contains("rpi4.img: OK"), "{sums}");
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("build.json")).unwrap()).unwrap();
+    assert_eq!(m["board"], "rpi4");
+    assert_eq!(m["source_date_epoch"], 1700000000);
+    let sha = m["rootfs"]["sha256"].as_str().unwrap();
+    let want = stdout(&run_ok(Command::new("sha256sum").arg(test_rootfs())));
+    assert!(want.starts_with(sha), "rootfs hash recorded");
+    assert_eq!(m["disk"]["partitions"].as_array().unwrap().len(), 4);
+    // No leftovers next to the output.
+    let parent = dir.parent().unwrap();
+    assert_eq!(dir_names(parent), ["rpi4"]);
+}
+
+/// Builds twice, seconds apart, from the same tree packed in a different file
+/// order and compression: the images must be byte-identical.
+#[test]
+fn builds_are_reproducible_whatever_the_input_order() {
+    let rootfs = unpacked_rootfs();
+    let dir = scratch("repro");
+    let list = stdout(&run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg("find . -mindepth 1 | sort -r")
+            .current_dir(rootfs),
+    ));
+    fs::write(dir.join("list"), list).unwrap();
+    let reversed = dir.join("reversed.tar.gz");
+    run_ok(
+        Command::new("tar")
+            .arg("-czf")
+            .arg(&reversed)
+            .arg("--no-recursion")
+            .arg("--numeric-owner")
+            .arg("-C")
+            .arg(rootfs)
+            .arg("-T")
+            .arg(dir.join("list")),
+    );
+    let a = built_image("qemu-aarch64");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let out = dir.join("out");
+    let b = build("qemu-aarch64", &reversed, &out, &[]);
+    assert!(b.status.success(), "{}", stderr(&b));
+    let b = out.join("qemu-aarch64/qemu-aarch64.img");
+    let (a, b) = (fs::read(a).unwrap(), fs::read(b).unwrap());
+    assert_eq!(a.len(), b.len());
+    let first_diff = a.iter().zip(&b).position(|(x, y)| x != y);
+    assert_eq!(first_diff, None, "images differ at byte {first_diff:?}");
+}
+
+/// A failed build prints one line, exits 1, and leaves nothing in the output dir.
+fn assert_clean_failure(out: &std::process::Output, outdir: &Path, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "exit code 1: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    for n in needles {
+        assert!(err.contains(n), "message names {n:?}: {err}");
+    }
+    assert!(dir_names(outdir).is_empty(), "left behind: {:?}", dir_names(outdir));
+}
+
+#[test]
+fn unknown_board_lists_the_boards() {
+    let dir = scratch("err-board");
+    let out = build("rpi5", &test_rootfs(), &dir, &[]);
+    assert_clean_failure(&out, &dir, &["unknown board \"rpi5\"", "rpi4", "qemu-aarch64"]);
+}
+
+#[test]
+fn rootfs_without_kernel_names_the_paths_tried() {
+    let dir = scratch("err-kernel");
+    let rootfs = dir.join("rootfs");
+    fs::create_dir_all(rootfs.join("usr/bin")).unwrap();
+    fs::create_dir_all(rootfs.join("boot")).unwrap();
+    let out = dir.join("out");
+    fs::create_dir(&out).unwrap();
+    let res = build("rpi4", &rootfs, &out, &[]);
+    assert_clean_failure(&res, &out, &["no kernel found", "/boot/vmlinuz-*", "/boot/Image"]);
+}
+
+#[test]
+fn rootfs_larger_than_the_system_partition_gives_both_sizes() {
+    let dir = scratch("err-size");
+    // A copy of the data dir with a board whose system slot is tiny.
+    let data = dir.join("data");
+    fs::create_dir_all(data.join("boards")).unwrap();
+    run_ok(
+        Command::new("cp")
+            .arg("-r")
+            .arg(repo().join("overlays"))
+            .arg(&data),
+    );
+    let board = fs::read_to_string(repo().join("boards/qemu-aarch64.toml"))
+        .unwrap()
+        .replace("system_size = \"640M\"", "system_size = \"2M\"");
+    assert!(board.contains("\"2M\""));
+    fs::write(data.join("boards/qemu-aarch64.toml"), board).unwrap();
+    let out = dir.join("out");
+    fs::create_dir(&out).unwrap();
+    let res = build(
+        "qemu-aarch64",
+        &test_rootfs(),
+        &out,
+        &["--data-dir", data.to_str().unwrap()],
+    );
+    assert_clean_failure(&res, &out, &["system partition holds 2 MiB", "MiB but"]);
+}
+
+#[test]
+fn medium_too_small_for_the_layout_is_refused() {
+    let dir = scratch("err-medium");
+    let res = build("rpi4", &test_rootfs(), &dir, &["--size", "1G"]);
+    assert_clean_failure(&res, &dir, &["--size"]);
+}
+
+#[test]
+fn truncated_tarball_names_the_entry() {
+    let dir = scratch("err-truncated");
+    // Uncompressed, cut in the middle of the kernel image's data.
+    let tar = dir.join("rootfs.tar");
+    run_ok(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(&tar)
+            .arg("--numeric-owner")
+            .arg("-C")
+            .arg(unpacked_rootfs())
+            .arg("boot"),
+    );
+    let bytes = fs::read(&tar).unwrap();
+    let cut = dir.join("cut.tar");
+    fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let out = dir.join("out");
+    fs::create_dir(&out).unwrap();
+    let res = build("rpi4", &cut, &out, &[]);
+    assert_clean_failure(&res, &out, &["cut.tar", "boot/"]);
+}
+
+#[test]
+fn tar_entry_escaping_the_root_is_refused_by_name() {
+    let dir = scratch("err-escape");
+    let tar = dir.join("evil.tar");
+    {
+        let f = fs::File::create(&tar).unwrap();
+        let mut b = tar::Builder::new(f);
+        let mut h = tar::Header::new_gnu();
+        let data = b"owned\n";
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        // set_path refuses "..", so write the raw name field.
+        let name = b"../../etc/cron.d/evil";
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_cksum();
+        b.append(&h, &data[..]).unwrap();
+        b.finish().unwrap();
+    }
+    let out = dir.join("out");
+    fs::create_dir(&out).unwrap();
+    let res = build("rpi4", &tar, &out, &[]);
+    assert_clean_failure(&res, &out, &["../../etc/cron.d/evil"]);
+}
+
+#[test]
+fn boards_lists_one_line_each() {
+    let out = run_ok(nodeimg().arg("boards"));
+    let text = stdout(&out);
+    let names: Vec<&str> = text.lines().map(|l| l.split_whitespace().next().unwrap()).collect();
+    assert_eq!(names, ["qemu-aarch64", "rpi4"]);
+}

@@ -1,0 +1,233 @@
+//! Helpers shared by the integration tests: running the real binary, the test
+//! rootfs made by test-images/make-rootfs.sh, and external tools as oracles.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The test rootfs tarball: $NODEIMG_TEST_ROOTFS or test-images/build/rootfs.tar.zst.
+/// Missing is a test failure, not a skip: CI must make it (`.ci/run` does).
+pub fn test_rootfs() -> PathBuf {
+    let p = std::env::var_os("NODEIMG_TEST_ROOTFS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("test-images/build/rootfs.tar.zst"));
+    assert!(
+        p.is_file(),
+        "test rootfs {} is missing: run test-images/make-rootfs.sh first",
+        p.display()
+    );
+    p
+}
+
+/// The test rootfs unpacked once (by GNU tar, with owners) for the tests to compare against.
+pub fn unpacked_rootfs() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = scratch("rootfs-unpacked");
+        run_ok(
+            Command::new("tar")
+                .arg("--zstd")
+                .arg("--numeric-owner")
+                .arg("--same-owner")
+                .arg("-xpf")
+                .arg(test_rootfs())
+                .arg("-C")
+                .arg(&dir),
+        );
+        dir
+    })
+}
+
+/// A fresh directory under target/ that outlives the test (for debugging failures).
+pub fn scratch(name: &str) -> PathBuf {
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nodeimg-tests");
+    let dir = base.join(format!("{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn nodeimg() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_nodeimg"));
+    c.env_remove("NODEIMG_DATA_DIR");
+    c
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Builds `board` from `rootfs` into `out` with a fixed SOURCE_DATE_EPOCH.
+pub fn build(board: &str, rootfs: &Path, out: &Path, extra: &[&str]) -> Output {
+    run(nodeimg()
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .arg("build")
+        .arg(board)
+        .arg("--rootfs")
+        .arg(rootfs)
+        .arg("-o")
+        .arg(out)
+        .args(extra))
+}
+
+/// The image of each board built once from the test rootfs, shared by tests.
+pub fn built_image(board: &'static str) -> PathBuf {
+    static RPI4: OnceLock<PathBuf> = OnceLock::new();
+    static QEMU: OnceLock<PathBuf> = OnceLock::new();
+    let cell = match board {
+        "rpi4" => &RPI4,
+        "qemu-aarch64" => &QEMU,
+        other => panic!("no shared build for {other}"),
+    };
+    cell.get_or_init(|| {
+        let out = scratch(&format!("build-{board}"));
+        run_ok(&mut {
+            let mut c = nodeimg();
+            c.env("SOURCE_DATE_EPOCH", "1700000000")
+                .arg("build")
+                .arg(board)
+                .arg("--rootfs")
+                .arg(test_rootfs())
+                .arg("-o")
+                .arg(&out);
+            c
+        });
+        out.join(board).join(format!("{board}.img"))
+    })
+    .clone()
+}
+
+#[derive(Debug, Clone)]
+pub struct Partition {
+    pub node: String,
+    pub start: u64,
+    pub size: u64,
+    pub typ: String,
+    pub bootable: bool,
+    pub name: Option<String>,
+    pub uuid: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Table {
+    pub label: String,
+    pub id: String,
+    pub sector_size: u64,
+    pub partitions: Vec<Partition>,
+}
+
+/// `sfdisk --json` of an image, parsed.
+pub fn sfdisk(image: &Path) -> Table {
+    let out = run_ok(Command::new("sfdisk").arg("--json").arg(image));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pt = &v["partitiontable"];
+    Table {
+        label: pt["label"].as_str().unwrap().to_string(),
+        id: pt["id"].as_str().unwrap().to_string(),
+        sector_size: pt["sectorsize"].as_u64().unwrap_or(512),
+        partitions: pt["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| Partition {
+                node: p["node"].as_str().unwrap().to_string(),
+                start: p["start"].as_u64().unwrap(),
+                size: p["size"].as_u64().unwrap(),
+                typ: p["type"].as_str().unwrap().to_string(),
+                bootable: p["bootable"].as_bool().unwrap_or(false),
+                name: p["name"].as_str().map(str::to_string),
+                uuid: p["uuid"].as_str().map(str::to_string),
+            })
+            .collect(),
+    }
+}
+
+/// Copies partition `n` (1-based) of `image` into its own file, sparse.
+pub fn extract_partition(image: &Path, n: usize, dest: &Path) -> PathBuf {
+    let t = sfdisk(image);
+    let p = &t.partitions[n - 1];
+    run_ok(
+        Command::new("dd")
+            .arg(format!("if={}", image.display()))
+            .arg(format!("of={}", dest.display()))
+            .arg("bs=512")
+            .arg(format!("skip={}", p.start))
+            .arg(format!("count={}", p.size))
+            .arg("conv=sparse")
+            .arg("status=none"),
+    );
+    dest.to_path_buf()
+}
+
+/// Lists every entry under `root` as (relative path, description) where the
+/// description holds the type, mode, owner and content hash or link target.
+pub fn describe_tree(root: &Path) -> std::collections::BTreeMap<String, String> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let ft = m.file_type();
+            let what = if ft.is_symlink() {
+                format!("link -> {}", fs::read_link(&p).unwrap().display())
+            } else if ft.is_dir() {
+                stack.push(p.clone());
+                "dir".to_string()
+            } else if ft.is_file() {
+                format!("file {}", hex::encode(Sha256::digest(fs::read(&p).unwrap())))
+            } else {
+                format!("special rdev={}", m.rdev())
+            };
+            let mode = if ft.is_symlink() { 0 } else { m.mode() & 0o7777 };
+            out.insert(
+                rel,
+                format!("{what} mode={mode:o} uid={} gid={}", m.uid(), m.gid()),
+            );
+        }
+    }
+    out
+}
+
+/// Names of the entries directly inside `dir`, sorted.
+pub fn dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
