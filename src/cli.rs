@@ -28,6 +28,32 @@ pub enum Command {
     Boards,
     /// Build the image(s) for a board.
     Build(BuildArgs),
+    /// Boot a built disk image in QEMU (aarch64 virt, TCG) and check it behaves
+    /// as an immutable, portable node. Works on a copy; the image is not changed.
+    BootTest(BootTestArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BootTestArgs {
+    /// The disk image (out/<board>/<board>.img).
+    pub image: PathBuf,
+
+    /// Working directory for the copy, boot files and console.log [default: a new temporary directory].
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+
+    /// How much to enlarge the copy before its first boot, to check growth.
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    pub grow_by: String,
+
+    /// Seconds each boot may take to reach a shell.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub timeout: u64,
+
+    /// Also boot deliberately broken copies (wrong disk identifier, no data
+    /// partition) and check they end at the rescue shell.
+    #[arg(long)]
+    pub broken: bool,
 }
 
 #[derive(Debug, clap::Args)]

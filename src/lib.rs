@@ -6,12 +6,15 @@
 #![forbid(unsafe_code)]
 
 pub mod board;
+pub mod boottest;
 pub mod build;
 pub mod cli;
 pub mod disk;
 pub mod fs;
 pub mod ids;
 pub mod initramfs;
+pub mod inspect;
 pub mod output;
 pub mod progress;
+pub mod qemu;
 pub mod tree;

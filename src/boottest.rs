@@ -1,0 +1,493 @@
+//! `nodeimg boot-test`: boots an output image in `qemu-system-aarch64 -M virt`
+//! (TCG) and checks, from inside the guest, that it behaves as an immutable,
+//! portable node. The image itself is never modified: the test runs on a copy,
+//! enlarged before its first boot so that growing the data partition is checked too.
+//!
+//! Kernel, initramfs and cmdline come out of the image's own boot partition,
+//! and the image's bytes are the VM's virtio disk, so an rpi4 `.img` is booted
+//! as it is (only `console=ttyAMA0` is appended for the VM's serial port).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::fs::fat;
+use crate::inspect;
+use crate::qemu::{self, Vm, VmSpec};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub image: PathBuf,
+    /// Where copies, extracted boot files and the console log go.
+    pub work_dir: PathBuf,
+    /// Bytes added to the copy before its first boot.
+    pub grow_by: u64,
+    /// Bound on each boot, from QEMU start to a shell.
+    pub boot_timeout: Duration,
+    /// Also check that broken images end at the rescue shell.
+    pub broken: bool,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: &'static str,
+    pub passed: bool,
+    pub detail: String,
+}
+
+pub struct Report {
+    pub checks: Vec<Check>,
+    pub console_log: PathBuf,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        !self.checks.is_empty() && self.checks.iter().all(|c| c.passed)
+    }
+}
+
+/// Runs every check; fails only if a check could not be run at all (then the
+/// error says why). Failed checks are in the report.
+pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {
+    std::fs::create_dir_all(&opts.work_dir)
+        .with_context(|| format!("creating {}", opts.work_dir.display()))?;
+    let log = opts.work_dir.join("console.log");
+    let _ = std::fs::remove_file(&log);
+    let boot = BootFiles::extract(&opts.image, &opts.work_dir)?;
+    let qemu = qemu::find_qemu()?;
+    let disk = opts.work_dir.join("disk.img");
+    let original = qemu::sparse_copy(&opts.image, &disk)?;
+    let grown = original + opts.grow_by;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .and_then(|f| f.set_len(grown))
+        .with_context(|| format!("enlarging {}", disk.display()))?;
+
+    let mut checks = Vec::new();
+    let mut record = |c: Check| {
+        on_check(&c);
+        checks.push(c);
+    };
+    let spec = |mac: &str, cpus: u32, mem: u32, cmdline: &str, disk: &Path| VmSpec {
+        qemu: qemu.clone(),
+        disk: disk.to_path_buf(),
+        kernel: boot.kernel.clone(),
+        initrd: boot.initrd.clone(),
+        cmdline: cmdline.to_string(),
+        mem_mib: mem,
+        cpus,
+        mac: mac.to_string(),
+        log: log.clone(),
+    };
+
+    // First boot: 2 CPUs, 1 GiB.
+    let mut vm = Vm::start(&spec("52:54:00:00:00:01", 2, 1024, &boot.cmdline, &disk))?;
+    let first = boot_to_shell(&mut vm, opts.boot_timeout);
+    record(timed("first boot reaches a shell", &first, opts.boot_timeout));
+    if first.is_err() {
+        return Ok(Report { checks, console_log: log });
+    }
+    record(check_mounts(&mut vm));
+    record(check_grown(&mut vm, grown));
+    let id1 = identity(&mut vm);
+    let wrote = vm.sh(
+        "echo gone > /etc/nodeimg-boottest && for d in /root /var/lib /home; do echo kept > $d/nodeimg-boottest || exit 1; done; \
+         echo synced-before-power-loss > /root/nodeimg-powerloss && sync",
+        Duration::from_secs(20),
+    );
+    if !matches!(wrote, Ok((0, _))) {
+        record(fail("writing test files", format!("{wrote:?}")));
+    }
+    // Power loss right after the synced write.
+    vm.kill();
+
+    // Second boot: another MAC address, CPU count and memory size.
+    let mut vm = Vm::start(&spec("52:54:00:aa:bb:02", 1, 768, &boot.cmdline, &disk))?;
+    let second = boot_to_shell(&mut vm, opts.boot_timeout);
+    record(timed("second boot reaches a shell", &second, opts.boot_timeout));
+    if second.is_ok() {
+        record(check_persistence(&mut vm));
+        record(check_power_loss(&mut vm));
+        let id2 = identity(&mut vm);
+        record(compare_identity(&id1, &id2));
+    }
+    drop(vm);
+
+    if opts.broken {
+        record(check_rescue(
+            "wrong disk identifier ends at the rescue shell",
+            &spec(
+                "52:54:00:00:00:03",
+                1,
+                512,
+                &wrong_disk_id(&boot.cmdline),
+                &disk,
+            ),
+            "nodeimg.disk",
+            opts.boot_timeout,
+        ));
+        let no_data = opts.work_dir.join("no-data.img");
+        qemu::sparse_copy(&opts.image, &no_data)?;
+        remove_partition(&no_data, 4)?;
+        record(check_rescue(
+            "missing data partition ends at the rescue shell",
+            &spec("52:54:00:00:00:04", 1, 512, &boot.cmdline, &no_data),
+            "partition 4",
+            opts.boot_timeout,
+        ));
+        let _ = std::fs::remove_file(&no_data);
+    }
+    let _ = std::fs::remove_file(&disk);
+    Ok(Report {
+        checks,
+        console_log: log,
+    })
+}
+
+/// Kernel, initramfs and cmdline taken from the image's boot partition.
+struct BootFiles {
+    kernel: PathBuf,
+    initrd: PathBuf,
+    cmdline: String,
+}
+
+impl BootFiles {
+    fn extract(image: &Path, dir: &Path) -> Result<BootFiles> {
+        let part = dir.join("boot.vfat");
+        inspect::extract_partition(image, 1, &part)?;
+        let read = |name: &str| {
+            fat::read_file(&part, name)
+                .with_context(|| format!("reading {name} from the boot partition of {}", image.display()))
+        };
+        let cmdline = String::from_utf8(read("cmdline.txt")?)
+            .context("cmdline.txt is not UTF-8")?;
+        // The kernel and initramfs names are on the cmdline's board; take the
+        // names from config.txt when present, else the defaults.
+        let (kname, iname) = match read("config.txt") {
+            Ok(cfg) => names_from_config_txt(&String::from_utf8_lossy(&cfg)),
+            Err(_) => ("vmlinuz".to_string(), "initrd.img".to_string()),
+        };
+        let kernel = dir.join("kernel");
+        std::fs::write(&kernel, read(&kname)?)?;
+        let initrd = dir.join("initrd");
+        std::fs::write(&initrd, read(&iname)?)?;
+        let _ = std::fs::remove_file(&part);
+        Ok(BootFiles {
+            kernel,
+            initrd,
+            cmdline: format!("{} console=ttyAMA0", cmdline.trim()),
+        })
+    }
+}
+
+fn names_from_config_txt(cfg: &str) -> (String, String) {
+    let mut kernel = "vmlinuz".to_string();
+    let mut initrd = "initrd.img".to_string();
+    for line in cfg.lines().map(str::trim) {
+        if let Some(k) = line.strip_prefix("kernel=") {
+            kernel = k.trim().to_string();
+        } else if let Some(rest) = line.strip_prefix("initramfs ") {
+            if let Some(name) = rest.split_whitespace().next() {
+                initrd = name.to_string();
+            }
+        }
+    }
+    (kernel, initrd)
+}
+
+fn boot_to_shell(vm: &mut Vm, timeout: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    vm.wait_for("nodeimg-init: switching", timeout)?;
+    let left = timeout.saturating_sub(start.elapsed());
+    vm.wait_for_shell(left)?;
+    Ok(vm.uptime())
+}
+
+fn timed(name: &'static str, r: &Result<Duration>, limit: Duration) -> Check {
+    match r {
+        Ok(d) => Check {
+            name,
+            passed: *d <= limit,
+            detail: format!("{:.1}s (limit {}s)", d.as_secs_f64(), limit.as_secs()),
+        },
+        Err(e) => fail(name, format!("{e:#}")),
+    }
+}
+
+fn fail(name: &'static str, detail: String) -> Check {
+    Check {
+        name,
+        passed: false,
+        detail,
+    }
+}
+
+fn sh(vm: &mut Vm, cmd: &str) -> Result<String> {
+    let (status, out) = vm.sh(cmd, Duration::from_secs(30))?;
+    if status != 0 {
+        bail!("`{cmd}` exited {status}: {out}");
+    }
+    Ok(out)
+}
+
+/// `/usr` is a read-only squashfs, `/` the writable ext4 data partition, `/etc` a tmpfs.
+fn check_mounts(vm: &mut Vm) -> Check {
+    let name = "/usr is read-only squashfs, / is writable ext4, /etc is tmpfs";
+    let r = (|| -> Result<String> {
+        let mounts = sh(vm, "cat /proc/mounts")?;
+        let find = |mp: &str| -> Option<(String, String)> {
+            mounts.lines().rev().find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 4 && f[1] == mp).then(|| (f[2].to_string(), f[3].to_string()))
+            })
+        };
+        let mut problems = Vec::new();
+        for (mp, fs, ro) in [("/usr", "squashfs", true), ("/", "ext4", false), ("/etc", "tmpfs", false)] {
+            match find(mp) {
+                Some((t, opts)) => {
+                    if t != fs {
+                        problems.push(format!("{mp} is {t}, not {fs}"));
+                    }
+                    let is_ro = opts.split(',').any(|o| o == "ro");
+                    if is_ro != ro {
+                        problems.push(format!("{mp} is mounted {opts}"));
+                    }
+                }
+                None => problems.push(format!("{mp} is not a mount point")),
+            }
+        }
+        let (status, out) = vm.sh("touch /usr/nodeimg-write-test 2>&1", Duration::from_secs(10))?;
+        if status == 0 || !out.contains("Read-only file system") {
+            problems.push(format!("writing to /usr did not fail with EROFS: {out:?}"));
+        }
+        sh(vm, "touch /nodeimg-write-test && rm /nodeimg-write-test")?;
+        if problems.is_empty() {
+            Ok("squashfs ro on /usr (write: EROFS), ext4 rw on /, tmpfs on /etc".into())
+        } else {
+            bail!(problems.join("; "))
+        }
+    })();
+    outcome(name, r)
+}
+
+/// The data partition and its filesystem fill the enlarged disk.
+fn check_grown(vm: &mut Vm, disk_bytes: u64) -> Check {
+    let name = "data partition and filesystem grew to fill the enlarged disk";
+    let r = (|| -> Result<String> {
+        let dev = sh(vm, "awk '$2==\"/\"{print $1}' /proc/mounts | tail -n1")?;
+        let part = dev.trim().trim_start_matches("/dev/").to_string();
+        let disk = sh(vm, &format!("basename $(dirname $(readlink -f /sys/class/block/{part}))"))?;
+        let num = |s: String| -> Result<u64> {
+            s.trim().parse().with_context(|| format!("not a number: {s:?}"))
+        };
+        let start = num(sh(vm, &format!("cat /sys/class/block/{part}/start"))?)? * 512;
+        let size = num(sh(vm, &format!("cat /sys/class/block/{part}/size"))?)? * 512;
+        let disk_size = num(sh(vm, &format!("cat /sys/class/block/{}/size", disk.trim()))?)? * 512;
+        if disk_size != disk_bytes {
+            bail!("the guest sees a {disk_size}-byte disk, expected {disk_bytes}");
+        }
+        let end = start + size;
+        // GPT keeps its backup header (and alignment) at the end: allow 1 MiB.
+        if end + (1 << 20) < disk_size {
+            bail!("partition ends at {end} of {disk_size} bytes: not grown");
+        }
+        let fs = sh(vm, "stat -f -c '%b %S' /")?;
+        let mut it = fs.split_whitespace().map(|s| s.parse::<u64>());
+        let fs_bytes = match (it.next(), it.next()) {
+            (Some(Ok(b)), Some(Ok(s))) => b * s,
+            _ => bail!("unreadable `stat -f` output {fs:?}"),
+        };
+        if fs_bytes * 100 < size * 95 {
+            bail!("the filesystem holds {fs_bytes} bytes of a {size}-byte partition: not grown");
+        }
+        Ok(format!(
+            "/dev/{part}: {} MiB partition, {} MiB filesystem on a {} MiB disk",
+            size >> 20,
+            fs_bytes >> 20,
+            disk_size >> 20
+        ))
+    })();
+    outcome(name, r)
+}
+
+fn check_persistence(vm: &mut Vm) -> Check {
+    let name = "after a reboot /etc is fresh and /root, /var/lib, /home are kept";
+    let r = (|| -> Result<String> {
+        let out = sh(
+            vm,
+            "test ! -e /etc/nodeimg-boottest && echo etc-fresh; for d in /root /var/lib /home; do cat $d/nodeimg-boottest; done",
+        )?;
+        let want = "etc-fresh\nkept\nkept\nkept";
+        if out.trim() != want {
+            bail!("expected {want:?}, got {out:?}");
+        }
+        Ok("the /etc file is gone; 3 files on data kept".into())
+    })();
+    outcome(name, r)
+}
+
+fn check_power_loss(vm: &mut Vm) -> Check {
+    let name = "after power loss the data partition mounts and synced data is there";
+    let r = (|| -> Result<String> {
+        let out = sh(vm, "cat /root/nodeimg-powerloss")?;
+        if out.trim() != "synced-before-power-loss" {
+            bail!("/root/nodeimg-powerloss holds {out:?}");
+        }
+        let errors = sh(vm, "dmesg | grep -i 'EXT4-fs error' || true")?;
+        if !errors.trim().is_empty() {
+            bail!("ext4 errors after power loss: {errors}");
+        }
+        Ok("synced file intact, no ext4 errors".into())
+    })();
+    outcome(name, r)
+}
+
+/// Identity facts: hostname, machine-id, SSH host key fingerprint, k3s node password.
+/// The node password is written here if k3s has not (the test rootfs has no k3s
+/// running), through `/etc/rancher/node` as k3s would.
+fn identity(vm: &mut Vm) -> Result<Vec<(String, String)>> {
+    sh(vm, "mkdir -p /etc/rancher/node && { test -s /etc/rancher/node/password || head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /etc/rancher/node/password; } && sync")?;
+    let mut facts = Vec::new();
+    for (what, cmd) in [
+        ("hostname", "hostname"),
+        ("machine-id", "cat /etc/machine-id"),
+        ("k3s node password", "cat /etc/rancher/node/password"),
+        (
+            "SSH host keys",
+            "cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null | sha256sum | cut -c1-16; ls /etc/ssh/ssh_host_*_key.pub 2>/dev/null | wc -l",
+        ),
+    ] {
+        facts.push((what.to_string(), sh(vm, cmd)?.trim().to_string()));
+    }
+    Ok(facts)
+}
+
+fn compare_identity(a: &Result<Vec<(String, String)>>, b: &Result<Vec<(String, String)>>) -> Check {
+    let name = "same hostname, machine-id, SSH host keys and node password on other hardware";
+    match (a, b) {
+        (Ok(a), Ok(b)) if a == b => {
+            let empty: Vec<&str> = a
+                .iter()
+                .filter(|(k, v)| v.is_empty() && k != "SSH host keys")
+                .map(|(k, _)| k.as_str())
+                .collect();
+            if !empty.is_empty() {
+                return fail(name, format!("empty: {}", empty.join(", ")));
+            }
+            Check {
+                name,
+                passed: true,
+                detail: a
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.replace('\n', " ")))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+        }
+        (Ok(a), Ok(b)) => fail(name, format!("first boot {a:?}, second boot {b:?}")),
+        (Err(e), _) | (_, Err(e)) => fail(name, format!("{e:#}")),
+    }
+}
+
+fn check_rescue(name: &'static str, spec: &VmSpec, needle: &str, timeout: Duration) -> Check {
+    let r = (|| -> Result<String> {
+        let mut vm = Vm::start(spec)?;
+        let msg = vm.wait_for("nodeimg-init: ERROR", timeout)?;
+        let line = vm.wait_for("\n", Duration::from_secs(5))?;
+        let _ = msg;
+        vm.wait_for_shell(Duration::from_secs(20))?;
+        let line = line.trim().to_string();
+        if !line.contains(needle) {
+            bail!("the error {line:?} does not name {needle:?}");
+        }
+        Ok(format!("ERROR{line}"))
+    })();
+    outcome(name, r)
+}
+
+fn outcome(name: &'static str, r: Result<String>) -> Check {
+    match r {
+        Ok(detail) => Check {
+            name,
+            passed: true,
+            detail,
+        },
+        Err(e) => fail(name, format!("{e:#}")),
+    }
+}
+
+fn wrong_disk_id(cmdline: &str) -> String {
+    cmdline
+        .split_whitespace()
+        .map(|w| match w.split_once('=') {
+            Some(("nodeimg.disk", v)) if v.starts_with("gpt:") => {
+                "nodeimg.disk=gpt:00000000-0000-4000-8000-000000000000".to_string()
+            }
+            Some(("nodeimg.disk", _)) => "nodeimg.disk=mbr:0badc0de".to_string(),
+            _ => w.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Deletes a partition's entry from the table of a disk image (MBR or GPT,
+/// fixing the GPT checksums), leaving its data in place.
+pub fn remove_partition(image: &Path, number: u32) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(image)
+        .with_context(|| format!("opening {}", image.display()))?;
+    let mut mbr = [0u8; 512];
+    f.read_exact(&mut mbr)?;
+    if mbr[446 + 4] != 0xee {
+        let off = 446 + 16 * (number as usize - 1);
+        f.seek(SeekFrom::Start(off as u64))?;
+        f.write_all(&[0u8; 16])?;
+        return Ok(());
+    }
+    let mut hdr = [0u8; 92];
+    f.seek(SeekFrom::Start(512))?;
+    f.read_exact(&mut hdr)?;
+    let entries_lba = u64::from_le_bytes(hdr[72..80].try_into()?);
+    let count = u32::from_le_bytes(hdr[80..84].try_into()?) as usize;
+    let esize = u32::from_le_bytes(hdr[84..88].try_into()?) as usize;
+    let mut arr = vec![0u8; count * esize];
+    f.seek(SeekFrom::Start(entries_lba * 512))?;
+    f.read_exact(&mut arr)?;
+    let i = number as usize - 1;
+    arr[i * esize..(i + 1) * esize].fill(0);
+    hdr[88..92].copy_from_slice(&crc32fast::hash(&arr).to_le_bytes());
+    hdr[16..20].fill(0);
+    let crc = crc32fast::hash(&hdr);
+    hdr[16..20].copy_from_slice(&crc.to_le_bytes());
+    f.seek(SeekFrom::Start(entries_lba * 512))?;
+    f.write_all(&arr)?;
+    f.seek(SeekFrom::Start(512))?;
+    f.write_all(&hdr)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_txt_names_kernel_and_initramfs() {
+        let (k, i) = names_from_config_txt("arm_64bit=1\nkernel=vmlinuz\ninitramfs initrd.img followkernel\n");
+        assert_eq!((k.as_str(), i.as_str()), ("vmlinuz", "initrd.img"));
+    }
+
+    #[test]
+    fn wrong_disk_id_replaces_only_the_identifier() {
+        assert_eq!(
+            wrong_disk_id("console=ttyS1 nodeimg.disk=mbr:12345678 nodeimg.data=4"),
+            "console=ttyS1 nodeimg.disk=mbr:0badc0de nodeimg.data=4"
+        );
+    }
+}

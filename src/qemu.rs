@@ -1,0 +1,252 @@
+//! Driving a QEMU guest over its serial console: start it, wait for text,
+//! run shell commands and read their output and exit status, kill it.
+//!
+//! Everything the guest prints is kept (and appended to a log file) so a
+//! failed check can show what the console said.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// One VM: what it boots and how it looks to the guest.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub qemu: PathBuf,
+    pub disk: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+    pub mem_mib: u32,
+    pub cpus: u32,
+    pub mac: String,
+    /// The console log is appended here.
+    pub log: PathBuf,
+}
+
+pub struct Vm {
+    child: Child,
+    stdin: ChildStdin,
+    console: Arc<Mutex<Vec<u8>>>,
+    /// How much of `console` earlier waits have consumed.
+    seen: usize,
+    started: Instant,
+}
+
+impl Vm {
+    pub fn start(spec: &VmSpec) -> Result<Vm> {
+        let mut cmd = Command::new(&spec.qemu);
+        cmd.args(["-M", "virt", "-cpu", "cortex-a72", "-nographic", "-no-reboot"])
+            .args(["-m", &spec.mem_mib.to_string()])
+            .args(["-smp", &spec.cpus.to_string()])
+            .arg("-kernel")
+            .arg(&spec.kernel)
+            .arg("-initrd")
+            .arg(&spec.initrd)
+            .arg("-append")
+            .arg(&spec.cmdline)
+            .arg("-drive")
+            .arg(format!(
+                "file={},if=virtio,format=raw,cache=unsafe",
+                spec.disk.display()
+            ))
+            .args(["-netdev", "user,id=n0"])
+            .arg("-device")
+            .arg(format!("virtio-net-pci,netdev=n0,mac={}", spec.mac))
+            .args(["-serial", "stdio", "-monitor", "none"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", spec.qemu.display()))?;
+        let stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+        let console = Arc::new(Mutex::new(Vec::new()));
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spec.log)
+            .with_context(|| format!("opening {}", spec.log.display()))?;
+        let _ = writeln!(log, "\n===== qemu {:?}", spec);
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let console = console.clone();
+            let mut log = log.try_clone().context("cloning the log handle")?;
+            std::thread::spawn(move || pump(stream, &console, &mut log));
+        }
+        Ok(Vm {
+            child,
+            stdin,
+            console,
+            seen: 0,
+            started: Instant::now(),
+        })
+    }
+
+    /// Seconds since the VM started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Waits until the console shows `needle` (after what earlier waits consumed).
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let buf = lock(&self.console);
+                let text = String::from_utf8_lossy(&buf[self.seen.min(buf.len())..]).into_owned();
+                if let Some(i) = text.find(needle) {
+                    let upto = i + needle.len();
+                    self.seen += text[..upto].len();
+                    return Ok(text[..upto].to_string());
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                bail!(
+                    "QEMU exited ({status}) before the console showed {needle:?}; console ends with:\n{}",
+                    self.tail(25)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "timed out after {}s waiting for {needle:?}; console ends with:\n{}",
+                    timeout.as_secs(),
+                    self.tail(25)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Types a line on the console.
+    pub fn send(&mut self, line: &str) -> Result<()> {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|_| self.stdin.flush())
+            .context("writing to the VM console")
+    }
+
+    /// Waits for a shell on the console: types a probe until its output shows.
+    pub fn wait_for_shell(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.send("echo @@SHELL''READY")?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "no shell on the console after {}s; console ends with:\n{}",
+                    timeout.as_secs(),
+                    self.tail(25)
+                );
+            }
+            if self
+                .wait_for("@@SHELLREADY", left.min(Duration::from_secs(3)))
+                .is_ok()
+            {
+                // Let the rest of the probes' echoes pass.
+                std::thread::sleep(Duration::from_millis(300));
+                self.seen = lock(&self.console).len();
+                return Ok(());
+            }
+        }
+    }
+
+    /// Runs a shell command in the guest; returns its exit status and output.
+    pub fn sh(&mut self, command: &str, timeout: Duration) -> Result<(i32, String)> {
+        let id = format!("{:x}", self.seen);
+        self.send(&format!(
+            "echo @@B''{id}; {command}; echo @@E''{id}:$?"
+        ))?;
+        self.wait_for(&format!("@@B{id}"), timeout)?;
+        let out = self.wait_for(&format!("@@E{id}:"), timeout)?;
+        let status_text = self.wait_for("\n", Duration::from_secs(5))?;
+        let status = status_text
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("unreadable exit status {status_text:?} of {command:?}"))?;
+        let body = out
+            .trim_end_matches(&format!("@@E{id}:"))
+            .replace('\r', "");
+        Ok((status, body.trim_matches('\n').to_string()))
+    }
+
+    /// The last `lines` lines of the console.
+    pub fn tail(&self, lines: usize) -> String {
+        let buf = lock(&self.console);
+        let text = String::from_utf8_lossy(&buf).replace('\r', "");
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Pulls the plug: SIGKILL, no shutdown.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lock(m: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn pump(mut from: Box<dyn Read + Send>, to: &Mutex<Vec<u8>>, log: &mut std::fs::File) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                lock(to).extend_from_slice(&buf[..n]);
+                let _ = log.write_all(&buf[..n]);
+            }
+        }
+    }
+}
+
+/// Finds `qemu-system-aarch64` on PATH.
+pub fn find_qemu() -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("qemu-system-aarch64"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow!("qemu-system-aarch64 not found on PATH (Debian: apt-get install qemu-system-arm)"))
+}
+
+/// Copies a (possibly sparse) file, keeping holes where the source is zero.
+pub fn sparse_copy(from: &Path, to: &Path) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut src = std::fs::File::open(from).with_context(|| format!("opening {}", from.display()))?;
+    let len = src.metadata()?.len();
+    let mut dst = std::fs::File::create(to).with_context(|| format!("creating {}", to.display()))?;
+    dst.set_len(len)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < len {
+        let n = src.read(&mut buf).with_context(|| format!("reading {}", from.display()))?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|b| *b != 0) {
+            dst.seek(SeekFrom::Start(pos))?;
+            dst.write_all(&buf[..n])
+                .with_context(|| format!("writing {}", to.display()))?;
+        }
+        pos += n as u64;
+    }
+    dst.sync_all()?;
+    Ok(len)
+}
