@@ -8,6 +8,7 @@
 //!
 //! Hard links are kept as files sharing one `Data` (`Arc::ptr_eq` tells them apart).
 
+pub mod lookup;
 pub mod reader;
 pub mod transform;
 
@@ -46,8 +47,14 @@ pub enum Kind {
     File(Data),
     /// The link target exactly as stored (relative or absolute).
     Symlink(String),
-    CharDevice { major: u32, minor: u32 },
-    BlockDevice { major: u32, minor: u32 },
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
+    BlockDevice {
+        major: u32,
+        minor: u32,
+    },
     Fifo,
     Socket,
 }
