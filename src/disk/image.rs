@@ -51,9 +51,10 @@ pub fn assemble(
             bail!("{what} (offset {off}, {len} bytes) does not fit in the {total}-byte image");
         }
     }
+    regions.retain(|r| r.1 > 0);
     regions.sort_by_key(|r| r.0);
     for w in regions.windows(2) {
-        if w[0].1 > 0 && w[1].1 > 0 && w[0].0 + w[0].1 > w[1].0 {
+        if w[0].0 + w[0].1 > w[1].0 {
             bail!("{} overlaps {}", w[0].2, w[1].2);
         }
     }
@@ -201,6 +202,95 @@ mod tests {
         assert!(got[(1 << 20)..(1 << 20) + l] == data[..]);
     }
 
+    /// The whole path for a 4 GiB qemu-style GPT image: planned, assembled
+    /// sparse, readable by sfdisk, partition contents at their planned offsets.
+    #[test]
+    fn four_gib_gpt_image_end_to_end() {
+        use crate::disk::gpt::{default_type, tables, GptPart};
+        use crate::disk::layout::{plan, PartKind, PartSpec, TableKind, MIB};
+        use std::io::{Read, Seek};
+        let total = 4u64 << 30;
+        let spec = |name: &str, size: Option<u64>, kind| PartSpec {
+            name: name.into(),
+            size,
+            kind,
+        };
+        let placed = plan(
+            TableKind::Gpt,
+            512,
+            total,
+            &[
+                spec("boot", Some(64 * MIB), PartKind::BootFat),
+                spec("system-a", Some(300 * MIB), PartKind::LinuxData),
+                spec("system-b", Some(300 * MIB), PartKind::LinuxData),
+                spec("data", None, PartKind::LinuxData),
+            ],
+        )
+        .unwrap();
+        let gparts: Vec<GptPart> = placed
+            .iter()
+            .map(|p| GptPart {
+                placed: p,
+                type_guid: default_type(p.kind),
+                unique_guid: crate::ids::uuid(b"e2e", &p.name),
+            })
+            .collect();
+        let t = tables(crate::ids::uuid(b"e2e", "disk"), 512, total, &gparts).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let boot = pattern(300_000, 11);
+        let mut data = vec![0u8; 8 << 20];
+        data[1024..5000].copy_from_slice(&pattern(3976, 12));
+        let (bp, dp) = (dir.path().join("boot.vfat"), dir.path().join("data.ext4"));
+        std::fs::write(&bp, &boot).unwrap();
+        std::fs::write(&dp, &data).unwrap();
+        let out = dir.path().join("disk.img");
+        let started = std::time::Instant::now();
+        assemble(
+            &out,
+            total,
+            &[(0, &t.primary), (t.backup_offset, &t.backup)],
+            &[
+                (placed[0].start, placed[0].size, &bp),
+                (placed[3].start, placed[3].size, &dp),
+            ],
+        )
+        .unwrap();
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "assembly took {:?}",
+            started.elapsed()
+        );
+        let md = std::fs::metadata(&out).unwrap();
+        assert_eq!(md.len(), total);
+        assert!(
+            md.blocks() * 512 < 4 << 20,
+            "{} bytes used",
+            md.blocks() * 512
+        );
+
+        let read_at = |off: u64, len: usize| {
+            let mut f = File::open(&out).unwrap();
+            f.seek(SeekFrom::Start(off)).unwrap();
+            let mut b = vec![0u8; len];
+            f.read_exact(&mut b).unwrap();
+            b
+        };
+        assert_eq!(read_at(placed[0].start, boot.len()), boot);
+        assert_eq!(read_at(placed[3].start, data.len()), data);
+        assert_eq!(read_at(t.backup_offset, t.backup.len()), t.backup);
+
+        let o = std::process::Command::new("sfdisk")
+            .arg("--verify")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success() && text.contains("No errors detected"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn oversized_partition_image_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -227,6 +317,15 @@ mod tests {
         let e = assemble(&out, 8192, &[], &[(4096, 8192, &part)]).unwrap_err();
         assert!(e.to_string().contains("does not fit"), "{e}");
         let e = assemble(&out, 8192, &[(4000, &[1u8; 200])], &[(4096, 4096, &part)]).unwrap_err();
+        assert!(e.to_string().contains("overlaps"), "{e}");
+        // An empty blob between two overlapping regions does not hide the overlap.
+        let e = assemble(
+            &out,
+            8192,
+            &[(4000, &[1u8; 200]), (4050, &[])],
+            &[(4096, 4096, &part)],
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("overlaps"), "{e}");
         let e = assemble(
             &out,
