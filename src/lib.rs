@@ -11,4 +11,6 @@ pub mod cli;
 pub mod disk;
 pub mod fs;
 pub mod ids;
+pub mod join;
+pub mod k3s;
 pub mod tree;
