@@ -192,7 +192,11 @@ pub fn parse(text: &str) -> Result<Node, (u64, String)> {
                     .split(", set DuplicateKeyPolicy")
                     .next()
                     .unwrap_or(rest);
-                msg = format!("duplicate key \"{key}\"");
+                msg = if super::schema::is_plain_key(key) {
+                    format!("duplicate key \"{key}\"")
+                } else {
+                    "duplicate key".to_owned()
+                };
             }
             Err((line, msg))
         }
