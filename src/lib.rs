@@ -13,4 +13,5 @@ pub mod fs;
 pub mod ids;
 pub mod join;
 pub mod k3s;
+pub mod kernelconfig;
 pub mod tree;
