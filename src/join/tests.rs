@@ -949,3 +949,38 @@ fn token_never_printed() {
         .render_k3s_config("/t")
         .contains("agent-token: \"agent-secret-1\"\n"));
 }
+
+/// The examples in docs/cluster-yaml.md load, and the rendered k3s config
+/// shown there is what the agent example gives.
+#[test]
+fn documented_examples_load() {
+    let doc = include_str!("../../docs/cluster-yaml.md");
+    let blocks: Vec<&str> = doc
+        .split("```yaml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert_eq!(blocks.len(), 6, "one rendered config and five examples");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    for f in ["node-token", "cluster-token"] {
+        std::fs::write(dir.path().join("secrets").join(f), secure_token()).unwrap();
+    }
+    let mut configs = Vec::new();
+    for b in &blocks[1..] {
+        let text = b.replace("K10<64 hex digits>::server:<password>", &secure_token());
+        match load_in(dir.path(), &text) {
+            Ok(c) => configs.push(c),
+            Err(e) => panic!("example fails: {e:#}\n{b}"),
+        }
+    }
+    let agent = configs[0].node(None).unwrap();
+    // The rendered example shows one kubelet-arg list, the labels and taints.
+    assert_eq!(agent.render_k3s_config(NODE_TOKEN_PATH), blocks[0]);
+    assert_eq!(configs[2].node_names(), vec!["cp-1", "cp-2", "cp-3", "w-1"]);
+    for c in &configs {
+        for name in c.node_names() {
+            c.node(Some(&name)).unwrap();
+        }
+    }
+}
