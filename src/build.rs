@@ -270,12 +270,17 @@ struct Found {
 }
 
 fn locate(board: &Board, rootfs: &Tree) -> Result<Found> {
-    let kernel = lookup::find_first(rootfs, &board.sources.kernel).context("no kernel found")?;
+    // Lookups answer with absolute paths; the tree is keyed by relative ones.
+    let find = |candidates: &[String]| {
+        lookup::find_first(rootfs, candidates).map(|p| p.trim_start_matches('/').to_string())
+    };
+    let kernel = find(&board.sources.kernel).context("no kernel found")?;
     let kernel_name = tree::file_name(&kernel).to_string();
     let mut module_dirs = Vec::new();
     for pattern in &board.sources.modules {
         module_dirs = lookup::glob(rootfs, pattern)
             .into_iter()
+            .map(|p| p.trim_start_matches('/').to_string())
             .filter(|p| matches!(rootfs.get(p).map(|e| &e.kind), Some(Kind::Dir)))
             .collect();
         if !module_dirs.is_empty() {
@@ -301,19 +306,16 @@ fn locate(board: &Board, rootfs: &Tree) -> Result<Found> {
             })?,
     };
     let kernel_release = tree::file_name(&modules_dir).to_string();
-    let busybox =
-        lookup::find_first(rootfs, &board.initramfs.busybox).context("no busybox found")?;
+    let busybox = find(&board.initramfs.busybox).context("no busybox found")?;
     let mut dtbs = BTreeMap::new();
     for (name, candidates) in &board.sources.dtbs {
-        let p = lookup::find_first(rootfs, candidates)
-            .with_context(|| format!("device tree {name} not found"))?;
+        let p = find(candidates).with_context(|| format!("device tree {name} not found"))?;
         let d = file_data(rootfs, &p)?;
         dtbs.insert(name.clone(), (p, d));
     }
     let mut firmware = BTreeMap::new();
     for (name, candidates) in &board.sources.firmware {
-        let p = lookup::find_first(rootfs, candidates)
-            .with_context(|| format!("firmware file {name} not found"))?;
+        let p = find(candidates).with_context(|| format!("firmware file {name} not found"))?;
         let d = file_data(rootfs, &p)?;
         firmware.insert(name.clone(), (p, d));
     }
@@ -423,10 +425,7 @@ impl DiskPlan {
                     .iter()
                     .map(|p| GptPart {
                         placed: p,
-                        type_guid: match p.kind {
-                            PartKind::BootFat => gpt::BASIC_DATA,
-                            _ => gpt::LINUX_FILESYSTEM,
-                        },
+                        type_guid: gpt::default_type(p.kind),
                         unique_guid: ids::uuid(seed, &format!("gpt-part-{}", p.number)),
                     })
                     .collect();

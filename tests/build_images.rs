@@ -57,7 +57,7 @@ fn qemu_has_the_declared_gpt_table() {
         "boot is basic data"
     );
     for q in &t.partitions[1..] {
-        assert_eq!(q.typ, "0FC63DAF-8483-4772-8E3D-4766E47D2B8A");
+        assert_eq!(q.typ, "0FC63DAF-8483-4772-8E79-3D69D8477DE4");
     }
     assert_eq!(t.partitions[0].size, 128 * SECTORS_PER_MIB);
     for q in &t.partitions {
