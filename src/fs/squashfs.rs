@@ -41,6 +41,9 @@ pub const BLOCK_SIZE: u32 = 128 * 1024;
 /// zstd level for data and metadata blocks.
 pub const ZSTD_LEVEL: u32 = 15;
 
+/// Longest file name the kernel's squashfs accepts (`SQUASHFS_NAME_LEN`).
+const MAX_NAME: usize = 256;
+
 /// Largest total of file contents backhand can address (32-bit block starts),
 /// with room for the superblock and compression options in front.
 const MAX_CONTENT_BYTES: u64 = u32::MAX as u64 - 64 * 1024;
@@ -108,6 +111,9 @@ fn check(tree: &Tree) -> Result<()> {
     let mut ids = std::collections::BTreeSet::new();
     for (path, entry) in tree.iter() {
         node_header(&entry.meta, path)?;
+        if crate::tree::file_name(path).len() > MAX_NAME {
+            bail!("/{path}: name longer than squashfs's {MAX_NAME} bytes");
+        }
         ids.insert(entry.meta.uid);
         ids.insert(entry.meta.gid);
         if let Kind::File(data) = &entry.kind {
@@ -123,9 +129,11 @@ fn check(tree: &Tree) -> Result<()> {
             "file contents total {total} bytes; this writer supports at most {MAX_CONTENT_BYTES}"
         );
     }
-    if ids.len() > usize::from(u16::MAX) + 1 {
+    // Ids are 16-bit indexes into the id table; backhand also stores the
+    // table's length in a u16 (and panics beyond it).
+    if ids.len() > usize::from(u16::MAX) {
         bail!(
-            "{} distinct uids/gids; squashfs allows at most 65536",
+            "{} distinct uids/gids; this writer supports at most 65535",
             ids.len()
         );
     }
@@ -688,6 +696,20 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn longest_allowed_name_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("n.squashfs");
+        let mut tree = Tree::new(m(0o755, 0));
+        tree.insert(
+            &"n".repeat(MAX_NAME),
+            Entry::file(m(0o644, 9), b"x".to_vec()),
+        )
+        .unwrap();
+        write(&tree, &img, 0).unwrap();
+        assert_eq!(actual_listing(&img), expected_listing(&tree));
+    }
+
+    #[test]
     fn device_numbers_use_the_kernel_encoding() {
         assert_eq!(encode_dev(1, 3, "x").unwrap(), 0x103);
         assert_eq!(encode_dev(259, 300, "x").unwrap(), 0x0011_032c);
@@ -722,6 +744,13 @@ pub(crate) mod tests {
         let err = format!("{:#}", write(&tree, &img, 0).unwrap_err());
         assert!(err.contains("/dev") && err.contains("5000"), "{err}");
         assert!(!img.exists(), "nothing written on refusal");
+
+        let mut tree = Tree::new(m(0o755, 0));
+        let long = "n".repeat(257);
+        tree.insert(&long, Entry::file(m(0o644, 0), vec![]))
+            .unwrap();
+        let err = format!("{:#}", write(&tree, &img, 0).unwrap_err());
+        assert!(err.contains("longer than"), "{err}");
     }
 }
 
