@@ -196,9 +196,9 @@ fn clusters_needed(files: &[(Vec<&str>, &Vec<u8>)], cluster: u64, label: bool) -
         let last = parts.len() - 1;
         for depth in 0..last {
             let dir = parts[..=depth].join("/");
-            if !dirs.contains_key(&dir) {
+            if let std::collections::btree_map::Entry::Vacant(v) = dirs.entry(dir) {
                 // "." and ".."
-                dirs.insert(dir, 2 * DIR_ENTRY);
+                v.insert(2 * DIR_ENTRY);
                 *dirs.entry(parts[..depth].join("/")).or_insert(0) += entry_bytes(parts[depth]);
             }
         }

@@ -46,8 +46,14 @@ pub enum Kind {
     File(Data),
     /// The link target exactly as stored (relative or absolute).
     Symlink(String),
-    CharDevice { major: u32, minor: u32 },
-    BlockDevice { major: u32, minor: u32 },
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
+    BlockDevice {
+        major: u32,
+        minor: u32,
+    },
     Fifo,
     Socket,
 }
