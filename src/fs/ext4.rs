@@ -927,3 +927,50 @@ mod tests {
         assert!(err.len() > "mke2fs failed".len() + 20, "{err}");
     }
 }
+
+#[cfg(test)]
+mod grow_tests {
+    use super::*;
+    use crate::tree::Meta;
+
+    #[test]
+    fn the_filesystem_can_be_grown_with_resize2fs() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("data.img");
+        let mut tree = Tree::new(Meta::root(0o755, 1_700_000_000));
+        tree.insert(
+            "keep",
+            Entry::file(Meta::root(0o644, 1_700_000_000), b"kept".to_vec()),
+        )
+        .unwrap();
+        let opts = Ext4Options {
+            uuid: [1; 16],
+            hash_seed: [2; 16],
+            label: "data".into(),
+            mtime: 1_700_000_000,
+        };
+        write(&img, 64 * MIB, &opts, &tree).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&img)
+            .unwrap()
+            .set_len(1024 * MIB)
+            .unwrap();
+        let o = Command::new("resize2fs").arg(&img).output().unwrap();
+        assert!(o.status.success(), "resize2fs: {o:?}");
+        let o = Command::new("e2fsck")
+            .arg("-fn")
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "e2fsck after resize: {o:?}");
+        let o = Command::new("dumpe2fs")
+            .arg("-h")
+            .arg(&img)
+            .output()
+            .unwrap();
+        let h = String::from_utf8_lossy(&o.stdout);
+        assert!(h.contains("Block count:              262144"), "{h}");
+        assert!(h.contains("Block size:               4096"), "{h}");
+    }
+}
