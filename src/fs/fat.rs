@@ -12,6 +12,11 @@
 //! FAT32 needs at least 65525 clusters, so the cluster size is the largest of the
 //! usual sizes that still gives that many; 512-byte clusters set the minimum
 //! partition size, [`MIN_SIZE`].
+//!
+//! `fatfs` 0.3.6 writes the "." and ".." entries of new directories wrongly
+//! (with long-name entries in front, and ".." of top-level directories
+//! pointing at the root cluster instead of 0); `fix_dot_entries` repairs them
+//! after the fact so that `fsck.fat` is clean.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
