@@ -1,1 +1,706 @@
-//! (being written)
+//! The FAT32 boot partition, written with the `fatfs` crate (no root, no mount).
+//!
+//! The output is a function of the inputs only: files are added in the map's
+//! (sorted) order and every directory entry carries the same fixed timestamp,
+//! 1980-01-01 00:00:00, the DOS epoch. (Without its `chrono` feature `fatfs`
+//! would stamp the raw value 0, which decodes to the invalid date 1980-00-00.)
+//! The volume-label entry `fatfs` writes into the root directory keeps that raw
+//! 0 date; nothing reads it.
+//!
+//! The filesystem is always FAT32 (the Raspberry Pi firmware and every other
+//! consumer handle it; FAT16 would be picked by size alone for small partitions).
+//! FAT32 needs at least 65525 clusters, so the cluster size is the largest of the
+//! usual sizes that still gives that many; 512-byte clusters set the minimum
+//! partition size, [`MIN_SIZE`].
+//!
+//! `fatfs` 0.3.6 writes the "." and ".." entries of new directories wrongly
+//! (with long-name entries in front, and ".." of top-level directories
+//! pointing at the root cluster instead of 0); `fix_dot_entries` repairs them
+//! after the fact so that `fsck.fat` is clean.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use fatfs::{
+    Date, DateTime, FatType, FileSystem, FormatVolumeOptions, FsOptions, Time, TimeProvider,
+};
+
+/// Options of the FAT32 volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FatOptions {
+    /// The volume serial number (`minfo` shows it as "serial number").
+    pub volume_id: u32,
+    /// Up to 11 characters: uppercase ASCII letters, digits, space and
+    /// `! # $ % & ' ( ) - @ ^ _ \` { } ~`. Empty means no label ("NO NAME").
+    pub label: String,
+}
+
+const SECTOR: u64 = 512;
+const MIB: u64 = 1024 * 1024;
+/// Fewest clusters a FAT32 volume may have (fewer makes it FAT16 by definition).
+const FAT32_MIN_CLUSTERS: u64 = 65525;
+/// Reserved sectors `fatfs` puts before the FATs of a FAT32 volume.
+const RESERVED_SECTORS: u64 = 8;
+/// Size of one directory entry (short or long-name part).
+const DIR_ENTRY: u64 = 32;
+
+/// The smallest size a FAT32 volume written here may have: 65525 clusters of
+/// 512 bytes, two FATs covering them, and the reserved sectors.
+pub const MIN_SIZE: u64 = {
+    let fat_sectors = ((FAT32_MIN_CLUSTERS + 2) * 4).div_ceil(SECTOR);
+    (RESERVED_SECTORS + 2 * fat_sectors + FAT32_MIN_CLUSTERS) * SECTOR
+};
+
+/// Every directory entry gets this time: 1980-01-01 00:00:00.
+#[derive(Debug)]
+struct DosEpoch;
+
+impl TimeProvider for DosEpoch {
+    fn get_current_date(&self) -> Date {
+        Date {
+            year: 1980,
+            month: 1,
+            day: 1,
+        }
+    }
+    fn get_current_date_time(&self) -> DateTime {
+        DateTime {
+            date: self.get_current_date(),
+            time: Time {
+                hour: 0,
+                min: 0,
+                sec: 0,
+                millis: 0,
+            },
+        }
+    }
+}
+
+static DOS_EPOCH: DosEpoch = DosEpoch;
+
+fn fs_options() -> FsOptions {
+    FsOptions::new()
+        .update_accessed_date(false)
+        .time_provider(&DOS_EPOCH)
+}
+
+/// "256 MiB" for whole mebibytes, "255.6 MiB" otherwise.
+fn mib(bytes: u64) -> String {
+    if bytes % MIB == 0 {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / MIB as f64)
+    }
+}
+
+/// "300.0 MiB": always one decimal, for amounts that are compared.
+fn mib1(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / MIB as f64)
+}
+
+fn label_bytes(label: &str) -> Result<Option<[u8; 11]>> {
+    if label.is_empty() {
+        return Ok(None);
+    }
+    if label.len() > 11 {
+        bail!(
+            "FAT volume label {label:?} is {} characters long; at most 11 are allowed",
+            label.len()
+        );
+    }
+    if label.starts_with(' ') {
+        bail!("FAT volume label {label:?} must not start with a space");
+    }
+    for c in label.chars() {
+        let ok = c.is_ascii_uppercase() || c.is_ascii_digit() || " !#$%&'()-@^_`{}~".contains(c);
+        if !ok {
+            bail!(
+                "FAT volume label {label:?} contains {c:?}; only uppercase ASCII letters, digits, \
+                 space and !#$%&'()-@^_`{{}}~ are allowed"
+            );
+        }
+    }
+    let mut out = [b' '; 11];
+    out[..label.len()].copy_from_slice(label.as_bytes());
+    Ok(Some(out))
+}
+
+/// Clusters of `cluster` bytes a FAT32 volume of `total_sectors` holds, with the
+/// layout `fatfs` uses (8 reserved sectors, two FATs, no root-directory region).
+fn fat32_clusters(total_sectors: u64, cluster: u64) -> u64 {
+    let spc = cluster / SECTOR;
+    // FAT sectors f must cover (clusters + 2) 4-byte entries, where clusters
+    // = (total - reserved - 2f) / spc. Solve for the smallest f, as fatfs does.
+    let t0 = total_sectors.saturating_sub(RESERVED_SECTORS);
+    let entries_per_sector = SECTOR / 4;
+    let f = (t0 + 2 * spc).div_ceil(spc * entries_per_sector + 2);
+    t0.saturating_sub(2 * f) / spc
+}
+
+/// The cluster size: the usual one for the size (4 KiB up to 8 GiB, then
+/// doubling up to 32 KiB), halved until the volume has enough clusters for FAT32.
+fn cluster_size(size: u64) -> Result<u64> {
+    let mut cluster: u64 = if size <= 8 * 1024 * MIB {
+        4096
+    } else if size <= 16 * 1024 * MIB {
+        8192
+    } else if size <= 32 * 1024 * MIB {
+        16384
+    } else {
+        32768
+    };
+    let sectors = size / SECTOR;
+    // A small margin above the FAT32 minimum keeps clear of the boundary that
+    // some implementations compute slightly differently.
+    while cluster > SECTOR && fat32_clusters(sectors, cluster) < FAT32_MIN_CLUSTERS + 16 {
+        cluster /= 2;
+    }
+    if fat32_clusters(sectors, cluster) < FAT32_MIN_CLUSTERS {
+        bail!(
+            "a {} FAT32 partition is too small: FAT32 needs at least {} bytes ({})",
+            mib(size),
+            MIN_SIZE,
+            mib1(MIN_SIZE)
+        );
+    }
+    Ok(cluster)
+}
+
+/// A path from the file map, split into its components, checked.
+fn split_path(path: &str) -> Result<Vec<&str>> {
+    let trimmed = path.trim_start_matches('/');
+    let parts: Vec<&str> = trimmed.split('/').collect();
+    if trimmed.is_empty()
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
+        bail!("boot file path {path:?} is not a plain relative path");
+    }
+    Ok(parts)
+}
+
+/// Bytes of directory entries a name takes: its long-name entries (fatfs
+/// always writes them) and the short entry.
+fn entry_bytes(name: &str) -> u64 {
+    let units = name.encode_utf16().count() as u64;
+    (units.div_ceil(13) + 1) * DIR_ENTRY
+}
+
+/// Clusters the files and their directories take, the root's first cluster included.
+fn clusters_needed(files: &[(Vec<&str>, &Vec<u8>)], cluster: u64, label: bool) -> u64 {
+    // directory path -> bytes of entries in it
+    let mut dirs: BTreeMap<String, u64> = BTreeMap::new();
+    dirs.insert(String::new(), if label { DIR_ENTRY } else { 0 });
+    let mut total = 0;
+    for (parts, data) in files {
+        total += (data.len() as u64).div_ceil(cluster);
+        let last = parts.len() - 1;
+        for depth in 0..last {
+            let dir = parts[..=depth].join("/");
+            if let std::collections::btree_map::Entry::Vacant(v) = dirs.entry(dir) {
+                // "." and ".."
+                v.insert(2 * DIR_ENTRY);
+                *dirs.entry(parts[..depth].join("/")).or_insert(0) += entry_bytes(parts[depth]);
+            }
+        }
+        *dirs.entry(parts[..last].join("/")).or_insert(0) += entry_bytes(parts[last]);
+    }
+    total
+        + dirs
+            .values()
+            .map(|b| (*b).max(1).div_ceil(cluster))
+            .sum::<u64>()
+}
+
+/// Writes `out`, exactly `size` bytes, holding a FAT32 filesystem with `files`
+/// (keys are paths such as "config.txt" or "overlays/foo.dtbo"; missing
+/// directories are created).
+pub fn write(
+    out: &Path,
+    size: u64,
+    opts: &FatOptions,
+    files: &BTreeMap<String, Vec<u8>>,
+) -> Result<()> {
+    let result = write_inner(out, size, opts, files);
+    if result.is_err() {
+        let _ = std::fs::remove_file(out);
+    }
+    result.with_context(|| format!("writing FAT32 boot filesystem {}", out.display()))
+}
+
+fn write_inner(
+    out: &Path,
+    size: u64,
+    opts: &FatOptions,
+    files: &BTreeMap<String, Vec<u8>>,
+) -> Result<()> {
+    let label = label_bytes(&opts.label)?;
+    if size % SECTOR != 0 {
+        bail!("FAT32 partition size {size} is not a multiple of {SECTOR} bytes");
+    }
+    if size / SECTOR > u64::from(u32::MAX) {
+        bail!(
+            "a {} FAT32 partition is too large (at most 2 TiB)",
+            mib(size)
+        );
+    }
+    let cluster = cluster_size(size)?;
+
+    // Check paths: plain, and no two differing only in case (FAT compares
+    // names case-insensitively) or a file standing where a directory must be.
+    let mut checked: Vec<(Vec<&str>, &Vec<u8>)> = Vec::with_capacity(files.len());
+    let mut folded: BTreeMap<String, (String, bool)> = BTreeMap::new();
+    for (path, data) in files {
+        let parts = split_path(path)?;
+        for depth in 1..=parts.len() {
+            let is_dir = depth < parts.len();
+            let prefix = parts[..depth].join("/");
+            match folded.get(&prefix.to_lowercase()) {
+                Some((other, _)) if *other != prefix => bail!(
+                    "boot files {other:?} and {prefix:?} differ only in case, \
+                     which FAT cannot tell apart"
+                ),
+                Some((_, true)) if is_dir => {}
+                Some((_, other_dir)) if *other_dir != is_dir => {
+                    bail!("boot path {prefix:?} is both a file and a directory")
+                }
+                Some(_) => bail!("boot file {prefix:?} is given twice"),
+                None => {
+                    folded.insert(prefix.to_lowercase(), (prefix, is_dir));
+                }
+            }
+        }
+        checked.push((parts, data));
+    }
+
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(out)
+        .with_context(|| format!("creating {}", out.display()))?;
+    file.set_len(size)
+        .with_context(|| format!("sizing {} to {size} bytes", out.display()))?;
+
+    let mut fmt = FormatVolumeOptions::new()
+        .fat_type(FatType::Fat32)
+        .bytes_per_cluster(cluster as u32)
+        .volume_id(opts.volume_id);
+    if let Some(l) = label {
+        fmt = fmt.volume_label(l);
+    }
+    fatfs::format_volume(&mut file, fmt).context("formatting FAT32")?;
+    file.seek(SeekFrom::Start(0))?;
+
+    let fs =
+        FileSystem::new(&mut file, fs_options()).context("opening the new FAT32 filesystem")?;
+    if fs.fat_type() != FatType::Fat32 {
+        bail!(
+            "fatfs made a {:?} filesystem instead of FAT32",
+            fs.fat_type()
+        );
+    }
+    // Counting the free clusters also makes fatfs keep the FSInfo sector's
+    // free-cluster count up to date (fsck.fat checks it); left alone it stays
+    // "unknown".
+    let stats = fs.stats().context("counting free clusters")?;
+    let capacity = u64::from(stats.total_clusters()) * u64::from(stats.cluster_size());
+    let needed = clusters_needed(&checked, cluster, label.is_some()) * cluster;
+    if needed > capacity {
+        bail!(
+            "boot files need {} but the {} boot partition holds {}",
+            mib1(needed),
+            mib(size),
+            mib1(capacity)
+        );
+    }
+    {
+        let root = fs.root_dir();
+        for (parts, data) in &checked {
+            let path = parts.join("/");
+            let mut dir = root.clone();
+            for d in &parts[..parts.len() - 1] {
+                dir = dir
+                    .create_dir(d)
+                    .map_err(|e| space_error(e, needed, capacity, size))
+                    .with_context(|| format!("creating directory for {path:?}"))?;
+            }
+            let name = parts[parts.len() - 1];
+            let mut f = dir
+                .create_file(name)
+                .map_err(|e| space_error(e, needed, capacity, size))
+                .with_context(|| format!("creating {path:?}"))?;
+            f.truncate()?;
+            f.write_all(data)
+                .map_err(|e| space_error(e, needed, capacity, size))
+                .with_context(|| format!("writing {path:?} ({} bytes)", data.len()))?;
+            f.flush().with_context(|| format!("writing {path:?}"))?;
+        }
+    }
+    fs.unmount().context("finishing the FAT32 filesystem")?;
+    fix_dot_entries(&mut file).context("fixing the \".\" and \"..\" directory entries")?;
+    file.sync_all()
+        .with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}
+
+/// Reads `buf.len()` bytes at `pos`.
+fn read_at(file: &mut File, pos: u64, buf: &mut [u8]) -> Result<()> {
+    file.seek(SeekFrom::Start(pos))?;
+    file.read_exact(buf)?;
+    Ok(())
+}
+
+fn le16(b: &[u8], at: usize) -> u64 {
+    u64::from(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+fn le32(b: &[u8], at: usize) -> u64 {
+    u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
+}
+
+/// Repairs what `fatfs` 0.3.6 writes at the start of every new directory.
+///
+/// It stores "." and ".." through its generic entry writer, so each gets a
+/// long-name entry in front: the first cluster holds [LFN ".", ".", LFN "..",
+/// ".."], where FAT requires "." and ".." in the first two slots (fsck.fat
+/// reports and "fixes" this). It also points ".." of a top-level directory at
+/// the root's cluster, where FAT32 requires 0. This pass walks the directory
+/// tree from the root, moves "." and ".." into slots 0 and 1, marks slots 2
+/// and 3 deleted, and sets 0 in ".." for children of the root. It refuses
+/// (rather than guesses) if a directory does not start with that exact pattern.
+fn fix_dot_entries(file: &mut File) -> Result<()> {
+    let mut bpb = [0u8; 512];
+    read_at(file, 0, &mut bpb)?;
+    let bytes_per_sector = le16(&bpb, 11);
+    let cluster_size = bytes_per_sector * u64::from(bpb[13]);
+    let reserved = le16(&bpb, 14);
+    let fats = u64::from(bpb[16]);
+    let sectors_per_fat = le32(&bpb, 36);
+    let root_cluster = le32(&bpb, 44);
+    let total_sectors = le32(&bpb, 32);
+    let fat_start = reserved * bytes_per_sector;
+    let data_start = (reserved + fats * sectors_per_fat) * bytes_per_sector;
+    let clusters = (total_sectors * bytes_per_sector).saturating_sub(data_start) / cluster_size;
+    let valid = |c: u64| (2..clusters + 2).contains(&c);
+    let offset = |c: u64| data_start + (c - 2) * cluster_size;
+
+    let mut fat_entry = [0u8; 4];
+    // (first cluster of a directory, value its ".." must hold; None for the root)
+    let mut stack: Vec<(u64, Option<u64>)> = vec![(root_cluster, None)];
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some((first, dotdot)) = stack.pop() {
+        if !valid(first) || !seen.insert(first) {
+            bail!("directory at cluster {first} is out of range or seen twice");
+        }
+        if let Some(dotdot) = dotdot {
+            let mut head = [0u8; 4 * DIR_ENTRY as usize];
+            read_at(file, offset(first), &mut head)?;
+            let slot = |i: usize| &head[i * 32..(i + 1) * 32];
+            let is_lfn = |i: usize| slot(i)[11] == 0x0f;
+            if !(is_lfn(0)
+                && &slot(1)[..11] == b".          "
+                && is_lfn(2)
+                && &slot(3)[..11] == b"..         ")
+            {
+                bail!("directory at cluster {first} does not start with the layout fatfs 0.3.6 writes");
+            }
+            let mut fixed = [0u8; 4 * DIR_ENTRY as usize];
+            fixed[..32].copy_from_slice(slot(1));
+            fixed[32..64].copy_from_slice(slot(3));
+            // ".." cluster: high word at 20, low word at 26.
+            let hi = ((dotdot >> 16) as u16).to_le_bytes();
+            let lo = (dotdot as u16).to_le_bytes();
+            fixed[32 + 20..32 + 22].copy_from_slice(&hi);
+            fixed[32 + 26..32 + 28].copy_from_slice(&lo);
+            fixed[64] = 0xe5;
+            fixed[96] = 0xe5;
+            file.seek(SeekFrom::Start(offset(first)))?;
+            file.write_all(&fixed)?;
+        }
+        // Queue the subdirectories, following the cluster chain.
+        let mut cluster = first;
+        let mut buf = vec![0u8; cluster_size as usize];
+        let mut steps = 0;
+        'chain: loop {
+            read_at(file, offset(cluster), &mut buf)?;
+            for e in buf.chunks_exact(32) {
+                match e[0] {
+                    0 => break 'chain,
+                    0xe5 => continue,
+                    _ => {}
+                }
+                let attr = e[11];
+                if attr == 0x0f || attr & 0x08 != 0 || attr & 0x10 == 0 {
+                    continue;
+                }
+                if &e[..11] == b".          " || &e[..11] == b"..         " {
+                    continue;
+                }
+                let child = (le16(e, 20) << 16) | le16(e, 26);
+                let parent = if dotdot.is_none() { 0 } else { first };
+                stack.push((child, Some(parent)));
+            }
+            read_at(file, fat_start + 4 * cluster, &mut fat_entry)?;
+            let next = le32(&fat_entry, 0) & 0x0fff_ffff;
+            if next >= 0x0fff_fff8 {
+                break;
+            }
+            steps += 1;
+            if !valid(next) || steps > clusters {
+                bail!("broken cluster chain in the directory at cluster {first}");
+            }
+            cluster = next;
+        }
+    }
+    Ok(())
+}
+
+/// Turns fatfs's "no space" into the same message as the up-front check.
+fn space_error(e: std::io::Error, needed: u64, capacity: u64, size: u64) -> anyhow::Error {
+    if e.to_string().contains("No space") {
+        anyhow!(
+            "boot files need about {} but the {} boot partition holds {} ({e})",
+            mib1(needed),
+            mib(size),
+            mib1(capacity)
+        )
+    } else {
+        anyhow::Error::new(e)
+    }
+}
+
+/// Reads the file at `path` ("overlays/foo.dtbo") from a FAT image.
+pub fn read_file(image: &Path, path: &str) -> Result<Vec<u8>> {
+    let file = File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let parts = split_path(path)?;
+    let fs = FileSystem::new(file, fs_options())
+        .with_context(|| format!("reading FAT filesystem {}", image.display()))?;
+    let mut data = Vec::new();
+    {
+        let mut f = fs
+            .root_dir()
+            .open_file(&parts.join("/"))
+            .with_context(|| format!("{path:?} in {}", image.display()))?;
+        f.read_to_end(&mut data)
+            .with_context(|| format!("reading {path:?} from {}", image.display()))?;
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// Deterministic pseudo-random bytes (xorshift), so data is not all zeros.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    fn opts() -> FatOptions {
+        FatOptions {
+            volume_id: 0x1234_abcd,
+            label: "BOOT".to_string(),
+        }
+    }
+
+    fn sample_files() -> BTreeMap<String, Vec<u8>> {
+        let mut m = BTreeMap::new();
+        m.insert(
+            "config.txt".into(),
+            b"arm_64bit=1\nkernel=vmlinuz\n".to_vec(),
+        );
+        m.insert("bcm2711-rpi-4-b.dtb".into(), noise(54_321, 1));
+        m.insert(
+            "initrd.img-6.12.95+deb12-arm64".into(),
+            noise(5 * 1024 * 1024, 2),
+        );
+        m.insert("overlays/foo.dtbo".into(), noise(1000, 3));
+        m.insert("overlays/deeper/Mixed Case name.txt".into(), b"x".to_vec());
+        m.insert("empty".into(), Vec::new());
+        m
+    }
+
+    fn run(cmd: &str, args: &[&str]) -> (i32, String) {
+        let o = Command::new(cmd)
+            .args(args)
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .output()
+            .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+        let text =
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+        (o.status.code().unwrap_or(-1), text)
+    }
+
+    #[test]
+    fn fsck_mtools_and_read_back_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("boot.img");
+        let files = sample_files();
+        write(&img, 64 * MIB, &opts(), &files).unwrap();
+        assert_eq!(std::fs::metadata(&img).unwrap().len(), 64 * MIB);
+
+        let p = img.to_str().unwrap();
+        let (code, out) = run("fsck.fat", &["-n", "-v", p]);
+        assert_eq!(code, 0, "fsck.fat: {out}");
+        assert!(
+            out.contains("FATs, 32 bit entries"),
+            "fsck.fat does not report FAT32: {out}"
+        );
+
+        let (code, out) = run("minfo", &["-i", p, "::"]);
+        assert_eq!(code, 0, "minfo: {out}");
+        assert!(out.contains("serial number: 1234ABCD"), "{out}");
+        assert!(out.contains("disk type=\"FAT32   \""), "{out}");
+        assert!(out.contains("disk label=\"BOOT       \""), "{out}");
+        // The label also sits in the root directory, where Linux's blkid looks.
+        let (code, out) = run("mlabel", &["-i", p, "-s", "::"]);
+        assert_eq!(code, 0, "mlabel: {out}");
+        assert!(out.contains("Volume label is BOOT"), "{out}");
+
+        for (path, data) in &files {
+            let o = Command::new("mcopy")
+                .args(["-n", "-i", p, &format!("::{path}"), "-"])
+                .env("MTOOLS_SKIP_CHECK", "1")
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "mcopy {path}: {:?}", o);
+            assert!(o.stdout == *data, "mcopy {path}: content differs");
+            assert!(read_file(&img, path).unwrap() == *data, "read_file {path}");
+        }
+        assert!(read_file(&img, "missing.txt").is_err());
+    }
+
+    #[test]
+    fn output_is_deterministic() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.img");
+        let b = dir.path().join("b.img");
+        let mut files = sample_files();
+        files.remove("initrd.img-6.12.95+deb12-arm64");
+        write(&a, 64 * MIB, &opts(), &files).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        write(&b, 64 * MIB, &opts(), &files).unwrap();
+        assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
+    }
+
+    #[test]
+    fn entries_carry_the_dos_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("boot.img");
+        let mut files = BTreeMap::new();
+        files.insert("cmdline.txt".to_string(), b"console=ttyS0".to_vec());
+        write(&img, 64 * MIB, &opts(), &files).unwrap();
+        let (code, out) = run("mdir", &["-i", img.to_str().unwrap(), "::"]);
+        assert_eq!(code, 0, "{out}");
+        let line = out.lines().find(|l| l.contains("cmdline.txt")).unwrap();
+        assert!(line.contains("1980-01-01"), "{line}");
+    }
+
+    #[test]
+    fn too_many_files_is_reported_with_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("boot.img");
+        let mut files = BTreeMap::new();
+        files.insert("big".to_string(), vec![7u8; 70 * MIB as usize]);
+        let err = format!("{:#}", write(&img, 64 * MIB, &opts(), &files).unwrap_err());
+        assert!(
+            err.contains("boot files need 70.0 MiB but the 64 MiB boot partition holds 63."),
+            "{err}"
+        );
+        assert!(!img.exists(), "a failed write leaves no image behind");
+    }
+
+    #[test]
+    fn smallest_size_works_and_smaller_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("boot.img");
+        let mut files = BTreeMap::new();
+        files.insert("a.txt".to_string(), b"a".to_vec());
+        write(&img, MIN_SIZE, &opts(), &files).unwrap();
+        let (code, out) = run("fsck.fat", &["-n", "-v", img.to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("FATs, 32 bit entries"), "{out}");
+        let err = format!(
+            "{:#}",
+            write(&img, MIN_SIZE - SECTOR, &opts(), &files).unwrap_err()
+        );
+        assert!(err.contains("too small"), "{err}");
+        assert!(err.contains(&MIN_SIZE.to_string()), "{err}");
+    }
+
+    #[test]
+    fn cluster_size_keeps_fat32_valid() {
+        assert_eq!(cluster_size(64 * MIB).unwrap(), 512);
+        assert_eq!(cluster_size(256 * MIB).unwrap(), 2048);
+        assert_eq!(cluster_size(512 * MIB).unwrap(), 4096);
+        assert_eq!(cluster_size(64 * 1024 * MIB).unwrap(), 32768);
+        assert!(cluster_size(32 * MIB).is_err());
+    }
+
+    #[test]
+    fn bad_labels_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("boot.img");
+        let files = BTreeMap::new();
+        for label in ["boot", "TWELVE CHARS", "A/B", "ÄBC"] {
+            let o = FatOptions {
+                volume_id: 1,
+                label: label.to_string(),
+            };
+            let err = format!("{:#}", write(&img, 64 * MIB, &o, &files).unwrap_err());
+            assert!(err.contains("label"), "{label}: {err}");
+        }
+    }
+
+    #[test]
+    fn conflicting_paths_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("boot.img");
+        let mut files = BTreeMap::new();
+        files.insert("Config.txt".to_string(), vec![]);
+        files.insert("config.txt".to_string(), vec![]);
+        let err = format!("{:#}", write(&img, 64 * MIB, &opts(), &files).unwrap_err());
+        assert!(err.contains("differ only in case"), "{err}");
+
+        let mut files = BTreeMap::new();
+        files.insert("a".to_string(), vec![]);
+        files.insert("a/b".to_string(), vec![]);
+        let err = format!("{:#}", write(&img, 64 * MIB, &opts(), &files).unwrap_err());
+        assert!(err.contains("both a file and a directory"), "{err}");
+
+        let mut files = BTreeMap::new();
+        files.insert("x/../y".to_string(), vec![]);
+        assert!(write(&img, 64 * MIB, &opts(), &files).is_err());
+    }
+
+    #[test]
+    fn larger_partition_with_bigger_clusters_is_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("boot.img");
+        let mut files = BTreeMap::new();
+        files.insert("kernel8.img".to_string(), noise(300_000, 9));
+        write(&img, 512 * MIB, &opts(), &files).unwrap();
+        let (code, out) = run("fsck.fat", &["-n", "-v", img.to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("4096 bytes per cluster"), "{out}");
+        assert_eq!(
+            read_file(&img, "kernel8.img").unwrap(),
+            files["kernel8.img"]
+        );
+    }
+}
