@@ -55,7 +55,7 @@ impl Vm {
             ))
             .args(["-netdev", "user,id=n0"])
             .arg("-device")
-            .arg(format!("virtio-net-pci,netdev=n0,mac={}", spec.mac))
+            .arg(format!("virtio-net-pci,netdev=n0,mac={},romfile=", spec.mac))
             .args(["-serial", "stdio", "-monitor", "none"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
