@@ -181,7 +181,7 @@ rm -rf "$ROOT"/usr/share/{doc,man,info,locale,lintian,bug,bash-completion} "$ROO
 [ -x "$ROOT/usr/bin/busybox" ] || die "busybox-static did not install /usr/bin/busybox"
 ln -sfn ../bin/busybox "$ROOT/usr/sbin/init"
 for a in sh ash cat chmod chown cp cut date dd df dmesg du echo env false find grep head hexdump hostname \
-    id kill ln ls mkdir mknod mount mountpoint mv od ps readlink realpath rm rmdir sed setsid sleep sort \
+    id kill ln ls mkdir mknod mount mv od ps readlink realpath rm rmdir sed setsid sleep sort \
     stat sync tail tee test touch tr true umount uname vi wc which xargs awk basename dirname free \
     cttyhack more less ip ifconfig ping udhcpc; do
     [ -e "$ROOT/usr/bin/$a" ] || [ -e "$ROOT/usr/sbin/$a" ] || ln -s busybox "$ROOT/usr/bin/$a"
@@ -225,12 +225,14 @@ cat >"$E/init.d/rcS" <<'RCS'
 # kernel command line word "nodeimg.test.poweroff".
 bb=/bin/busybox
 say() { $bb echo "nodeimg-test-rootfs: $*"; }
-$bb mountpoint -q /proc || $bb mount -t proc proc /proc
-$bb mountpoint -q /sys || $bb mount -t sysfs sysfs /sys
-$bb mountpoint -q /dev || $bb mount -t devtmpfs devtmpfs /dev
-$bb mountpoint -q /run || $bb mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
+# (Debian's busybox has no mountpoint applet)
+mounted() { $bb awk -v m="$1" '$2 == m { f = 1 } END { exit !f }' /proc/mounts 2>/dev/null; }
+mounted /proc || $bb mount -t proc proc /proc
+mounted /sys || $bb mount -t sysfs sysfs /sys
+mounted /dev || $bb mount -t devtmpfs devtmpfs /dev
+mounted /run || $bb mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 $bb mkdir -p /dev/pts /dev/shm
-$bb mountpoint -q /dev/pts || $bb mount -t devpts devpts /dev/pts
+mounted /dev/pts || $bb mount -t devpts devpts /dev/pts
 h=$($bb hostname)
 if [ -z "$h" ] || [ "$h" = "(none)" ]; then
     [ -s /etc/hostname ] && $bb hostname -F /etc/hostname
