@@ -183,7 +183,9 @@ fn check_paths(what: &str, list: &[String]) -> Result<()> {
 }
 
 fn check_boot_file_name(what: &str, name: &str) -> Result<()> {
-    if name.is_empty() || name.starts_with('/') || name.split('/').any(|c| c == ".." || c.is_empty())
+    if name.is_empty()
+        || name.starts_with('/')
+        || name.split('/').any(|c| c == ".." || c.is_empty())
     {
         bail!("{what}: {name:?} is not a relative file name for the boot partition");
     }
@@ -266,10 +268,7 @@ impl DataDir {
     pub fn load(&self, name: &str) -> Result<(Board, Vec<u8>)> {
         let names = self.board_names()?;
         if !names.iter().any(|n| n == name) {
-            bail!(
-                "unknown board {name:?}; known boards: {}",
-                names.join(", ")
-            );
+            bail!("unknown board {name:?}; known boards: {}", names.join(", "));
         }
         let path = self.boards_dir().join(format!("{name}.toml"));
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -327,6 +326,9 @@ mod tests {
         let dd = DataDir::at(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
         let err = dd.load("rpi5").unwrap_err().to_string();
         assert!(err.contains("unknown board \"rpi5\""), "{err}");
-        assert!(err.contains("qemu-aarch64") && err.contains("rpi4"), "{err}");
+        assert!(
+            err.contains("qemu-aarch64") && err.contains("rpi4"),
+            "{err}"
+        );
     }
 }

@@ -86,9 +86,16 @@ pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {
     // First boot: 2 CPUs, 1 GiB.
     let mut vm = Vm::start(&spec("52:54:00:00:00:01", 2, 1024, &boot.cmdline, &disk))?;
     let first = boot_to_shell(&mut vm, opts.boot_timeout);
-    record(timed("first boot reaches a shell", &first, opts.boot_timeout));
+    record(timed(
+        "first boot reaches a shell",
+        &first,
+        opts.boot_timeout,
+    ));
     if first.is_err() {
-        return Ok(Report { checks, console_log: log });
+        return Ok(Report {
+            checks,
+            console_log: log,
+        });
     }
     record(check_mounts(&mut vm));
     record(check_grown(&mut vm, grown));
@@ -107,7 +114,11 @@ pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {
     // Second boot: another MAC address, CPU count and memory size.
     let mut vm = Vm::start(&spec("52:54:00:aa:bb:02", 1, 768, &boot.cmdline, &disk))?;
     let second = boot_to_shell(&mut vm, opts.boot_timeout);
-    record(timed("second boot reaches a shell", &second, opts.boot_timeout));
+    record(timed(
+        "second boot reaches a shell",
+        &second,
+        opts.boot_timeout,
+    ));
     if second.is_ok() {
         record(check_persistence(&mut vm));
         record(check_power_loss(&mut vm));
@@ -159,11 +170,15 @@ impl BootFiles {
         let part = dir.join("boot.vfat");
         inspect::extract_partition(image, 1, &part)?;
         let read = |name: &str| {
-            fat::read_file(&part, name)
-                .with_context(|| format!("reading {name} from the boot partition of {}", image.display()))
+            fat::read_file(&part, name).with_context(|| {
+                format!(
+                    "reading {name} from the boot partition of {}",
+                    image.display()
+                )
+            })
         };
-        let cmdline = String::from_utf8(read("cmdline.txt")?)
-            .context("cmdline.txt is not UTF-8")?;
+        let cmdline =
+            String::from_utf8(read("cmdline.txt")?).context("cmdline.txt is not UTF-8")?;
         // The kernel and initramfs names are on the cmdline's board; take the
         // names from config.txt when present, else the defaults.
         let (kname, iname) = match read("config.txt") {
@@ -245,7 +260,11 @@ fn check_mounts(vm: &mut Vm) -> Check {
             })
         };
         let mut problems = Vec::new();
-        for (mp, fs, ro) in [("/usr", "squashfs", true), ("/", "ext4", false), ("/etc", "tmpfs", false)] {
+        for (mp, fs, ro) in [
+            ("/usr", "squashfs", true),
+            ("/", "ext4", false),
+            ("/etc", "tmpfs", false),
+        ] {
             match find(mp) {
                 Some((t, opts)) => {
                     if t != fs {
@@ -259,7 +278,10 @@ fn check_mounts(vm: &mut Vm) -> Check {
                 None => problems.push(format!("{mp} is not a mount point")),
             }
         }
-        let (status, out) = vm.sh("touch /usr/nodeimg-write-test 2>&1", Duration::from_secs(10))?;
+        let (status, out) = vm.sh(
+            "touch /usr/nodeimg-write-test 2>&1",
+            Duration::from_secs(10),
+        )?;
         if status == 0 || !out.contains("Read-only file system") {
             problems.push(format!("writing to /usr did not fail with EROFS: {out:?}"));
         }
@@ -279,13 +301,21 @@ fn check_grown(vm: &mut Vm, disk_bytes: u64) -> Check {
     let r = (|| -> Result<String> {
         let dev = sh(vm, "awk '$2==\"/\"{print $1}' /proc/mounts | tail -n1")?;
         let part = dev.trim().trim_start_matches("/dev/").to_string();
-        let disk = sh(vm, &format!("basename $(dirname $(readlink -f /sys/class/block/{part}))"))?;
+        let disk = sh(
+            vm,
+            &format!("basename $(dirname $(readlink -f /sys/class/block/{part}))"),
+        )?;
         let num = |s: String| -> Result<u64> {
-            s.trim().parse().with_context(|| format!("not a number: {s:?}"))
+            s.trim()
+                .parse()
+                .with_context(|| format!("not a number: {s:?}"))
         };
         let start = num(sh(vm, &format!("cat /sys/class/block/{part}/start"))?)? * 512;
         let size = num(sh(vm, &format!("cat /sys/class/block/{part}/size"))?)? * 512;
-        let disk_size = num(sh(vm, &format!("cat /sys/class/block/{}/size", disk.trim()))?)? * 512;
+        let disk_size = num(sh(
+            vm,
+            &format!("cat /sys/class/block/{}/size", disk.trim()),
+        )?)? * 512;
         if disk_size != disk_bytes {
             bail!("the guest sees a {disk_size}-byte disk, expected {disk_bytes}");
         }
@@ -479,7 +509,9 @@ mod tests {
 
     #[test]
     fn config_txt_names_kernel_and_initramfs() {
-        let (k, i) = names_from_config_txt("arm_64bit=1\nkernel=vmlinuz\ninitramfs initrd.img followkernel\n");
+        let (k, i) = names_from_config_txt(
+            "arm_64bit=1\nkernel=vmlinuz\ninitramfs initrd.img followkernel\n",
+        );
         assert_eq!((k.as_str(), i.as_str()), ("vmlinuz", "initrd.img"));
     }
 

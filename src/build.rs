@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::board::{BootMethod, Board, DataDir, Table};
+use crate::board::{Board, BootMethod, DataDir, Table};
 use crate::cli::BuildArgs;
 use crate::disk::gpt::{self, GptPart};
 use crate::disk::layout::{self, human, parse_size, PartKind, PartSpec, Placed, TableKind};
@@ -454,14 +454,20 @@ fn boot_files(
     let mut files = BTreeMap::new();
     files.insert(board.boot.kernel_name.clone(), found.kernel_data.to_vec());
     files.insert(board.boot.initramfs_name.clone(), initramfs.to_vec());
-    files.insert("cmdline.txt".to_string(), format!("{cmdline}\n").into_bytes());
+    files.insert(
+        "cmdline.txt".to_string(),
+        format!("{cmdline}\n").into_bytes(),
+    );
     for (name, data) in found.dtbs.iter().chain(found.firmware.iter()) {
         files.insert(name.clone(), data.1.to_vec());
     }
     if board.boot.method == BootMethod::RpiFirmware {
         let mut cfg = String::from("# written by nodeimg\narm_64bit=1\n");
         cfg.push_str(&format!("kernel={}\n", board.boot.kernel_name));
-        cfg.push_str(&format!("initramfs {} followkernel\n", board.boot.initramfs_name));
+        cfg.push_str(&format!(
+            "initramfs {} followkernel\n",
+            board.boot.initramfs_name
+        ));
         for line in &board.boot.config_txt {
             cfg.push_str(line);
             cfg.push('\n');

@@ -89,10 +89,9 @@ impl ModuleIndex {
         if seen.contains(path) {
             return Ok(());
         }
-        let deps = self
-            .deps
-            .get(path)
-            .ok_or_else(|| anyhow!("modules.dep names {path} as a dependency but has no line for it"))?;
+        let deps = self.deps.get(path).ok_or_else(|| {
+            anyhow!("modules.dep names {path} as a dependency but has no line for it")
+        })?;
         // modules.dep lists a module's dependencies with the ones loaded last
         // first; visiting them in reverse gives modprobe's order.
         for d in deps.iter().rev() {
@@ -125,7 +124,18 @@ pub struct Inputs<'a> {
 pub fn compose(inp: &Inputs) -> Result<Tree> {
     let dir = Meta::root(0o755, inp.mtime);
     let mut t = Tree::new(dir);
-    for d in ["bin", "dev", "etc", "etc/nodeimg", "proc", "sys", "run", "sysroot", "tmp", "mnt"] {
+    for d in [
+        "bin",
+        "dev",
+        "etc",
+        "etc/nodeimg",
+        "proc",
+        "sys",
+        "run",
+        "sysroot",
+        "tmp",
+        "mnt",
+    ] {
         t.insert(d, Entry::dir(dir))?;
     }
     // The kernel opens /dev/console before our init runs, so it must exist in the archive.
@@ -153,12 +163,15 @@ pub fn compose(inp: &Inputs) -> Result<Tree> {
 
     let dep_path = tree::join(inp.modules_dir, "modules.dep");
     let dep = file_text(inp.rootfs, &dep_path).with_context(|| {
-        format!("reading /{dep_path} (run `depmod` for {} when making the rootfs)", inp.kernel_release)
+        format!(
+            "reading /{dep_path} (run `depmod` for {} when making the rootfs)",
+            inp.kernel_release
+        )
     })?;
     let builtin_path = tree::join(inp.modules_dir, "modules.builtin");
     let builtin = file_text(inp.rootfs, &builtin_path).ok();
-    let index = ModuleIndex::parse(&dep, builtin.as_deref())
-        .with_context(|| format!("/{dep_path}"))?;
+    let index =
+        ModuleIndex::parse(&dep, builtin.as_deref()).with_context(|| format!("/{dep_path}"))?;
     let order = index
         .load_order(inp.modules)
         .with_context(|| format!("kernel {}", inp.kernel_release))?;
@@ -200,8 +213,9 @@ pub fn compose(inp: &Inputs) -> Result<Tree> {
 
 fn file_text(t: &Tree, path: &str) -> Result<String> {
     match t.get(path).map(|e| &e.kind) {
-        Some(Kind::File(d)) => Ok(String::from_utf8(d.to_vec())
-            .map_err(|_| anyhow!("/{path} is not UTF-8 text"))?),
+        Some(Kind::File(d)) => {
+            Ok(String::from_utf8(d.to_vec()).map_err(|_| anyhow!("/{path} is not UTF-8 text"))?)
+        }
         _ => bail!("/{path} not found"),
     }
 }
@@ -220,7 +234,10 @@ kernel/drivers/mmc/host/sdhci.ko.xz:\n";
 
     #[test]
     fn names_normalize_dashes_and_extensions() {
-        assert_eq!(module_name("kernel/drivers/mmc/host/sdhci-iproc.ko.xz"), "sdhci_iproc");
+        assert_eq!(
+            module_name("kernel/drivers/mmc/host/sdhci-iproc.ko.xz"),
+            "sdhci_iproc"
+        );
         assert_eq!(module_name("ext4.ko"), "ext4");
     }
 
@@ -228,7 +245,12 @@ kernel/drivers/mmc/host/sdhci.ko.xz:\n";
     fn dependencies_load_first_and_once() {
         let idx = ModuleIndex::parse(DEP, Some("kernel/fs/squashfs/squashfs.ko\n")).unwrap();
         let order = idx
-            .load_order(&["ext4".into(), "sdhci-iproc".into(), "jbd2".into(), "squashfs".into()])
+            .load_order(&[
+                "ext4".into(),
+                "sdhci-iproc".into(),
+                "jbd2".into(),
+                "squashfs".into(),
+            ])
             .unwrap();
         assert_eq!(
             order,

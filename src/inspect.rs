@@ -28,9 +28,13 @@ pub struct FoundTable {
 pub fn read_table(image: &Path) -> Result<FoundTable> {
     let mut f = File::open(image).with_context(|| format!("opening {}", image.display()))?;
     let mut head = vec![0u8; 512 * 34];
-    let n = read_up_to(&mut f, &mut head).with_context(|| format!("reading {}", image.display()))?;
+    let n =
+        read_up_to(&mut f, &mut head).with_context(|| format!("reading {}", image.display()))?;
     if n < 512 || head[510] != 0x55 || head[511] != 0xaa {
-        bail!("{}: no partition table (no MBR boot signature)", image.display());
+        bail!(
+            "{}: no partition table (no MBR boot signature)",
+            image.display()
+        );
     }
     let entry = |i: usize| &head[446 + 16 * i..446 + 16 * (i + 1)];
     if entry(0)[4] == 0xee {

@@ -39,27 +39,37 @@ pub struct Vm {
 impl Vm {
     pub fn start(spec: &VmSpec) -> Result<Vm> {
         let mut cmd = Command::new(&spec.qemu);
-        cmd.args(["-M", "virt", "-cpu", "cortex-a72", "-nographic", "-no-reboot"])
-            .args(["-m", &spec.mem_mib.to_string()])
-            .args(["-smp", &spec.cpus.to_string()])
-            .arg("-kernel")
-            .arg(&spec.kernel)
-            .arg("-initrd")
-            .arg(&spec.initrd)
-            .arg("-append")
-            .arg(&spec.cmdline)
-            .arg("-drive")
-            .arg(format!(
-                "file={},if=virtio,format=raw,cache=unsafe",
-                spec.disk.display()
-            ))
-            .args(["-netdev", "user,id=n0"])
-            .arg("-device")
-            .arg(format!("virtio-net-pci,netdev=n0,mac={},romfile=", spec.mac))
-            .args(["-serial", "stdio", "-monitor", "none"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "-M",
+            "virt",
+            "-cpu",
+            "cortex-a72",
+            "-nographic",
+            "-no-reboot",
+        ])
+        .args(["-m", &spec.mem_mib.to_string()])
+        .args(["-smp", &spec.cpus.to_string()])
+        .arg("-kernel")
+        .arg(&spec.kernel)
+        .arg("-initrd")
+        .arg(&spec.initrd)
+        .arg("-append")
+        .arg(&spec.cmdline)
+        .arg("-drive")
+        .arg(format!(
+            "file={},if=virtio,format=raw,cache=unsafe",
+            spec.disk.display()
+        ))
+        .args(["-netdev", "user,id=n0"])
+        .arg("-device")
+        .arg(format!(
+            "virtio-net-pci,netdev=n0,mac={},romfile=",
+            spec.mac
+        ))
+        .args(["-serial", "stdio", "-monitor", "none"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", spec.qemu.display()))?;
@@ -72,8 +82,14 @@ impl Vm {
             .with_context(|| format!("opening {}", spec.log.display()))?;
         let _ = writeln!(log, "\n===== qemu {:?}", spec);
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
         ]
         .into_iter()
         .flatten()
@@ -162,9 +178,7 @@ impl Vm {
     /// Runs a shell command in the guest; returns its exit status and output.
     pub fn sh(&mut self, command: &str, timeout: Duration) -> Result<(i32, String)> {
         let id = format!("{:x}", self.seen);
-        self.send(&format!(
-            "echo @@B''{id}; {command}; echo @@E''{id}:$?"
-        ))?;
+        self.send(&format!("echo @@B''{id}; {command}; echo @@E''{id}:$?"))?;
         self.wait_for(&format!("@@B{id}"), timeout)?;
         let out = self.wait_for(&format!("@@E{id}:"), timeout)?;
         let status_text = self.wait_for("\n", Duration::from_secs(5))?;
@@ -172,9 +186,7 @@ impl Vm {
             .trim()
             .parse()
             .map_err(|_| anyhow!("unreadable exit status {status_text:?} of {command:?}"))?;
-        let body = out
-            .trim_end_matches(&format!("@@E{id}:"))
-            .replace('\r', "");
+        let body = out.trim_end_matches(&format!("@@E{id}:")).replace('\r', "");
         Ok((status, body.trim_matches('\n').to_string()))
     }
 
@@ -223,20 +235,28 @@ pub fn find_qemu() -> Result<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join("qemu-system-aarch64"))
         .find(|p| p.is_file())
-        .ok_or_else(|| anyhow!("qemu-system-aarch64 not found on PATH (Debian: apt-get install qemu-system-arm)"))
+        .ok_or_else(|| {
+            anyhow!(
+                "qemu-system-aarch64 not found on PATH (Debian: apt-get install qemu-system-arm)"
+            )
+        })
 }
 
 /// Copies a (possibly sparse) file, keeping holes where the source is zero.
 pub fn sparse_copy(from: &Path, to: &Path) -> Result<u64> {
     use std::io::{Seek, SeekFrom};
-    let mut src = std::fs::File::open(from).with_context(|| format!("opening {}", from.display()))?;
+    let mut src =
+        std::fs::File::open(from).with_context(|| format!("opening {}", from.display()))?;
     let len = src.metadata()?.len();
-    let mut dst = std::fs::File::create(to).with_context(|| format!("creating {}", to.display()))?;
+    let mut dst =
+        std::fs::File::create(to).with_context(|| format!("creating {}", to.display()))?;
     dst.set_len(len)?;
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0u64;
     while pos < len {
-        let n = src.read(&mut buf).with_context(|| format!("reading {}", from.display()))?;
+        let n = src
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", from.display()))?;
         if n == 0 {
             break;
         }

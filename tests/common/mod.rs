@@ -206,11 +206,18 @@ pub fn describe_tree(root: &Path) -> std::collections::BTreeMap<String, String> 
                 stack.push(p.clone());
                 "dir".to_string()
             } else if ft.is_file() {
-                format!("file {}", hex::encode(Sha256::digest(fs::read(&p).unwrap())))
+                format!(
+                    "file {}",
+                    hex::encode(Sha256::digest(fs::read(&p).unwrap()))
+                )
             } else {
                 format!("special rdev={}", m.rdev())
             };
-            let mode = if ft.is_symlink() { 0 } else { m.mode() & 0o7777 };
+            let mode = if ft.is_symlink() {
+                0
+            } else {
+                m.mode() & 0o7777
+            };
             out.insert(
                 rel,
                 format!("{what} mode={mode:o} uid={} gid={}", m.uid(), m.gid()),
