@@ -180,13 +180,18 @@ rm -rf "$ROOT"/usr/share/{doc,man,info,locale,lintian,bug,bash-completion} "$ROO
 # ---------------------------------------------------------------- busybox as init and shell
 [ -x "$ROOT/usr/bin/busybox" ] || die "busybox-static did not install /usr/bin/busybox"
 ln -sfn ../bin/busybox "$ROOT/usr/sbin/init"
-for a in sh ash cat chmod chown cp cut date dd df dmesg du echo env false find grep head hexdump hostname \
-    id kill ln ls mkdir mknod mount mv od ps readlink realpath rm rmdir sed setsid sleep sort \
-    stat sync tail tee test touch tr true umount uname vi wc which xargs awk basename dirname free \
-    cttyhack more less ip ifconfig ping udhcpc; do
+# Links for the applets of the pinned busybox (Debian 1.35.0; it has no `mountpoint`) that
+# tests may call; files shipped by packages (fdisk, mke2fs, ...) are left alone.
+for a in '[' '[[' ash awk base64 basename bc cat chgrp chmod chown chroot cmp cp cpio cut date dd df diff \
+    dirname dmesg du echo egrep env expr false fgrep find free grep gunzip gzip head hexdump hostname id \
+    ip kill killall less ln ls md5sum mkdir mkfifo mknod mktemp more mount mv nc nproc od paste pidof \
+    ping printf ps pwd readlink realpath rm rmdir sed seq setsid sh sha1sum sha256sum sha512sum sleep sort \
+    stat strings stty sync tac tail tar tee test timeout top touch tr true truncate tty umount uname uniq \
+    unxz uptime usleep vi watch wc which whoami xargs xxd xz xzcat yes zcat cttyhack udhcpc; do
     [ -e "$ROOT/usr/bin/$a" ] || [ -e "$ROOT/usr/sbin/$a" ] || ln -s busybox "$ROOT/usr/bin/$a"
 done
-for a in poweroff reboot halt insmod rmmod lsmod modprobe blockdev switch_root; do
+for a in poweroff reboot halt insmod rmmod lsmod modprobe modinfo blockdev switch_root sysctl losetup \
+    ifconfig route; do
     [ -e "$ROOT/usr/bin/$a" ] || [ -e "$ROOT/usr/sbin/$a" ] || ln -s ../bin/busybox "$ROOT/usr/sbin/$a"
 done
 
@@ -213,7 +218,7 @@ cat >"$E/inittab" <<'TAB'
 # Tests watch the console for the "nodeimg-test-rootfs:" lines.
 ::sysinit:/bin/busybox echo "nodeimg-test-rootfs: busybox init started"
 ::sysinit:/bin/busybox sh /etc/init.d/rcS
-::respawn:-/bin/sh
+::respawn:/bin/cttyhack /bin/sh -l
 ::ctrlaltdel:/bin/busybox reboot
 ::shutdown:/bin/busybox sync
 ::shutdown:/bin/busybox umount -a -r
