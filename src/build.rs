@@ -16,15 +16,19 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::board::{Board, BootMethod, DataDir, Table};
-use crate::cli::BuildArgs;
+use crate::cli::{BuildArgs, CheckKernelArgs};
 use crate::disk::gpt::{self, GptPart};
 use crate::disk::layout::{self, human, parse_size, PartKind, PartSpec, Placed, TableKind};
 use crate::disk::{image, mbr};
 use crate::fs::{cpio, ext4, fat, squashfs};
 use crate::ids;
 use crate::initramfs;
+use crate::join::{self, ClusterConfig, NodeConfig};
+use crate::k3s;
+use crate::kernelconfig;
 use crate::output::{self, Staging};
 use crate::progress::Progress;
+use crate::service;
 use crate::tree::{self, lookup, reader, transform, Data, Kind, Tree};
 
 const SECTOR: u64 = 512;
@@ -32,13 +36,108 @@ const SECTOR: u64 = 512;
 /// `nodeimg build`.
 pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
     let (board, board_bytes) = data.load(&args.board)?;
-    let sizes = board.sizes()?;
     let total = match &args.size {
         Some(s) => parse_size(s).with_context(|| format!("--size {s:?}"))?,
-        None => sizes.default_size,
+        None => board.sizes()?.default_size,
     };
+    let plan = plan_disk(&board, total)?;
+    let cluster = match &args.join {
+        Some(p) => Some(join::load(p)?),
+        None => None,
+    };
+    let nodes = select_nodes(cluster.as_ref(), args)?;
+    if let Some(c) = &cluster {
+        for w in c.warnings() {
+            eprintln!("nodeimg: warning: {w}");
+        }
+    }
     let progress = Progress::new();
+    let system = prepare_system(data, &board, &board_bytes, args, &nodes, &progress)?;
+    for node in &nodes {
+        write_node_image(
+            &board,
+            &plan,
+            total,
+            &system,
+            node.as_ref(),
+            args,
+            &progress,
+        )?;
+    }
+    progress.finish();
+    for node in &nodes {
+        let name = output_name(&board, node.as_ref(), args);
+        println!(
+            "{}",
+            args.output
+                .join(&name)
+                .join(format!("{name}.img"))
+                .display()
+        );
+    }
+    Ok(())
+}
 
+/// The nodes to build: one image without --join, else the one --node names
+/// (or the file's single node), or every inventory node with --all-nodes.
+fn select_nodes(
+    cluster: Option<&ClusterConfig>,
+    args: &BuildArgs,
+) -> Result<Vec<Option<NodeConfig>>> {
+    let Some(c) = cluster else {
+        if args.node.is_some() || args.all_nodes {
+            bail!("--node and --all-nodes need --join cluster.yaml");
+        }
+        return Ok(vec![None]);
+    };
+    if args.all_nodes {
+        if args.node.is_some() {
+            bail!("give either --node or --all-nodes, not both");
+        }
+        let names = c.node_names();
+        if names.is_empty() {
+            bail!("--all-nodes: the cluster config has no nodes: inventory");
+        }
+        return names.iter().map(|n| c.node(Some(n)).map(Some)).collect();
+    }
+    Ok(vec![Some(c.node(args.node.as_deref())?)])
+}
+
+/// The output directory (and image) name: `<board>`, or `<board>-<node>`
+/// when nodes are picked by name.
+fn output_name(board: &Board, node: Option<&NodeConfig>, args: &BuildArgs) -> String {
+    match node.and_then(|n| n.name.as_deref()) {
+        Some(n) if args.all_nodes || args.node.is_some() => format!("{}-{n}", board.name),
+        _ => board.name.clone(),
+    }
+}
+
+/// Everything the nodes of one build share: the system image, the initramfs,
+/// the data partition's initial content and what describes them.
+struct System {
+    /// Holds the shared intermediate files; removed when dropped.
+    _work: tempfile::TempDir,
+    squashfs: std::path::PathBuf,
+    squashfs_size: u64,
+    initramfs: Vec<u8>,
+    data_tree: Tree,
+    found: Found,
+    epoch: u64,
+    /// Seed of the build's identifiers before the node name is mixed in.
+    seed: Vec<u8>,
+    board_sha256: String,
+    rootfs: RootfsInput,
+    k3s: Option<K3sInfo>,
+}
+
+fn prepare_system(
+    data: &DataDir,
+    board: &Board,
+    board_bytes: &[u8],
+    args: &BuildArgs,
+    nodes: &[Option<NodeConfig>],
+    progress: &Progress,
+) -> Result<System> {
     progress.step(format!("reading rootfs {}", args.rootfs.display()));
     let rootfs_file_sha256 = if args.rootfs.is_file() {
         Some(output::sha256_file(&args.rootfs)?)
@@ -53,10 +152,11 @@ pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
     };
     rootfs.clamp_mtimes(epoch);
     let rootfs_digest = tree_digest(&rootfs);
-    let seed = seed(&board_bytes, &rootfs_digest, epoch);
+    let seed = seed(board_bytes, &rootfs_digest, epoch);
 
     progress.step("finding kernel, modules and boot files");
-    let found = locate(&board, &rootfs)?;
+    let found = locate(board, &rootfs)?;
+    check_kernel(board, &rootfs, args.allow_missing_kernel_options)?;
 
     progress.step("composing the initramfs");
     let initramfs_tree = initramfs::compose(&initramfs::Inputs {
@@ -70,85 +170,56 @@ pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
     })
     .context("composing the initramfs")?;
 
+    let mut airgap = None;
+    let k3s = match nodes.first().and_then(|n| n.as_ref()) {
+        Some(node) => {
+            progress.step("installing k3s and its service");
+            let (info, images) = add_k3s(board, node, &mut rootfs, epoch)?;
+            airgap = images;
+            Some(info)
+        }
+        None => None,
+    };
+
     progress.step("composing the system tree");
-    let (usr, data_tree) = compose_system(data, &board, rootfs, epoch)?;
+    let (usr, mut data_tree) = compose_system(data, board, rootfs, epoch)?;
+    if let Some((name, bytes)) = airgap {
+        data_tree.insert_with_parents(
+            &format!("var/lib/rancher/k3s/agent/images/{name}"),
+            tree::Entry::file(tree::Meta::root(0o644, epoch), bytes),
+            tree::Meta::root(0o755, epoch),
+        )?;
+    }
 
-    let plan = plan_disk(&board, total)?;
-    let cmdline = kernel_cmdline(&board, &plan.disk_id(&seed));
-
-    let staging = Staging::create(&args.output, &board.name)?;
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("creating {}", args.output.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix(".nodeimg-work")
+        .tempdir_in(&args.output)
+        .with_context(|| format!("creating a work directory in {}", args.output.display()))?;
     progress.step(format!(
         "writing the initramfs ({} files)",
         initramfs_tree.len()
     ));
-    let initrd_path = staging.work("initramfs.cpio.gz");
+    let initrd_path = work.path().join("initramfs.cpio.gz");
     cpio::write_gzip(&initramfs_tree, &initrd_path).context("writing the initramfs")?;
+    let initramfs = std::fs::read(&initrd_path)
+        .with_context(|| format!("reading {}", initrd_path.display()))?;
 
     progress.step(format!("writing the system squashfs ({} files)", usr.len()));
-    let squash_path = staging.work("system.squashfs");
-    let squash_size = squashfs::write(&usr, &squash_path, epoch_u32(epoch))
+    let squashfs = work.path().join("system.squashfs");
+    let squashfs_size = squashfs::write(&usr, &squashfs, epoch_u32(epoch))
         .context("writing the system squashfs")?;
-    let system_slot = &plan.parts[1];
-    if squash_size > system_slot.size {
-        bail!(
-            "the system image (/usr of the rootfs, compressed) is {} but the system partition holds {}; \
-             raise disk.system_size in boards/{}.toml or slim the rootfs",
-            human(squash_size),
-            human(system_slot.size),
-            board.name
-        );
-    }
-
-    progress.step("writing the boot partition");
-    let initrd = std::fs::read(&initrd_path)
-        .with_context(|| format!("reading {}", initrd_path.display()))?;
-    let boot_files = boot_files(&board, &found, &initrd, &cmdline);
-    let boot_path = staging.work("boot.vfat");
-    fat::write(
-        &boot_path,
-        plan.parts[0].size,
-        &fat::FatOptions {
-            volume_id: ids::u32_id(&seed, "boot-volume-id"),
-            label: "NODEIMGBOOT".to_string(),
-        },
-        &boot_files,
-    )
-    .context("writing the boot partition")?;
-
-    progress.step("writing the data partition");
-    let data_part = &plan.parts[3];
-    let data_path = staging.work("data.ext4");
-    ext4::write(
-        &data_path,
-        data_part.size,
-        &ext4::Ext4Options {
-            uuid: ids::uuid(&seed, "data-fs-uuid"),
-            hash_seed: ids::uuid(&seed, "data-fs-hash-seed"),
-            label: "nodeimg-data".to_string(),
-            mtime: epoch,
-        },
-        &data_tree,
-    )
-    .context("writing the data partition")?;
-
-    progress.step(format!("assembling the {} disk image", human(total)));
-    let image_name = format!("{}.img", board.name);
-    let image_path = staging.output(&image_name);
-    let tables = plan.tables(&seed, total)?;
-    let blobs: Vec<(u64, &[u8])> = tables.iter().map(|(o, b)| (*o, b.as_slice())).collect();
-    let parts: Vec<(u64, u64, &Path)> = vec![
-        (plan.parts[0].start, plan.parts[0].size, boot_path.as_path()),
-        (system_slot.start, system_slot.size, squash_path.as_path()),
-        (data_part.start, data_part.size, data_path.as_path()),
-    ];
-    image::assemble(&image_path, total, &blobs, &parts).context("assembling the disk image")?;
-
-    progress.step("writing build.json and SHA256SUMS");
-    let manifest = Manifest {
-        nodeimg_version: env!("CARGO_PKG_VERSION"),
-        board: board.name.clone(),
-        board_sha256: hex::encode(Sha256::digest(&board_bytes)),
-        source_date_epoch: epoch,
+    Ok(System {
+        _work: work,
+        squashfs,
+        squashfs_size,
+        initramfs,
+        data_tree,
+        found,
+        epoch,
+        seed,
+        board_sha256: hex::encode(Sha256::digest(board_bytes)),
         rootfs: RootfsInput {
             name: args
                 .rootfs
@@ -158,19 +229,227 @@ pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
             sha256: rootfs_file_sha256,
             tree_sha256: hex::encode(rootfs_digest),
         },
+        k3s,
+    })
+}
+
+/// The k3s binary (from cluster.yaml's `k3s:`, else the rootfs's own) and the
+/// service that starts it; returns what to record and the air-gap images.
+fn add_k3s(
+    board: &Board,
+    node: &NodeConfig,
+    rootfs: &mut Tree,
+    epoch: u64,
+) -> Result<(K3sInfo, Option<(String, Vec<u8>)>)> {
+    let mut info = K3sInfo {
+        source: "rootfs".to_string(),
+        version: None,
+        sha256: None,
+        init_system: String::new(),
+        airgap_images: None,
+    };
+    let mut images = None;
+    if let Some(spec) = &node.k3s {
+        let path = k3s::fetch(
+            spec,
+            &board.arch,
+            &k3s::default_cache_dir(),
+            Progress::is_shown(),
+        )
+        .context("getting the k3s binary")?;
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        info.sha256 = Some(hex::encode(Sha256::digest(&bytes)));
+        info.version = spec.version.clone();
+        info.source = match &spec.source {
+            k3s::K3sSource::Release { .. } => "release".to_string(),
+            k3s::K3sSource::File { path } => format!(
+                "file {}",
+                path.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            ),
+        };
+        service::install_k3s_binary(rootfs, bytes, epoch)?;
+        if let Some(p) = k3s::airgap_images(spec)? {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "airgap-images.tar".to_string());
+            let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+            info.airgap_images = Some(name.clone());
+            images = Some((name, bytes));
+        }
+    } else if !service::has_k3s(rootfs) {
+        bail!(
+            "no k3s binary: the rootfs has no /usr/bin/k3s or /usr/local/bin/k3s and the cluster config has no `k3s:` section"
+        );
+    }
+    info.init_system = service::install_k3s(rootfs, epoch)?.name().to_string();
+    Ok((info, images))
+}
+
+/// `nodeimg check-kernel`: prints the report; `Ok(false)` when a required option is missing.
+pub fn check_kernel_command(data: &DataDir, args: &CheckKernelArgs) -> Result<bool> {
+    let (source, text) = match (&args.config, &args.rootfs, &args.board) {
+        (Some(path), _, _) => (
+            path.display().to_string(),
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        ),
+        (None, Some(rootfs_path), Some(board)) => {
+            let (board, _) = data.load(board)?;
+            let rootfs = reader::read_rootfs(rootfs_path)
+                .with_context(|| format!("reading rootfs {}", rootfs_path.display()))?;
+            let path = lookup::find_first(&rootfs, &board.sources.kernel_config)
+                .context("no kernel config in the rootfs")?;
+            let data = file_data(&rootfs, path.trim_start_matches('/'))?;
+            (
+                format!("{path} in {}", rootfs_path.display()),
+                data.to_vec(),
+            )
+        }
+        _ => bail!("give --config FILE, or --rootfs PATH with --board BOARD"),
+    };
+    let report = kernelconfig::check(&String::from_utf8_lossy(&text));
+    println!("{source}:");
+    print!("{report}");
+    Ok(report.errors().is_empty())
+}
+
+/// Checks the kernel config (when the rootfs has one) for what k3s needs.
+fn check_kernel(board: &Board, rootfs: &Tree, allow_missing: bool) -> Result<()> {
+    if board.sources.kernel_config.is_empty() {
+        return Ok(());
+    }
+    let Ok(path) = lookup::find_first(rootfs, &board.sources.kernel_config) else {
+        eprintln!(
+            "nodeimg: warning: no kernel config in the rootfs (tried {}); k3s's kernel requirements were not checked",
+            board.sources.kernel_config.join(", ")
+        );
+        return Ok(());
+    };
+    let text = file_data(rootfs, path.trim_start_matches('/'))?;
+    let report = kernelconfig::check(&String::from_utf8_lossy(&text));
+    for w in report.warnings() {
+        eprintln!("nodeimg: warning: kernel {path}: {w}");
+    }
+    let errors = report.errors();
+    if !errors.is_empty() && !allow_missing {
+        bail!(
+            "the kernel ({path}) lacks what k3s needs: {}; see `nodeimg check-kernel`, or pass --allow-missing-kernel-options",
+            errors.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// Writes one node's disk image, manifest and checksums; returns the output directory.
+fn write_node_image(
+    board: &Board,
+    plan: &DiskPlan,
+    total: u64,
+    sys: &System,
+    node: Option<&NodeConfig>,
+    args: &BuildArgs,
+    progress: &Progress,
+) -> Result<std::path::PathBuf> {
+    let name = output_name(board, node, args);
+    let mut seed = sys.seed.clone();
+    if let Some(n) = node.and_then(|n| n.name.as_deref()) {
+        seed = ids::derive(&seed, &format!("node:{n}")).to_vec();
+    }
+    let system_slot = &plan.parts[1];
+    if sys.squashfs_size > system_slot.size {
+        bail!(
+            "the system image (/usr of the rootfs, compressed) is {} but the system partition holds {}; \
+             raise disk.system_size in boards/{}.toml or slim the rootfs",
+            human(sys.squashfs_size),
+            human(system_slot.size),
+            board.name
+        );
+    }
+    let disk_id = plan.disk_id(&seed);
+    let cmdline = kernel_cmdline(board, &disk_id);
+    let staging = Staging::create(&args.output, &name)?;
+
+    progress.step(format!("{name}: writing the boot partition"));
+    let mut files = boot_files(board, &sys.found, &sys.initramfs, &cmdline);
+    let node_files = node.map(|n| n.files()).unwrap_or_default();
+    for (path, f) in &node_files {
+        files.insert(path.clone(), f.data.clone());
+    }
+    let boot_path = staging.work("boot.vfat");
+    fat::write(
+        &boot_path,
+        plan.parts[0].size,
+        &fat::FatOptions {
+            volume_id: ids::u32_id(&seed, "boot-volume-id"),
+            label: "NODEIMGBOOT".to_string(),
+        },
+        &files,
+    )
+    .context("writing the boot partition")?;
+
+    progress.step(format!("{name}: writing the data partition"));
+    let data_part = &plan.parts[3];
+    let data_path = staging.work("data.ext4");
+    ext4::write(
+        &data_path,
+        data_part.size,
+        &ext4::Ext4Options {
+            uuid: ids::uuid(&seed, "data-fs-uuid"),
+            hash_seed: ids::uuid(&seed, "data-fs-hash-seed"),
+            label: "nodeimg-data".to_string(),
+            mtime: sys.epoch,
+        },
+        &sys.data_tree,
+    )
+    .context("writing the data partition")?;
+
+    progress.step(format!(
+        "{name}: assembling the {} disk image",
+        human(total)
+    ));
+    let image_name = format!("{name}.img");
+    let image_path = staging.output(&image_name);
+    let tables = plan.tables(&seed, total)?;
+    let blobs: Vec<(u64, &[u8])> = tables.iter().map(|(o, b)| (*o, b.as_slice())).collect();
+    let parts: Vec<(u64, u64, &Path)> = vec![
+        (plan.parts[0].start, plan.parts[0].size, boot_path.as_path()),
+        (system_slot.start, system_slot.size, sys.squashfs.as_path()),
+        (data_part.start, data_part.size, data_path.as_path()),
+    ];
+    image::assemble(&image_path, total, &blobs, &parts).context("assembling the disk image")?;
+    if node.is_some() {
+        // The image carries the join token: owner-only, like every file holding it.
+        output::restrict(&image_path)?;
+    }
+
+    let manifest = Manifest {
+        nodeimg_version: env!("CARGO_PKG_VERSION"),
+        board: board.name.clone(),
+        board_sha256: sys.board_sha256.clone(),
+        source_date_epoch: sys.epoch,
+        rootfs: sys.rootfs.clone(),
         kernel: KernelInfo {
-            path: format!("/{}", found.kernel),
-            release: found.kernel_release.clone(),
+            path: format!("/{}", sys.found.kernel),
+            release: sys.found.kernel_release.clone(),
             cmdline: cmdline.clone(),
             initramfs_modules: board.initramfs.modules.clone(),
         },
+        node: node.map(|n| NodeInfo {
+            name: n.name.clone(),
+            role: n.role.as_str().to_string(),
+            server: n.server.clone(),
+            boot_partition_files: node_files.keys().cloned().collect(),
+        }),
+        k3s: sys.k3s.clone(),
         disk: DiskInfo {
             table: match board.disk.table {
                 Table::Mbr => "mbr",
                 Table::Gpt => "gpt",
             },
             size: total,
-            id: plan.disk_id(&seed),
+            id: disk_id,
             partitions: plan
                 .parts
                 .iter()
@@ -184,7 +463,7 @@ pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
                 })
                 .collect(),
         },
-        system_image_size: squash_size,
+        system_image_size: sys.squashfs_size,
         outputs: vec![OutputInfo {
             file: image_name.clone(),
             size: total,
@@ -193,15 +472,7 @@ pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
     };
     let json = serde_json::to_vec_pretty(&manifest).context("encoding build.json")?;
     output::write_synced(&staging.output("build.json"), &json)?;
-    let dir = staging.publish(&[image_name.clone(), "build.json".to_string()])?;
-    progress.finish();
-    println!(
-        "{}: {} ({})",
-        board.name,
-        dir.join(&image_name).display(),
-        human(total)
-    );
-    Ok(())
+    staging.publish(&[image_name, "build.json".to_string()])
 }
 
 /// `SOURCE_DATE_EPOCH`, if set; an unparsable value is an error.
@@ -493,12 +764,33 @@ struct Manifest {
     source_date_epoch: u64,
     rootfs: RootfsInput,
     kernel: KernelInfo,
+    /// The node this image is for (never its token).
+    node: Option<NodeInfo>,
+    k3s: Option<K3sInfo>,
     disk: DiskInfo,
     system_image_size: u64,
     outputs: Vec<OutputInfo>,
 }
 
 #[derive(Serialize)]
+struct NodeInfo {
+    name: Option<String>,
+    role: String,
+    server: Option<String>,
+    boot_partition_files: Vec<String>,
+}
+
+#[derive(Serialize, Clone)]
+struct K3sInfo {
+    /// "release", "file <name>" or "rootfs".
+    source: String,
+    version: Option<String>,
+    sha256: Option<String>,
+    init_system: String,
+    airgap_images: Option<String>,
+}
+
+#[derive(Serialize, Clone)]
 struct RootfsInput {
     /// File or directory name (not the full path: the manifest must not
     /// depend on where the build ran).

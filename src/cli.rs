@@ -28,6 +28,9 @@ pub enum Command {
     Boards,
     /// Build the image(s) for a board.
     Build(BuildArgs),
+    /// Report which kernel options k3s needs are missing (required ones are
+    /// errors, optional ones warnings). Exits 1 when a required one is missing.
+    CheckKernel(CheckKernelArgs),
     /// Boot a built disk image in QEMU (aarch64 virt, TCG) and check it behaves
     /// as an immutable, portable node. Works on a copy; the image is not changed.
     BootTest(BootTestArgs),
@@ -76,4 +79,32 @@ pub struct BuildArgs {
     /// Medium size, e.g. 4G or 3500M (binary units) [default: the board's].
     #[arg(long, value_name = "SIZE")]
     pub size: Option<String>,
+
+    /// Build the image of this node of the cluster config's `nodes:` inventory
+    /// (output: <DIR>/<board>-<NODE>/).
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+
+    /// Build an image for every node of the inventory, sharing the system image.
+    #[arg(long)]
+    pub all_nodes: bool,
+
+    /// Build even if the rootfs's kernel config lacks options k3s requires.
+    #[arg(long)]
+    pub allow_missing_kernel_options: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckKernelArgs {
+    /// A kernel config file (/boot/config-*, /proc/config.gz unpacked).
+    #[arg(long, value_name = "FILE", conflicts_with = "rootfs")]
+    pub config: Option<PathBuf>,
+
+    /// Find the kernel config in this rootfs (directory or tarball), where the board says.
+    #[arg(long, value_name = "PATH", requires = "board")]
+    pub rootfs: Option<PathBuf>,
+
+    /// The board whose `sources.kernel_config` candidates are searched in --rootfs.
+    #[arg(long, value_name = "BOARD")]
+    pub board: Option<String>,
 }

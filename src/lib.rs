@@ -20,4 +20,5 @@ pub mod kernelconfig;
 pub mod output;
 pub mod progress;
 pub mod qemu;
+pub mod service;
 pub mod tree;

@@ -29,6 +29,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Build(args) => nodeimg::build::run(&data, &args),
+        Command::CheckKernel(args) => {
+            if nodeimg::build::check_kernel_command(&data, &args)? {
+                Ok(())
+            } else {
+                anyhow::bail!("the kernel lacks options k3s requires (listed above)")
+            }
+        }
         Command::BootTest(args) => boot_test(&args),
     }
 }

@@ -8,6 +8,7 @@
 
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -34,7 +35,11 @@ impl Staging {
                 fs::remove_dir_all(d)
                     .with_context(|| format!("removing leftover {}", d.display()))?;
             }
-            fs::create_dir(d).with_context(|| format!("creating {}", d.display()))?;
+            // Owner-only while being written: images may carry the join token.
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(d)
+                .with_context(|| format!("creating {}", d.display()))?;
         }
         Ok(s)
     }
@@ -75,6 +80,8 @@ impl Staging {
             fs::rename(&self.final_dir, &old)
                 .with_context(|| format!("moving aside {}", self.final_dir.display()))?;
         }
+        fs::set_permissions(&self.partial, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("setting the mode of {}", self.partial.display()))?;
         fs::rename(&self.partial, &self.final_dir)
             .with_context(|| format!("renaming into {}", self.final_dir.display()))?;
         self.published = true;
@@ -92,6 +99,12 @@ impl Drop for Staging {
             let _ = fs::remove_dir_all(&self.partial);
         }
     }
+}
+
+/// Makes a file readable by its owner only (it holds a secret).
+pub fn restrict(path: &Path) -> Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {} to mode 0600", path.display()))
 }
 
 /// Writes a whole file and syncs it to disk.

@@ -25,6 +25,11 @@ impl Progress {
         Progress { bar: Some(bar) }
     }
 
+    /// Whether progress is drawn (stderr is a terminal).
+    pub fn is_shown() -> bool {
+        std::io::stderr().is_terminal()
+    }
+
     /// Announces the step now running.
     pub fn step(&self, msg: impl Into<String>) {
         if let Some(bar) = &self.bar {
