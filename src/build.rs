@@ -183,10 +183,11 @@ fn prepare_system(
 
     progress.step("composing the system tree");
     let (usr, mut data_tree) = compose_system(data, board, rootfs, epoch)?;
-    if let Some((name, bytes)) = airgap {
+    if let Some(images) = airgap {
+        // k3s imports archives from here on start.
         data_tree.insert_with_parents(
-            &format!("var/lib/rancher/k3s/agent/images/{name}"),
-            tree::Entry::file(tree::Meta::root(0o644, epoch), bytes),
+            &format!("var/lib/rancher/k3s/agent/images/{}", images.name),
+            tree::Entry::file(tree::Meta::root(0o644, epoch), images.bytes),
             tree::Meta::root(0o755, epoch),
         )?;
     }
@@ -233,6 +234,12 @@ fn prepare_system(
     })
 }
 
+/// The k3s air-gap images archive, for the data partition.
+struct AirgapImages {
+    name: String,
+    bytes: Vec<u8>,
+}
+
 /// The k3s binary (from cluster.yaml's `k3s:`, else the rootfs's own) and the
 /// service that starts it; returns what to record and the air-gap images.
 fn add_k3s(
@@ -240,7 +247,7 @@ fn add_k3s(
     node: &NodeConfig,
     rootfs: &mut Tree,
     epoch: u64,
-) -> Result<(K3sInfo, Option<(String, Vec<u8>)>)> {
+) -> Result<(K3sInfo, Option<AirgapImages>)> {
     let mut info = K3sInfo {
         source: "rootfs".to_string(),
         version: None,
@@ -277,7 +284,7 @@ fn add_k3s(
                 .unwrap_or_else(|| "airgap-images.tar".to_string());
             let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
             info.airgap_images = Some(name.clone());
-            images = Some((name, bytes));
+            images = Some(AirgapImages { name, bytes });
         }
     } else if !service::has_k3s(rootfs) {
         bail!(
