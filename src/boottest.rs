@@ -159,14 +159,16 @@ pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {
 }
 
 /// Kernel, initramfs and cmdline taken from the image's boot partition.
-struct BootFiles {
-    kernel: PathBuf,
-    initrd: PathBuf,
-    cmdline: String,
+pub struct BootFiles {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The image's cmdline plus `console=ttyAMA0` for the VM's serial port.
+    pub cmdline: String,
 }
 
 impl BootFiles {
-    fn extract(image: &Path, dir: &Path) -> Result<BootFiles> {
+    /// Extracts them from partition 1 of `image` into `dir`.
+    pub fn extract(image: &Path, dir: &Path) -> Result<BootFiles> {
         let part = dir.join("boot.vfat");
         inspect::extract_partition(image, 1, &part)?;
         let read = |name: &str| {
