@@ -413,19 +413,9 @@ fn rootfs_without_kernel_names_the_paths_tried() {
 fn rootfs_larger_than_the_system_partition_gives_both_sizes() {
     let dir = scratch("err-size");
     // A copy of the data dir with a board whose system slot is tiny.
-    let data = dir.join("data");
-    fs::create_dir_all(data.join("boards")).unwrap();
-    run_ok(
-        Command::new("cp")
-            .arg("-r")
-            .arg(repo().join("overlays"))
-            .arg(&data),
-    );
-    let board = fs::read_to_string(repo().join("boards/qemu-aarch64.toml"))
-        .unwrap()
-        .replace("system_size = \"640M\"", "system_size = \"2M\"");
-    assert!(board.contains("\"2M\""));
-    fs::write(data.join("boards/qemu-aarch64.toml"), board).unwrap();
+    let data = data_dir_with_board(&dir, "qemu-aarch64", |t| {
+        t.replace("system_size = \"640M\"", "system_size = \"2M\"")
+    });
     let out = dir.join("out");
     fs::create_dir(&out).unwrap();
     let res = build(

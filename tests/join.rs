@@ -290,23 +290,13 @@ fn check_kernel_reports_the_test_kernel_fit_and_a_bare_config_not() {
 #[test]
 fn build_stops_on_a_kernel_without_what_k3s_needs_unless_told_otherwise() {
     let dir = scratch("join-kernel");
-    let data = dir.join("data");
-    fs::create_dir_all(data.join("boards")).unwrap();
-    run_ok(
-        Command::new("cp")
-            .arg("-r")
-            .arg(repo().join("overlays"))
-            .arg(&data),
-    );
     // A board whose "kernel config" is a file with no options at all.
-    let board = fs::read_to_string(repo().join("boards/qemu-aarch64.toml"))
-        .unwrap()
-        .replace(
+    let data = data_dir_with_board(&dir, "qemu-aarch64", |t| {
+        t.replace(
             "kernel_config = [\"/boot/config-*\", \"/boot/config\"]",
             "kernel_config = [\"/etc/hostname\"]",
-        );
-    assert!(board.contains("/etc/hostname"));
-    fs::write(data.join("boards/qemu-aarch64.toml"), board).unwrap();
+        )
+    });
     let out = dir.join("out");
     let args = ["--data-dir", data.to_str().unwrap()];
     let res = build("qemu-aarch64", &test_rootfs(), &out, &args);

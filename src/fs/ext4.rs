@@ -548,22 +548,11 @@ fn write_inner(out: &Path, size: u64, opts: &Ext4Options, tree: &Tree) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::test_noise as noise;
     use crate::tree::Meta;
     use std::sync::Arc;
 
     const T: u64 = 1_700_000_000; // Tue Nov 14 22:13:20 2023 UTC
-
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
 
     fn opts(mtime: u64) -> Ext4Options {
         Ext4Options {

@@ -496,20 +496,8 @@ pub fn read_file(image: &Path, path: &str) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fs::test_noise as noise;
     use std::process::Command;
-
-    /// Deterministic pseudo-random bytes (xorshift), so data is not all zeros.
-    fn noise(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
 
     fn opts() -> FatOptions {
         FatOptions {

@@ -238,3 +238,22 @@ pub fn dir_names(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// A data dir (boards/ + overlays/) under `dir` whose `board` file is the
+/// shipped one passed through `edit`, for `--data-dir`.
+pub fn data_dir_with_board(dir: &Path, board: &str, edit: impl Fn(&str) -> String) -> PathBuf {
+    let data = dir.join("data");
+    fs::create_dir_all(data.join("boards")).unwrap();
+    run_ok(
+        Command::new("cp")
+            .arg("-r")
+            .arg(repo().join("overlays"))
+            .arg(&data),
+    );
+    let file = format!("boards/{board}.toml");
+    let text = fs::read_to_string(repo().join(&file)).unwrap();
+    let edited = edit(&text);
+    assert_ne!(edited, text, "the edit changed nothing");
+    fs::write(data.join(&file), edited).unwrap();
+    data
+}
