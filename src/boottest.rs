@@ -387,7 +387,10 @@ fn identity(vm: &mut Vm) -> Result<Vec<(String, String)>> {
         ("k3s node password", "cat /etc/rancher/node/password"),
         (
             "SSH host keys",
-            "cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null | sha256sum | cut -c1-16; ls /etc/ssh/ssh_host_*_key.pub 2>/dev/null | wc -l",
+            // fingerprint, number of keys, whether the rootfs has an SSH server
+            "k=$(ls /etc/ssh/ssh_host_*_key.pub /etc/dropbear/dropbear_*_host_key 2>/dev/null); \
+             cat $k </dev/null | sha256sum | cut -c1-16; echo $k | wc -w; \
+             if command -v dropbear >/dev/null || command -v sshd >/dev/null; then echo ssh-server; else echo no-ssh-server; fi",
         ),
     ] {
         facts.push((what.to_string(), sh(vm, cmd)?.trim().to_string()));
@@ -406,6 +409,15 @@ fn compare_identity(a: &Result<Vec<(String, String)>>, b: &Result<Vec<(String, S
                 .collect();
             if !empty.is_empty() {
                 return fail(name, format!("empty: {}", empty.join(", ")));
+            }
+            if let Some((_, keys)) = a.iter().find(|(k, _)| k == "SSH host keys") {
+                let lines: Vec<&str> = keys.lines().collect();
+                if lines.get(2) == Some(&"ssh-server") && lines.get(1) == Some(&"0") {
+                    return fail(
+                        name,
+                        "the rootfs has an SSH server but no SSH host keys".into(),
+                    );
+                }
             }
             Check {
                 name,
