@@ -247,7 +247,7 @@ fi
 say "userspace up"
 say "hostname=$($bb hostname)"
 say "machine-id=$($bb cat /etc/machine-id 2>/dev/null)"
-for m in / /usr /etc; do
+for m in / /usr /etc /boot; do
     $bb awk -v m="$m" '$2 == m { print "nodeimg-test-rootfs: mount " $2 " " $3 " " $4 }' /proc/mounts
 done
 for w in $($bb cat /proc/cmdline); do
