@@ -527,6 +527,25 @@ mod tests {
         assert_eq!((k.as_str(), i.as_str()), ("vmlinuz", "initrd.img"));
     }
 
+    fn facts(keys: &str) -> Result<Vec<(String, String)>> {
+        Ok(vec![
+            ("hostname".into(), "n1".into()),
+            ("SSH host keys".into(), keys.into()),
+        ])
+    }
+
+    #[test]
+    fn identity_without_host_keys_fails_only_with_an_ssh_server() {
+        let none_with_server = facts("e3b0c44298fc1c14\n0\nssh-server");
+        assert!(!compare_identity(&none_with_server, &none_with_server).passed);
+        let none_without_server = facts("e3b0c44298fc1c14\n0\nno-ssh-server");
+        assert!(compare_identity(&none_without_server, &none_without_server).passed);
+        let three = facts("31cf75adcc56f740\n3\nssh-server");
+        assert!(compare_identity(&three, &three).passed);
+        let other = facts("0000000000000000\n3\nssh-server");
+        assert!(!compare_identity(&three, &other).passed);
+    }
+
     #[test]
     fn wrong_disk_id_replaces_only_the_identifier() {
         assert_eq!(
