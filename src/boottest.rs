@@ -389,7 +389,10 @@ fn identity(vm: &mut Vm) -> Result<Vec<(String, String)>> {
         ("k3s node password", "cat /etc/rancher/node/password"),
         (
             "SSH host keys",
-            "cat /etc/ssh/ssh_host_*_key.pub 2>/dev/null | sha256sum | cut -c1-16; ls /etc/ssh/ssh_host_*_key.pub 2>/dev/null | wc -l",
+            // fingerprint, number of keys, whether the rootfs has an SSH server
+            "k=$(ls /etc/ssh/ssh_host_*_key.pub /etc/dropbear/dropbear_*_host_key 2>/dev/null); \
+             cat $k </dev/null | sha256sum | cut -c1-16; echo $k | wc -w; \
+             if command -v dropbear >/dev/null || command -v sshd >/dev/null; then echo ssh-server; else echo no-ssh-server; fi",
         ),
     ] {
         facts.push((what.to_string(), sh(vm, cmd)?.trim().to_string()));
@@ -408,6 +411,15 @@ fn compare_identity(a: &Result<Vec<(String, String)>>, b: &Result<Vec<(String, S
                 .collect();
             if !empty.is_empty() {
                 return fail(name, format!("empty: {}", empty.join(", ")));
+            }
+            if let Some((_, keys)) = a.iter().find(|(k, _)| k == "SSH host keys") {
+                let lines: Vec<&str> = keys.lines().collect();
+                if lines.get(2) == Some(&"ssh-server") && lines.get(1) == Some(&"0") {
+                    return fail(
+                        name,
+                        "the rootfs has an SSH server but no SSH host keys".into(),
+                    );
+                }
             }
             Check {
                 name,
@@ -515,6 +527,25 @@ mod tests {
             "arm_64bit=1\nkernel=vmlinuz\ninitramfs initrd.img followkernel\n",
         );
         assert_eq!((k.as_str(), i.as_str()), ("vmlinuz", "initrd.img"));
+    }
+
+    fn facts(keys: &str) -> Result<Vec<(String, String)>> {
+        Ok(vec![
+            ("hostname".into(), "n1".into()),
+            ("SSH host keys".into(), keys.into()),
+        ])
+    }
+
+    #[test]
+    fn identity_without_host_keys_fails_only_with_an_ssh_server() {
+        let none_with_server = facts("e3b0c44298fc1c14\n0\nssh-server");
+        assert!(!compare_identity(&none_with_server, &none_with_server).passed);
+        let none_without_server = facts("e3b0c44298fc1c14\n0\nno-ssh-server");
+        assert!(compare_identity(&none_without_server, &none_without_server).passed);
+        let three = facts("31cf75adcc56f740\n3\nssh-server");
+        assert!(compare_identity(&three, &three).passed);
+        let other = facts("0000000000000000\n3\nssh-server");
+        assert!(!compare_identity(&three, &other).passed);
     }
 
     #[test]

@@ -216,6 +216,8 @@ OSR
 cat >"$E/inittab" <<'TAB'
 # busybox init of the nodeimg test rootfs.
 # Tests watch the console for the "nodeimg-test-rootfs:" lines.
+# k3s is deliberately not started here: nodeimg appends its own respawn line for
+# /usr/lib/nodeimg/k3s-run when it installs k3s into a busybox-init rootfs.
 ::sysinit:/bin/busybox echo "nodeimg-test-rootfs: busybox init started"
 ::sysinit:/bin/busybox sh /etc/init.d/rcS
 ::respawn:/bin/cttyhack /bin/sh -l
@@ -245,7 +247,7 @@ fi
 say "userspace up"
 say "hostname=$($bb hostname)"
 say "machine-id=$($bb cat /etc/machine-id 2>/dev/null)"
-for m in / /usr /etc; do
+for m in / /usr /etc /boot; do
     $bb awk -v m="$m" '$2 == m { print "nodeimg-test-rootfs: mount " $2 " " $3 " " $4 }' /proc/mounts
 done
 for w in $($bb cat /proc/cmdline); do
@@ -262,11 +264,12 @@ chmod 1777 "$ROOT/tmp" "$ROOT/var/tmp"
 chmod 0700 "$ROOT/root"
 
 # ---------------------------------------------------------------- the binaries the initramfs borrows must be able to run
-# (sfdisk, resize2fs, e2fsck run from the system squashfs through its ld.so): every NEEDED
-# library must be in the tree.
+# (sfdisk, resize2fs, e2fsck, dropbearkey run from the system squashfs through its ld.so):
+# every NEEDED library must be in the tree.
 if command -v readelf >/dev/null; then
     missing=
-    for bin in usr/sbin/sfdisk usr/sbin/resize2fs usr/sbin/e2fsck usr/sbin/mke2fs usr/sbin/fdisk; do
+    for bin in usr/sbin/sfdisk usr/sbin/resize2fs usr/sbin/e2fsck usr/sbin/mke2fs usr/sbin/fdisk \
+        usr/sbin/dropbear usr/bin/dropbearkey; do
         [ -f "$ROOT/$bin" ] || die "missing $bin"
         for lib in $(readelf -d "$ROOT/$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
             [ -e "$ROOT/usr/lib/aarch64-linux-gnu/$lib" ] || missing="$missing $bin:$lib"
