@@ -335,10 +335,9 @@ fn check_kernel(board: &Board, rootfs: &Tree, allow_missing: bool) -> Result<()>
         return Ok(());
     };
     let text = file_data(rootfs, path.trim_start_matches('/'))?;
+    // Optional options are for `nodeimg check-kernel` to list; a build only
+    // stops on required ones.
     let report = kernelconfig::check(&String::from_utf8_lossy(&text));
-    for w in report.warnings() {
-        eprintln!("nodeimg: warning: kernel {path}: {w}");
-    }
     let errors = report.errors();
     if !errors.is_empty() && !allow_missing {
         bail!(
