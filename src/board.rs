@@ -205,7 +205,7 @@ fn check_tools(spec: &InitramfsSpec) -> Result<()> {
             if p.contains(['*', '?', '[']) {
                 bail!("{what}: {p:?} must be a plain path, not a pattern");
             }
-            if p.ends_with('/') || crate::tree::normalize(p).is_none_or(|n| n.is_empty()) {
+            if p.ends_with('/') || crate::tree::normalize(p).map_or(true, |n| n.is_empty()) {
                 bail!("{what}: {p:?} is not a file path");
             }
             if !seen.insert(crate::tree::normalize(p)) {
