@@ -99,6 +99,15 @@ pub struct InitramfsSpec {
     /// Kernel modules the initramfs loads (names as `modprobe` takes them);
     /// their dependencies from `modules.dep` are added.
     pub modules: Vec<String>,
+    /// Programs copied from the rootfs into the initramfs with their
+    /// interpreter and shared libraries (read from the ELF files). Plain
+    /// absolute paths; a missing one fails the build.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Like `tools`, but skipped when the rootfs lacks them (an Alpine rootfs
+    /// without e2fsprogs still builds; the init does without).
+    #[serde(default)]
+    pub optional_tools: Vec<String>,
 }
 
 /// The sizes of a board's disk, parsed.
@@ -150,6 +159,7 @@ impl Board {
             }
         }
         check_paths("sources.kernel_config", &board.sources.kernel_config)?;
+        check_tools(&board.initramfs)?;
         check_boot_file_name("boot.kernel_name", &board.boot.kernel_name)?;
         check_boot_file_name("boot.initramfs_name", &board.boot.initramfs_name)?;
         if board.boot.method != BootMethod::RpiFirmware && !board.boot.config_txt.is_empty() {
@@ -177,6 +187,30 @@ fn check_paths(what: &str, list: &[String]) -> Result<()> {
     for p in list {
         if !p.starts_with('/') || p.split('/').any(|c| c == "..") {
             bail!("{what}: {p:?} must be an absolute path inside the rootfs, without \"..\"");
+        }
+    }
+    Ok(())
+}
+
+/// Tools are plain absolute paths (no globs: the init looks them up by the
+/// name it knows), each listed once across both lists.
+fn check_tools(spec: &InitramfsSpec) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for (what, list) in [
+        ("initramfs.tools", &spec.tools),
+        ("initramfs.optional_tools", &spec.optional_tools),
+    ] {
+        check_paths(what, list)?;
+        for p in list {
+            if p.contains(['*', '?', '[']) {
+                bail!("{what}: {p:?} must be a plain path, not a pattern");
+            }
+            if p.ends_with('/') || crate::tree::normalize(p).map_or(true, |n| n.is_empty()) {
+                bail!("{what}: {p:?} is not a file path");
+            }
+            if !seen.insert(crate::tree::normalize(p)) {
+                bail!("{what}: {p:?} is listed twice");
+            }
         }
     }
     Ok(())
@@ -319,6 +353,43 @@ mod tests {
         let bad = text.replacen("\"/boot/vmlinuz-*\"", "\"boot/vmlinuz-*\"", 1);
         let err = Board::parse(&bad, "rpi4").unwrap_err().to_string();
         assert!(err.contains("must be an absolute path"), "{err}");
+    }
+
+    #[test]
+    fn shipped_boards_carry_the_growth_tools_as_optional() {
+        for name in ["rpi4", "qemu-aarch64"] {
+            let b = repo_board(name);
+            assert!(
+                b.initramfs.tools.is_empty(),
+                "{name}: required tools would break Alpine"
+            );
+            for t in ["/sbin/sfdisk", "/sbin/resize2fs", "/sbin/e2fsck"] {
+                assert!(
+                    b.initramfs.optional_tools.iter().any(|x| x == t),
+                    "{name}: {t}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tools_must_be_plain_absolute_paths_listed_once() {
+        let dd = DataDir::at(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let text = std::fs::read_to_string(dd.boards_dir().join("rpi4.toml")).unwrap();
+        let with = |tools: &str| text.replacen("[initramfs]", &format!("[initramfs]\n{tools}"), 1);
+        let b = Board::parse(&with("tools = [\"/usr/bin/lsblk\"]"), "rpi4").unwrap();
+        assert_eq!(b.initramfs.tools, ["/usr/bin/lsblk"]);
+        for (bad, needle) in [
+            ("tools = [\"usr/bin/lsblk\"]", "must be an absolute path"),
+            ("tools = [\"/usr/../bin/x\"]", "must be an absolute path"),
+            ("tools = [\"/sbin/*fdisk\"]", "not a pattern"),
+            ("tools = [\"/\"]", "not a file path"),
+            ("tools = [\"/sbin/sfdisk\"]", "listed twice"),
+            ("tools = [\"/sbin//x\", \"/sbin/x\"]", "listed twice"),
+        ] {
+            let err = Board::parse(&with(bad), "rpi4").unwrap_err().to_string();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
     }
 
     #[test]

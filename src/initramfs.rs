@@ -4,12 +4,25 @@
 //!
 //! The init reads `/etc/nodeimg/modules`: one module path per line, in load
 //! order (dependencies first).
+//!
+//! The board's `tools` (sfdisk, resize2fs, ...) are copied from the rootfs
+//! with their interpreter and shared libraries ([`crate::elf::closure`]):
+//! each real file at its canonical path (`/usr/sbin/sfdisk`,
+//! `/usr/lib/aarch64-linux-gnu/libc.so.6`), and the symlinks the loader goes
+//! through on the way (`/lib -> usr/lib`, `libfdisk.so.1 -> libfdisk.so.1.1.0`)
+//! recreated where the initramfs has nothing of its own, so the `PT_INTERP`
+//! path and the loader's default search directories work as in the rootfs.
+//! Entries of the initramfs's own (`/bin` with busybox, `/etc`, `/dev`) are
+//! never replaced: where one is in the way, the requested library path gets
+//! an absolute symlink to the canonical file instead. `/etc/nodeimg/tools`
+//! lists the tools included, one canonical absolute path per line.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::tree::{self, Entry, Kind, Meta, Tree};
+use crate::elf;
+use crate::tree::{self, lookup, Entry, Kind, Meta, Tree};
 
 /// The kernel's module dependency graph, from `modules.dep` and `modules.builtin`.
 #[derive(Debug, Default)]
@@ -115,6 +128,10 @@ pub struct Inputs<'a> {
     pub kernel_release: &'a str,
     /// Module names the board lists.
     pub modules: &'a [String],
+    /// Programs to copy with their shared libraries (board `initramfs.tools`).
+    pub tools: &'a [String],
+    /// Like `tools`, skipped when not in the rootfs.
+    pub optional_tools: &'a [String],
     /// `overlays/initramfs/`: `init` and anything it needs.
     pub overlay: &'a std::path::Path,
     pub mtime: u64,
@@ -161,6 +178,19 @@ pub fn compose(inp: &Inputs) -> Result<Tree> {
         },
     )?;
 
+    // Tools first: their symlinks (`/lib -> usr/lib` in a usr-merged rootfs)
+    // shape where the modules go below.
+    let tools = add_tools(&mut t, inp.rootfs, inp.tools, inp.optional_tools, inp.mtime)?;
+    let mut listed = String::new();
+    for p in &tools.included {
+        listed.push_str(p);
+        listed.push('\n');
+    }
+    t.insert(
+        "etc/nodeimg/tools",
+        Entry::file(Meta::root(0o644, inp.mtime), listed.into_bytes()),
+    )?;
+
     let dep_path = tree::join(inp.modules_dir, "modules.dep");
     let dep = file_text(inp.rootfs, &dep_path).with_context(|| {
         format!(
@@ -184,7 +214,8 @@ pub fn compose(inp: &Inputs) -> Result<Tree> {
             _ => bail!("/{src} (listed in modules.dep) is missing from the rootfs"),
         };
         let dest = format!("lib/modules/{}/{}", inp.kernel_release, rel);
-        t.insert_with_parents(
+        insert_through_links(
+            &mut t,
             &dest,
             Entry {
                 meta: Meta::root(0o644, inp.mtime),
@@ -208,6 +239,200 @@ pub fn compose(inp: &Inputs) -> Result<Tree> {
             "{}: no executable `init` in the initramfs overlay",
             inp.overlay.display()
         ),
+    }
+}
+
+/// What [`add_tools`] put into the initramfs.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ToolsAdded {
+    /// Canonical absolute paths of the tools included, in board order.
+    pub included: Vec<String>,
+    /// Optional tools the rootfs does not have.
+    pub skipped: Vec<String>,
+    /// Every path added (files and symlinks), absolute, sorted.
+    pub added: Vec<String>,
+}
+
+/// Copies each tool and its closure from `rootfs` into `t` (see the module
+/// docs for where things go). A missing required tool, a missing library, or
+/// a path the initramfs cannot take is an error naming it.
+pub fn add_tools(
+    t: &mut Tree,
+    rootfs: &Tree,
+    tools: &[String],
+    optional: &[String],
+    mtime: u64,
+) -> Result<ToolsAdded> {
+    let dir = Meta::root(0o755, mtime);
+    let before: BTreeSet<String> = t.iter().map(|(k, _)| k.clone()).collect();
+    let mut out = ToolsAdded::default();
+    let mut needs_config = false;
+    let wanted = tools.iter().map(|p| (p, false));
+    for (tool, is_optional) in wanted.chain(optional.iter().map(|p| (p, true))) {
+        if is_optional && lookup::resolve(rootfs, tool).is_none() {
+            out.skipped.push(tool.clone());
+            continue;
+        }
+        let what = if is_optional { "optional tool" } else { "tool" };
+        let files =
+            elf::closure(rootfs, tool).with_context(|| format!("initramfs {what} {tool}"))?;
+        for f in &files {
+            copy_file(t, rootfs, &f.resolved, mtime)
+                .with_context(|| format!("initramfs {what} {tool}: copying {}", f.resolved))?;
+            mirror_links(t, rootfs, &f.requested, dir);
+            let works =
+                |t: &Tree| lookup::resolve(t, &f.requested).as_deref() == Some(&f.resolved[..]);
+            if !works(t) && f.via != elf::Via::Program {
+                // Something of the initramfs's own is in the way (a real /lib
+                // where the rootfs has a symlink): point the loader's path
+                // straight at the file.
+                insert_through_links(
+                    t,
+                    f.requested.trim_start_matches('/'),
+                    Entry::symlink(Meta::root(0o777, mtime), &f.resolved),
+                    dir,
+                )
+                .with_context(|| format!("initramfs {what} {tool}: linking {}", f.requested))?;
+            }
+            if !works(t) && f.via != elf::Via::Program {
+                bail!(
+                    "initramfs {what} {tool}: {} does not lead to {} in the initramfs",
+                    f.requested,
+                    f.resolved
+                );
+            }
+            needs_config |= f.via == elf::Via::Config;
+        }
+        if let Some(f) = files.first() {
+            out.included.push(f.resolved.clone());
+        }
+    }
+    if needs_config {
+        // Libraries found only through /etc/ld.so.conf (or musl's path file):
+        // the loader needs the rootfs's cache (path file) to find them too.
+        let mut any = false;
+        for pat in ["/etc/ld.so.cache", "/etc/ld-musl-*.path"] {
+            for p in lookup::glob(rootfs, pat) {
+                copy_file(t, rootfs, &p, mtime).with_context(|| format!("copying {p}"))?;
+                any = true;
+            }
+        }
+        if !any {
+            bail!("initramfs tools: libraries are found only through /etc/ld.so.conf, and the rootfs has no /etc/ld.so.cache");
+        }
+    }
+    out.added = t
+        .iter()
+        .filter(|(k, e)| !before.contains(*k) && e.kind != Kind::Dir)
+        .map(|(k, _)| format!("/{k}"))
+        .collect();
+    Ok(out)
+}
+
+/// Copies the regular file at canonical absolute `path` from `rootfs` to the
+/// same path in `t` (mode kept, owner root). Already there with the same
+/// content is fine; anything else there is an error.
+fn copy_file(t: &mut Tree, rootfs: &Tree, path: &str, mtime: u64) -> Result<()> {
+    let key = path.trim_start_matches('/');
+    let src = rootfs
+        .get(key)
+        .ok_or_else(|| anyhow!("{path} is not in the rootfs"))?;
+    let Kind::File(data) = &src.kind else {
+        bail!("{path} is not a regular file in the rootfs");
+    };
+    match t.get(key).map(|e| &e.kind) {
+        None => {}
+        Some(Kind::File(d)) if d == data => return Ok(()),
+        Some(_) => bail!("the initramfs already has a different /{key}"),
+    }
+    let entry = Entry {
+        meta: Meta::root(src.meta.mode & 0o7777, mtime),
+        kind: Kind::File(data.clone()),
+    };
+    t.insert_with_parents(key, entry, Meta::root(0o755, mtime))
+}
+
+/// Recreates in `t` every symlink `rootfs` goes through when resolving
+/// `path`, at the same place, where `t` has no entry there yet. Walks like
+/// the kernel (see `tree::lookup`), at most `MAX_SYMLINKS` links.
+fn mirror_links(t: &mut Tree, rootfs: &Tree, path: &str, dir: Meta) {
+    let mut cur = String::new();
+    let mut todo: Vec<String> = path
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .rev()
+        .map(str::to_string)
+        .collect();
+    let mut links = 0;
+    while let Some(c) = todo.pop() {
+        match c.as_str() {
+            "." => continue,
+            ".." => {
+                cur = tree::parent(&cur).to_string();
+                continue;
+            }
+            _ => {}
+        }
+        let next = tree::join(&cur, &c);
+        let Some(e) = rootfs.get(&next) else { return };
+        match &e.kind {
+            Kind::Dir => cur = next,
+            Kind::Symlink(target) => {
+                links += 1;
+                if links > lookup::MAX_SYMLINKS {
+                    return;
+                }
+                if t.get(&next).is_none() {
+                    // Fails only when a parent in `t` is not a directory:
+                    // then the caller's check finds the path unresolved.
+                    let _ = t.insert_with_parents(
+                        &next,
+                        Entry::symlink(Meta::root(0o777, dir.mtime), target),
+                        dir,
+                    );
+                }
+                if target.starts_with('/') {
+                    cur = String::new();
+                }
+                todo.extend(
+                    target
+                        .split('/')
+                        .filter(|c| !c.is_empty())
+                        .rev()
+                        .map(str::to_string),
+                );
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Inserts `entry` at relative `path` as the kernel would create it: the
+/// parent directories are followed through symlinks that exist in `t` and
+/// created (with `dir`) where missing. An existing entry at the final place
+/// is an error unless it is equal.
+fn insert_through_links(t: &mut Tree, path: &str, entry: Entry, dir: Meta) -> Result<()> {
+    let mut cur = String::new();
+    for c in tree::parent(path).split('/').filter(|c| !c.is_empty()) {
+        let want = tree::join(&cur, c);
+        match lookup::resolve(t, &want) {
+            Some(p) if matches!(t.get(p.trim_start_matches('/')), Some(e) if e.kind == Kind::Dir) =>
+            {
+                cur = p.trim_start_matches('/').to_string();
+            }
+            Some(_) => bail!("/{want} is not a directory in the initramfs"),
+            None if t.get(&want).is_none() => {
+                t.insert(&want, Entry::dir(dir))?;
+                cur = want;
+            }
+            None => bail!("/{want} is a dangling symlink in the initramfs"),
+        }
+    }
+    let key = tree::join(&cur, tree::file_name(path));
+    match t.get(&key) {
+        None => t.insert(&key, entry),
+        Some(e) if *e == entry => Ok(()),
+        Some(_) => bail!("the initramfs already has /{key}"),
     }
 }
 
@@ -271,6 +496,185 @@ kernel/drivers/mmc/host/sdhci.ko.xz:\n";
         let idx = ModuleIndex::parse(DEP, None).unwrap();
         let err = idx.load_order(&["btrfs".into()]).unwrap_err().to_string();
         assert!(err.contains("\"btrfs\""), "{err}");
+    }
+
+    /// An initramfs as `compose` starts it: /bin holds busybox, /lib/modules
+    /// is a real directory (no tools yet).
+    fn initramfs_base(with_lib_dir: bool) -> Tree {
+        let d = Meta::root(0o755, 7);
+        let mut t = Tree::new(d);
+        for p in ["bin", "etc", "etc/nodeimg", "dev"] {
+            t.insert(p, Entry::dir(d)).unwrap();
+        }
+        t.insert("bin/busybox", Entry::file(d, b"bb".to_vec()))
+            .unwrap();
+        if with_lib_dir {
+            t.insert_with_parents("lib/modules/6.1/x.ko", Entry::file(d, vec![]), d)
+                .unwrap();
+        }
+        t
+    }
+
+    #[test]
+    fn tools_land_at_canonical_paths_with_the_loaders_symlinks() {
+        let rootfs = crate::elf::tests::debian();
+        let mut t = initramfs_base(false);
+        let added = add_tools(
+            &mut t,
+            &rootfs,
+            &[],
+            &["/sbin/sfdisk".into(), "/sbin/resize2fs".into()],
+            7,
+        )
+        .unwrap();
+        assert_eq!(added.included, ["/usr/sbin/sfdisk"]);
+        assert_eq!(added.skipped, ["/sbin/resize2fs"]);
+        let lib = "/usr/lib/aarch64-linux-gnu";
+        assert_eq!(
+            added.added,
+            [
+                "/lib".to_string(),
+                "/sbin".into(),
+                format!("{lib}/ld-linux-aarch64.so.1"),
+                format!("{lib}/libblkid.so.1"),
+                format!("{lib}/libc.so.6"),
+                format!("{lib}/libfdisk.so.1"),
+                format!("{lib}/libfdisk.so.1.1.0"),
+                "/usr/lib/ld-linux-aarch64.so.1".into(),
+                "/usr/sbin/sfdisk".into(),
+            ]
+        );
+        // The rootfs's usr-merge symlinks are mirrored, so PT_INTERP resolves.
+        assert_eq!(t.get("lib").unwrap().kind, Kind::Symlink("usr/lib".into()));
+        assert_eq!(
+            lookup::resolve(&t, "/lib/ld-linux-aarch64.so.1").as_deref(),
+            Some("/usr/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1")
+        );
+        assert_eq!(
+            t.get("usr/lib/aarch64-linux-gnu/libfdisk.so.1")
+                .unwrap()
+                .kind,
+            Kind::Symlink("libfdisk.so.1.1.0".into())
+        );
+        let sf = t.get("usr/sbin/sfdisk").unwrap();
+        assert_eq!((sf.meta.mode, sf.meta.uid, sf.meta.mtime), (0o755, 0, 7));
+        // The initramfs's own busybox is untouched.
+        assert_eq!(t.get("bin").unwrap().kind, Kind::Dir);
+        assert!(t.get("bin/busybox").is_some());
+    }
+
+    #[test]
+    fn a_real_lib_dir_gets_a_link_to_the_interpreter() {
+        let rootfs = crate::elf::tests::debian();
+        let mut t = initramfs_base(true);
+        add_tools(&mut t, &rootfs, &["/sbin/sfdisk".into()], &[], 7).unwrap();
+        assert_eq!(t.get("lib").unwrap().kind, Kind::Dir);
+        assert!(t.get("lib/modules/6.1/x.ko").is_some());
+        assert_eq!(
+            t.get("lib/ld-linux-aarch64.so.1").unwrap().kind,
+            Kind::Symlink("/usr/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1".into())
+        );
+    }
+
+    #[test]
+    fn missing_required_tool_or_library_is_an_error_naming_it() {
+        let mut rootfs = crate::elf::tests::debian();
+        let mut t = initramfs_base(false);
+        let err = format!(
+            "{:#}",
+            add_tools(&mut t, &rootfs, &["/sbin/resize2fs".into()], &[], 7).unwrap_err()
+        );
+        assert!(
+            err.contains("tool /sbin/resize2fs") && err.contains("not found"),
+            "{err}"
+        );
+        rootfs.remove("usr/lib/aarch64-linux-gnu/libc.so.6");
+        // Present but broken: an error even when optional.
+        let err = format!(
+            "{:#}",
+            add_tools(&mut t, &rootfs, &[], &["/sbin/sfdisk".into()], 7).unwrap_err()
+        );
+        assert!(
+            err.contains("/sbin/sfdisk") && err.contains("library libc.so.6"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn libraries_found_through_ld_so_conf_bring_the_cache() {
+        let mut rootfs = crate::elf::tests::debian();
+        let d = Meta::root(0o644, 1);
+        let put = |t: &mut Tree, p: &str, data: Vec<u8>| {
+            t.insert_with_parents(p, Entry::file(d, data), Meta::root(0o755, 1))
+                .unwrap()
+        };
+        put(&mut rootfs, "etc/ld.so.conf", b"/opt/lib\n".to_vec());
+        rootfs.remove("usr/lib/aarch64-linux-gnu/libblkid.so.1");
+        put(
+            &mut rootfs,
+            "opt/lib/libblkid.so.1",
+            crate::elf::tests::aarch64(&[]),
+        );
+        let mut t = initramfs_base(false);
+        let err = format!(
+            "{:#}",
+            add_tools(&mut t, &rootfs, &["/sbin/sfdisk".into()], &[], 7).unwrap_err()
+        );
+        assert!(err.contains("no /etc/ld.so.cache"), "{err}");
+        put(&mut rootfs, "etc/ld.so.cache", b"cache".to_vec());
+        let mut t = initramfs_base(false);
+        let added = add_tools(&mut t, &rootfs, &["/sbin/sfdisk".into()], &[], 7).unwrap();
+        assert!(added.added.contains(&"/opt/lib/libblkid.so.1".to_string()));
+        assert!(added.added.contains(&"/etc/ld.so.cache".to_string()));
+    }
+
+    #[test]
+    fn an_initramfs_file_in_the_way_is_an_error() {
+        let rootfs = crate::elf::tests::debian();
+        let mut t = initramfs_base(false);
+        t.insert_with_parents(
+            "usr/sbin/sfdisk",
+            Entry::file(Meta::root(0o755, 7), b"x".to_vec()),
+            Meta::root(0o755, 7),
+        )
+        .unwrap();
+        let err = format!(
+            "{:#}",
+            add_tools(&mut t, &rootfs, &["/sbin/sfdisk".into()], &[], 7).unwrap_err()
+        );
+        assert!(
+            err.contains("already has a different /usr/sbin/sfdisk"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn modules_go_through_a_mirrored_lib_symlink() {
+        let mut t = initramfs_base(false);
+        t.insert("lib", Entry::symlink(Meta::root(0o777, 7), "usr/lib"))
+            .unwrap();
+        let d = Meta::root(0o755, 7);
+        let err = insert_through_links(&mut t, "lib/modules/a.ko", Entry::file(d, vec![]), d)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/lib is a dangling symlink"), "{err}");
+        t.insert_with_parents("usr/lib", Entry::dir(d), d).unwrap();
+        insert_through_links(
+            &mut t,
+            "lib/modules/6.1/kernel/a.ko",
+            Entry::file(d, vec![1]),
+            d,
+        )
+        .unwrap();
+        assert!(t.get("usr/lib/modules/6.1/kernel/a.ko").is_some());
+        assert_eq!(
+            lookup::resolve(&t, "/lib/modules/6.1/kernel/a.ko").as_deref(),
+            Some("/usr/lib/modules/6.1/kernel/a.ko")
+        );
+        let err = insert_through_links(&mut t, "bin/busybox/x", Entry::file(d, vec![]), d)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a directory"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod boottest;
 pub mod build;
 pub mod cli;
 pub mod disk;
+pub mod elf;
 pub mod fs;
 pub mod ids;
 pub mod initramfs;

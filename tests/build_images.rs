@@ -492,3 +492,160 @@ fn boards_lists_one_line_each() {
         .collect();
     assert_eq!(names, ["qemu-aarch64", "rpi4"]);
 }
+
+/// The board's optional tools (sfdisk, resize2fs, e2fsck) are in the
+/// initramfs with everything `readelf` says they load: the interpreter at its
+/// PT_INTERP path and every DT_NEEDED library, recursively, in a directory
+/// the aarch64 glibc loader searches without a cache; /etc/nodeimg/tools
+/// lists them.
+#[test]
+fn initramfs_tools_come_with_their_interpreter_and_libraries() {
+    /// `path` (absolute) resolved inside `root` as the kernel would there:
+    /// symlinks followed, absolute targets from `root`. The canonical
+    /// relative path of a regular file, or None.
+    fn resolve_in(root: &Path, path: &str) -> Option<String> {
+        let mut todo: Vec<String> = path
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .rev()
+            .map(str::to_string)
+            .collect();
+        let mut cur: Vec<String> = Vec::new();
+        let mut links = 0;
+        while let Some(c) = todo.pop() {
+            match c.as_str() {
+                "." => continue,
+                ".." => {
+                    cur.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            let here = root.join(cur.join("/")).join(&c);
+            let md = fs::symlink_metadata(&here).ok()?;
+            if md.file_type().is_symlink() {
+                links += 1;
+                if links > 40 {
+                    return None;
+                }
+                let target = fs::read_link(&here).ok()?;
+                let target = target.to_str()?.to_string();
+                if target.starts_with('/') {
+                    cur.clear();
+                }
+                todo.extend(
+                    target
+                        .split('/')
+                        .filter(|c| !c.is_empty())
+                        .rev()
+                        .map(str::to_string),
+                );
+            } else if md.is_dir() {
+                cur.push(c);
+            } else if md.is_file() && todo.is_empty() {
+                cur.push(c);
+                return Some(cur.join("/"));
+            } else {
+                return None;
+            }
+        }
+        None
+    }
+    fn readelf(flag: &str, file: &Path) -> String {
+        stdout(&run_ok(
+            Command::new("readelf").arg(flag).arg("-W").arg(file),
+        ))
+    }
+    fn bracketed<'a>(text: &'a str, marker: &str) -> Vec<&'a str> {
+        text.lines()
+            .filter_map(|l| l.split_once(marker))
+            .filter_map(|(_, rest)| rest.split(']').next())
+            .collect()
+    }
+
+    let img = built_image("qemu-aarch64");
+    let dir = scratch("initramfs-tools");
+    let part = extract_partition(&img, 1, &dir.join("boot.vfat"));
+    let gz = run_ok(
+        Command::new("mcopy")
+            .args(["-n", "-i"])
+            .arg(&part)
+            .args(["::initrd.img", "-"]),
+    )
+    .stdout;
+    let mut cpio = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut cpio).unwrap();
+    fs::write(dir.join("initrd.cpio"), &cpio).unwrap();
+    let x = dir.join("x");
+    fs::create_dir(&x).unwrap();
+    run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg("cpio -idm --quiet < ../initrd.cpio")
+            .current_dir(&x),
+    );
+
+    let listed = fs::read_to_string(x.join("etc/nodeimg/tools")).unwrap();
+    let tools: Vec<&str> = listed.lines().collect();
+    for name in ["sfdisk", "resize2fs", "e2fsck"] {
+        assert!(
+            tools.iter().any(|t| t.rsplit('/').next() == Some(name)),
+            "{name} in /etc/nodeimg/tools: {tools:?}"
+        );
+    }
+    // Where the aarch64 glibc loader looks without /etc/ld.so.cache.
+    let search = [
+        "/lib/aarch64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/lib",
+        "/usr/lib",
+    ];
+    assert!(
+        !x.join("etc/ld.so.cache").exists(),
+        "the Debian libraries need no cache"
+    );
+    let mut checked = std::collections::BTreeSet::new();
+    let mut todo: Vec<String> = Vec::new();
+    for t in &tools {
+        let canon = resolve_in(&x, t).unwrap_or_else(|| panic!("{t} listed but not a file"));
+        let mode = fs::metadata(x.join(&canon)).unwrap();
+        assert!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o111 != 0);
+        // The very bytes of the rootfs's program.
+        let orig = fs::read(unpacked_rootfs().join(t.trim_start_matches('/'))).unwrap();
+        assert!(
+            fs::read(x.join(&canon)).unwrap() == orig,
+            "{t} is the rootfs's"
+        );
+        let interp = readelf("-l", &x.join(&canon));
+        let interp = bracketed(&interp, "Requesting program interpreter: ");
+        assert_eq!(interp.len(), 1, "{t}: one PT_INTERP");
+        assert!(
+            resolve_in(&x, interp[0]).is_some(),
+            "{t}: interpreter {} missing from the initramfs",
+            interp[0]
+        );
+        todo.push(canon);
+    }
+    // Every DT_NEEDED of the tools and, recursively, of their libraries.
+    let mut libs = 0;
+    while let Some(file) = todo.pop() {
+        if !checked.insert(file.clone()) {
+            continue;
+        }
+        let d = readelf("-d", &x.join(&file));
+        for name in bracketed(&d, "Shared library: [") {
+            let found = search
+                .iter()
+                .find_map(|dir| resolve_in(&x, &format!("{dir}/{name}")))
+                .unwrap_or_else(|| panic!("{name} (needed by /{file}) is not in the initramfs"));
+            libs += 1;
+            todo.push(found);
+        }
+    }
+    assert!(
+        checked.iter().any(|f| f.ends_with("libc.so.6")) && libs >= 10,
+        "libraries checked: {checked:?}"
+    );
+    // The initramfs's own busybox directory is left alone.
+    assert!(fs::symlink_metadata(x.join("bin")).unwrap().is_dir());
+}
