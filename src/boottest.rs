@@ -48,6 +48,60 @@ impl Report {
     }
 }
 
+/// `nodeimg boot-test`: runs the checks, printing PASS/FAIL lines; an error
+/// when any failed. Without --work-dir a temporary directory is used and kept
+/// (for its console.log) only when something failed.
+pub fn command(args: &crate::cli::BootTestArgs) -> Result<()> {
+    let (work_dir, temp) = match &args.work_dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("nodeimg-boot-test")
+                .tempdir()
+                .context("creating a temporary directory")?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let opts = Options {
+        image: args.image.clone(),
+        work_dir,
+        grow_by: crate::disk::layout::parse_size(&args.grow_by)
+            .with_context(|| format!("--grow-by {:?}", args.grow_by))?,
+        boot_timeout: Duration::from_secs(args.timeout),
+        broken: args.broken,
+    };
+    let result = run(&opts, |c| {
+        println!(
+            "{} {}: {}",
+            if c.passed { "PASS" } else { "FAIL" },
+            c.name,
+            c.detail
+        )
+    });
+    match result {
+        Ok(report) if report.passed() => {
+            println!("boot-test passed ({} checks)", report.checks.len());
+            Ok(())
+        }
+        Ok(report) => {
+            temp.map(|t| t.keep());
+            bail!(
+                "boot-test failed; the console log is {}",
+                report.console_log.display()
+            )
+        }
+        Err(e) => {
+            let log = opts.work_dir.join("console.log");
+            if log.exists() {
+                temp.map(|t| t.keep());
+                Err(e.context(format!("the console log is {}", log.display())))
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
 /// Runs every check; fails only if a check could not be run at all (then the
 /// error says why). Failed checks are in the report.
 pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {

@@ -82,11 +82,16 @@ pub struct BuildArgs {
 
     /// Build the image of this node of the cluster config's `nodes:` inventory
     /// (output: <DIR>/<board>-<NODE>/).
-    #[arg(long, value_name = "NODE")]
+    #[arg(
+        long,
+        value_name = "NODE",
+        requires = "join",
+        conflicts_with = "all_nodes"
+    )]
     pub node: Option<String>,
 
     /// Build an image for every node of the inventory, sharing the system image.
-    #[arg(long)]
+    #[arg(long, requires = "join")]
     pub all_nodes: bool,
 
     /// Build even if the rootfs's kernel config lacks options k3s requires.
@@ -107,4 +112,89 @@ pub struct CheckKernelArgs {
     /// The board whose `sources.kernel_config` candidates are searched in --rootfs.
     #[arg(long, value_name = "BOARD")]
     pub board: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("nodeimg").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn build_takes_board_rootfs_and_options() {
+        let cli = parse(&[
+            "build",
+            "rpi4",
+            "--rootfs",
+            "r.tar.zst",
+            "--size",
+            "4G",
+            "-o",
+            "o",
+        ])
+        .unwrap();
+        let Command::Build(b) = cli.command else {
+            panic!("not build")
+        };
+        assert_eq!(b.board, "rpi4");
+        assert_eq!(b.rootfs, PathBuf::from("r.tar.zst"));
+        assert_eq!(b.size.as_deref(), Some("4G"));
+        assert_eq!(b.output, PathBuf::from("o"));
+        assert!(b.join.is_none() && !b.all_nodes);
+    }
+
+    #[test]
+    fn build_needs_a_rootfs() {
+        let err = parse(&["build", "rpi4"]).unwrap_err();
+        assert!(err.to_string().contains("--rootfs"), "{err}");
+    }
+
+    #[test]
+    fn node_selection_needs_join_and_excludes_all_nodes() {
+        assert!(parse(&["build", "rpi4", "--rootfs", "r", "--node", "a"]).is_err());
+        assert!(parse(&["build", "rpi4", "--rootfs", "r", "--all-nodes"]).is_err());
+        let both = [
+            "build",
+            "rpi4",
+            "--rootfs",
+            "r",
+            "--join",
+            "c.yaml",
+            "--node",
+            "a",
+            "--all-nodes",
+        ];
+        assert!(parse(&both).is_err());
+        assert!(
+            parse(&["build", "rpi4", "--rootfs", "r", "--join", "c.yaml", "--node", "a"]).is_ok()
+        );
+    }
+
+    #[test]
+    fn check_kernel_rootfs_needs_a_board() {
+        assert!(parse(&["check-kernel", "--rootfs", "r"]).is_err());
+        assert!(parse(&["check-kernel", "--rootfs", "r", "--board", "rpi4"]).is_ok());
+        assert!(parse(&[
+            "check-kernel",
+            "--config",
+            "c",
+            "--rootfs",
+            "r",
+            "--board",
+            "rpi4"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn boot_test_defaults() {
+        let Command::BootTest(b) = parse(&["boot-test", "x.img"]).unwrap().command else {
+            panic!("not boot-test")
+        };
+        assert_eq!(b.timeout, 60);
+        assert_eq!(b.grow_by, "256M");
+        assert!(!b.broken);
+    }
 }
