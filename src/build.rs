@@ -432,6 +432,8 @@ fn write_node_image(
         output::restrict(&image_path)?;
     }
 
+    progress.step(format!("{name}: computing the image's SHA-256"));
+    let image_sha256 = output::sha256_file(&image_path)?;
     let manifest = Manifest {
         nodeimg_version: env!("CARGO_PKG_VERSION"),
         board: board.name.clone(),
@@ -475,12 +477,15 @@ fn write_node_image(
         outputs: vec![OutputInfo {
             file: image_name.clone(),
             size: total,
-            sha256: output::sha256_file(&image_path)?,
+            sha256: image_sha256.clone(),
         }],
     };
     let json = serde_json::to_vec_pretty(&manifest).context("encoding build.json")?;
     output::write_synced(&staging.output("build.json"), &json)?;
-    staging.publish(&[image_name, "build.json".to_string()])
+    staging.publish(&[
+        (image_name, image_sha256),
+        ("build.json".to_string(), hex::encode(Sha256::digest(&json))),
+    ])
 }
 
 /// `SOURCE_DATE_EPOCH`, if set; an unparsable value is an error.

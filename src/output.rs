@@ -58,11 +58,12 @@ impl Staging {
         &self.final_dir
     }
 
-    /// Writes `SHA256SUMS` over the given output files, then makes the outputs visible.
-    pub fn publish(mut self, files: &[String]) -> Result<PathBuf> {
+    /// Writes `SHA256SUMS` from the given (file, hex SHA-256) pairs, hashed
+    /// by the caller as it wrote them, then makes the outputs visible.
+    pub fn publish(mut self, files: &[(String, String)]) -> Result<PathBuf> {
         let mut sums = String::new();
-        for f in files {
-            sums.push_str(&format!("{}  {f}\n", sha256_file(&self.output(f))?));
+        for (f, sha) in files {
+            sums.push_str(&format!("{sha}  {f}\n"));
         }
         write_synced(&self.output("SHA256SUMS"), sums.as_bytes())?;
         let _ = fs::remove_dir_all(&self.work);
@@ -153,7 +154,8 @@ mod tests {
         fs::write(out.path().join("b/stale"), b"x").unwrap();
         let s = Staging::create(out.path(), "b").unwrap();
         fs::write(s.output("b.img"), b"abc").unwrap();
-        let dir = s.publish(&["b.img".to_string()]).unwrap();
+        let sha = sha256_file(&s.output("b.img")).unwrap();
+        let dir = s.publish(&[("b.img".to_string(), sha)]).unwrap();
         assert!(!dir.join("stale").exists());
         let sums = fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
         assert_eq!(
