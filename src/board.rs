@@ -99,6 +99,10 @@ pub struct InitramfsSpec {
     /// Kernel modules the initramfs loads (names as `modprobe` takes them);
     /// their dependencies from `modules.dep` are added.
     pub modules: Vec<String>,
+    /// Modules loaded when the kernel has them, skipped otherwise (e.g. USB
+    /// storage, which a trimmed or different kernel may lack).
+    #[serde(default)]
+    pub optional_modules: Vec<String>,
     /// Programs copied from the rootfs into the initramfs with their
     /// interpreter and shared libraries (read from the ELF files). Plain
     /// absolute paths; a missing one fails the build.

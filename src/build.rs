@@ -165,6 +165,7 @@ fn prepare_system(
         modules_dir: &found.modules_dir,
         kernel_release: &found.kernel_release,
         modules: &board.initramfs.modules,
+        optional_modules: &board.initramfs.optional_modules,
         tools: &board.initramfs.tools,
         optional_tools: &board.initramfs.optional_tools,
         overlay: &data.overlay_dir("initramfs"),

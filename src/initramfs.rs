@@ -76,13 +76,28 @@ impl ModuleIndex {
     /// Built-in modules are skipped; a name that is neither a module nor
     /// built in is an error naming it.
     pub fn load_order(&self, names: &[String]) -> Result<Vec<String>> {
+        self.load_order_with_optional(names, &[])
+    }
+
+    /// Like `load_order`, then the `optional` names that this kernel has
+    /// (modules it lacks are left out: another kernel may build them in or
+    /// not have them at all).
+    pub fn load_order_with_optional(
+        &self,
+        names: &[String],
+        optional: &[String],
+    ) -> Result<Vec<String>> {
         let mut order = Vec::new();
         let mut seen = BTreeSet::new();
-        for name in names {
+        for (name, required) in names
+            .iter()
+            .map(|n| (n, true))
+            .chain(optional.iter().map(|n| (n, false)))
+        {
             let key = name.replace('-', "_");
             if let Some(path) = self.paths.get(&key) {
                 self.visit(path, &mut seen, &mut order, 0)?;
-            } else if !self.builtin.contains(&key) {
+            } else if required && !self.builtin.contains(&key) {
                 bail!("kernel module {name:?} is neither in modules.dep nor built into the kernel");
             }
         }
@@ -128,6 +143,8 @@ pub struct Inputs<'a> {
     pub kernel_release: &'a str,
     /// Module names the board lists.
     pub modules: &'a [String],
+    /// Modules loaded when the kernel has them (board `initramfs.optional_modules`).
+    pub optional_modules: &'a [String],
     /// Programs to copy with their shared libraries (board `initramfs.tools`).
     pub tools: &'a [String],
     /// Like `tools`, skipped when not in the rootfs.
@@ -203,7 +220,7 @@ pub fn compose(inp: &Inputs) -> Result<Tree> {
     let index =
         ModuleIndex::parse(&dep, builtin.as_deref()).with_context(|| format!("/{dep_path}"))?;
     let order = index
-        .load_order(inp.modules)
+        .load_order_with_optional(inp.modules, inp.optional_modules)
         .with_context(|| format!("kernel {}", inp.kernel_release))?;
 
     let mut list = String::new();
@@ -484,6 +501,26 @@ kernel/drivers/mmc/host/sdhci.ko.xz:\n";
                 "kernel/fs/mbcache.ko.xz",
                 "kernel/lib/crc16.ko.xz",
                 "kernel/fs/ext4/ext4.ko.xz",
+                "kernel/drivers/mmc/host/sdhci.ko.xz",
+                "kernel/drivers/mmc/host/sdhci-pltfm.ko.xz",
+                "kernel/drivers/mmc/host/sdhci-iproc.ko.xz",
+            ]
+        );
+    }
+
+    #[test]
+    fn optional_modules_load_when_present_and_are_skipped_when_absent() {
+        let idx = ModuleIndex::parse(DEP, None).unwrap();
+        let order = idx
+            .load_order_with_optional(
+                &["jbd2".into()],
+                &["usb_storage".into(), "sdhci-iproc".into()],
+            )
+            .unwrap();
+        assert_eq!(
+            order,
+            [
+                "kernel/fs/jbd2/jbd2.ko.xz",
                 "kernel/drivers/mmc/host/sdhci.ko.xz",
                 "kernel/drivers/mmc/host/sdhci-pltfm.ko.xz",
                 "kernel/drivers/mmc/host/sdhci-iproc.ko.xz",
