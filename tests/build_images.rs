@@ -175,27 +175,7 @@ fn qemu_boot_partition_is_clean_fat32_with_the_boot_files() {
 /// and the listed modules (checked by GNU cpio).
 #[test]
 fn initramfs_holds_init_busybox_and_modules_with_dependencies() {
-    let img = built_image("qemu-aarch64");
-    let dir = scratch("initramfs");
-    let part = extract_partition(&img, 1, &dir.join("boot.vfat"));
-    let gz = run_ok(
-        Command::new("mcopy")
-            .args(["-n", "-i"])
-            .arg(&part)
-            .args(["::initrd.img", "-"]),
-    )
-    .stdout;
-    let mut cpio = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut cpio).unwrap();
-    fs::write(dir.join("initrd.cpio"), &cpio).unwrap();
-    let extracted = dir.join("x");
-    fs::create_dir(&extracted).unwrap();
-    run_ok(
-        Command::new("sh")
-            .arg("-c")
-            .arg("cpio -idm --quiet < ../initrd.cpio")
-            .current_dir(&extracted),
-    );
+    let extracted = extract_initramfs(&built_image("qemu-aarch64"), &scratch("initramfs"));
     let init = fs::metadata(extracted.join("init")).unwrap();
     assert!(std::os::unix::fs::PermissionsExt::mode(&init.permissions()) & 0o111 != 0);
     let bb = fs::read(extracted.join("bin/busybox")).unwrap();
@@ -563,27 +543,7 @@ fn initramfs_tools_come_with_their_interpreter_and_libraries() {
             .collect()
     }
 
-    let img = built_image("qemu-aarch64");
-    let dir = scratch("initramfs-tools");
-    let part = extract_partition(&img, 1, &dir.join("boot.vfat"));
-    let gz = run_ok(
-        Command::new("mcopy")
-            .args(["-n", "-i"])
-            .arg(&part)
-            .args(["::initrd.img", "-"]),
-    )
-    .stdout;
-    let mut cpio = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut cpio).unwrap();
-    fs::write(dir.join("initrd.cpio"), &cpio).unwrap();
-    let x = dir.join("x");
-    fs::create_dir(&x).unwrap();
-    run_ok(
-        Command::new("sh")
-            .arg("-c")
-            .arg("cpio -idm --quiet < ../initrd.cpio")
-            .current_dir(&x),
-    );
+    let x = extract_initramfs(&built_image("qemu-aarch64"), &scratch("initramfs-tools"));
 
     let listed = fs::read_to_string(x.join("etc/nodeimg/tools")).unwrap();
     let tools: Vec<&str> = listed.lines().collect();

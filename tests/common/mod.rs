@@ -257,3 +257,28 @@ pub fn data_dir_with_board(dir: &Path, board: &str, edit: impl Fn(&str) -> Strin
     fs::write(data.join(&file), edited).unwrap();
     data
 }
+
+/// Unpacks the initramfs (`initrd.img`, gzip'd newc cpio) of an image's boot
+/// partition with GNU cpio into `dir/x`, returning that directory.
+pub fn extract_initramfs(image: &Path, dir: &Path) -> PathBuf {
+    let part = extract_partition(image, 1, &dir.join("boot.vfat"));
+    let gz = run_ok(
+        Command::new("mcopy")
+            .args(["-n", "-i"])
+            .arg(&part)
+            .args(["::initrd.img", "-"]),
+    )
+    .stdout;
+    let mut cpio = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut cpio).unwrap();
+    fs::write(dir.join("initrd.cpio"), &cpio).unwrap();
+    let x = dir.join("x");
+    fs::create_dir(&x).unwrap();
+    run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg("cpio -idm --quiet < ../initrd.cpio")
+            .current_dir(&x),
+    );
+    x
+}
