@@ -370,58 +370,19 @@ fn copy_file(t: &mut Tree, rootfs: &Tree, path: &str, mtime: u64) -> Result<()> 
 }
 
 /// Recreates in `t` every symlink `rootfs` goes through when resolving
-/// `path`, at the same place, where `t` has no entry there yet. Walks like
-/// the kernel (see `tree::lookup`), at most `MAX_SYMLINKS` links.
+/// `path`, at the same place, where `t` has no entry there yet.
 fn mirror_links(t: &mut Tree, rootfs: &Tree, path: &str, dir: Meta) {
-    let mut cur = String::new();
-    let mut todo: Vec<String> = path
-        .split('/')
-        .filter(|c| !c.is_empty())
-        .rev()
-        .map(str::to_string)
-        .collect();
-    let mut links = 0;
-    while let Some(c) = todo.pop() {
-        match c.as_str() {
-            "." => continue,
-            ".." => {
-                cur = tree::parent(&cur).to_string();
-                continue;
-            }
-            _ => {}
+    lookup::resolve_with_links(rootfs, path, |key, target| {
+        if t.get(key).is_none() {
+            // Fails only when a parent in `t` is not a directory: then the
+            // caller's check finds the path unresolved.
+            let _ = t.insert_with_parents(
+                key,
+                Entry::symlink(Meta::root(0o777, dir.mtime), target),
+                dir,
+            );
         }
-        let next = tree::join(&cur, &c);
-        let Some(e) = rootfs.get(&next) else { return };
-        match &e.kind {
-            Kind::Dir => cur = next,
-            Kind::Symlink(target) => {
-                links += 1;
-                if links > lookup::MAX_SYMLINKS {
-                    return;
-                }
-                if t.get(&next).is_none() {
-                    // Fails only when a parent in `t` is not a directory:
-                    // then the caller's check finds the path unresolved.
-                    let _ = t.insert_with_parents(
-                        &next,
-                        Entry::symlink(Meta::root(0o777, dir.mtime), target),
-                        dir,
-                    );
-                }
-                if target.starts_with('/') {
-                    cur = String::new();
-                }
-                todo.extend(
-                    target
-                        .split('/')
-                        .filter(|c| !c.is_empty())
-                        .rev()
-                        .map(str::to_string),
-                );
-            }
-            _ => return,
-        }
-    }
+    });
 }
 
 /// Inserts `entry` at relative `path` as the kernel would create it: the

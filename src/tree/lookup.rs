@@ -31,6 +31,17 @@ fn abs(p: &str) -> String {
 /// canonical relative key, or `None` if something is missing, a non-directory
 /// is walked through, or more than `MAX_SYMLINKS` links are followed.
 fn resolve_from(tree: &Tree, cur: &str, rest: &str, links: &mut usize) -> Option<String> {
+    resolve_visiting(tree, cur, rest, links, &mut |_, _| {})
+}
+
+/// `resolve_from`, calling `on_link(key, target)` for every symlink walked through.
+fn resolve_visiting(
+    tree: &Tree,
+    cur: &str,
+    rest: &str,
+    links: &mut usize,
+    on_link: &mut dyn FnMut(&str, &str),
+) -> Option<String> {
     let mut cur = cur.to_string();
     // Components still to walk, in reverse so the next one is at the end.
     let mut todo: Vec<String> = rest
@@ -56,6 +67,7 @@ fn resolve_from(tree: &Tree, cur: &str, rest: &str, links: &mut usize) -> Option
                 if *links > MAX_SYMLINKS {
                     return None;
                 }
+                on_link(&next, target);
                 if target.starts_with('/') {
                     cur = String::new();
                 }
@@ -86,6 +98,17 @@ fn resolve_from(tree: &Tree, cur: &str, rest: &str, links: &mut usize) -> Option
 pub fn resolve(tree: &Tree, path: &str) -> Option<String> {
     let mut links = 0;
     resolve_from(tree, "", path, &mut links).map(|p| abs(&p))
+}
+
+/// Like [`resolve`], calling `on_link(key, target)` for each symlink the walk
+/// goes through (`key` relative, as in the tree), in walking order.
+pub fn resolve_with_links(
+    tree: &Tree,
+    path: &str,
+    mut on_link: impl FnMut(&str, &str),
+) -> Option<String> {
+    let mut links = 0;
+    resolve_visiting(tree, "", path, &mut links, &mut on_link).map(|p| abs(&p))
 }
 
 fn has_wildcard(component: &str) -> bool {
