@@ -53,6 +53,16 @@ pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
     }
     let progress = Progress::new();
     let system = prepare_system(data, &board, &board_bytes, args, &nodes, &progress)?;
+    let slot = plan.parts[1].size;
+    if system.squashfs_size > slot {
+        bail!(
+            "the system image (/usr of the rootfs, compressed) is {} but the system partition holds {}; \
+             raise disk.system_size in boards/{}.toml or slim the rootfs",
+            human(system.squashfs_size),
+            human(slot),
+            board.name
+        );
+    }
     for node in &nodes {
         write_node_image(
             &board,
@@ -212,8 +222,11 @@ fn prepare_system(
 
     progress.step(format!("writing the system squashfs ({} files)", usr.len()));
     let squashfs = work.path().join("system.squashfs");
-    let squashfs_size = squashfs::write(&usr, &squashfs, epoch_u32(epoch))
-        .context("writing the system squashfs")?;
+    let squashfs_mtime = u32::try_from(epoch).map_err(|_| {
+        anyhow!("SOURCE_DATE_EPOCH {epoch} is past 2106, beyond squashfs timestamps")
+    })?;
+    let squashfs_size =
+        squashfs::write(&usr, &squashfs, squashfs_mtime).context("writing the system squashfs")?;
     Ok(System {
         _work: work,
         squashfs,
@@ -367,15 +380,6 @@ fn write_node_image(
         seed = ids::derive(&seed, &format!("node:{n}")).to_vec();
     }
     let system_slot = &plan.parts[1];
-    if sys.squashfs_size > system_slot.size {
-        bail!(
-            "the system image (/usr of the rootfs, compressed) is {} but the system partition holds {}; \
-             raise disk.system_size in boards/{}.toml or slim the rootfs",
-            human(sys.squashfs_size),
-            human(system_slot.size),
-            board.name
-        );
-    }
     let disk_id = plan.disk_id(&seed);
     let cmdline = kernel_cmdline(board, &disk_id);
     let staging = Staging::create(&args.output, &name)?;
@@ -499,10 +503,6 @@ fn source_date_epoch() -> Result<Option<u64>> {
             .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
         _ => Ok(None),
     }
-}
-
-fn epoch_u32(epoch: u64) -> u32 {
-    u32::try_from(epoch).unwrap_or(u32::MAX)
 }
 
 /// A digest of a tree's content (paths, metadata, contents), independent of the
