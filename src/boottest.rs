@@ -606,6 +606,57 @@ mod tests {
         assert!(!compare_identity(&three, &other).passed);
     }
 
+    /// A GPT or MBR image of 8 MiB with four 1 MiB partitions from 1 MiB.
+    fn image(dir: &Path, gpt: bool) -> PathBuf {
+        use crate::disk::layout::{PartKind, Placed, MIB};
+        use crate::disk::{gpt as g, mbr};
+        let placed: Vec<Placed> = (1..=4)
+            .map(|n| Placed {
+                number: n,
+                name: format!("p{n}"),
+                start: u64::from(n) * MIB,
+                size: MIB,
+                kind: PartKind::LinuxData,
+            })
+            .collect();
+        let mut img = vec![0u8; 8 * MIB as usize];
+        if gpt {
+            let parts: Vec<g::GptPart> = placed
+                .iter()
+                .map(|p| g::GptPart {
+                    placed: p,
+                    type_guid: g::LINUX_FS_DATA,
+                    unique_guid: [p.number as u8; 16],
+                })
+                .collect();
+            let t = g::tables([1; 16], 512, 8 * MIB, &parts).unwrap();
+            img[..t.primary.len()].copy_from_slice(&t.primary);
+            let b = t.backup_offset as usize;
+            img[b..b + t.backup.len()].copy_from_slice(&t.backup);
+        } else {
+            img[..512].copy_from_slice(&mbr::table(7, &placed, None).unwrap());
+        }
+        let path = dir.join(if gpt { "gpt.img" } else { "mbr.img" });
+        std::fs::write(&path, img).unwrap();
+        path
+    }
+
+    #[test]
+    fn remove_partition_leaves_a_valid_table_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for gpt in [true, false] {
+            let img = image(dir.path(), gpt);
+            remove_partition(&img, 4).unwrap();
+            // The checked reader accepts the edited table (CRCs recomputed).
+            let t = inspect::read_table(&img).unwrap();
+            let numbers: Vec<u32> = t.partitions.iter().map(|p| p.number).collect();
+            assert_eq!(numbers, [1, 2, 3], "gpt: {gpt}");
+            let err = format!("{:#}", remove_partition(&img, 4).unwrap_err());
+            assert!(err.ends_with("no partition 4"), "{err}");
+            assert!(remove_partition(&img, 0).is_err());
+        }
+    }
+
     #[test]
     fn wrong_disk_id_replaces_only_the_identifier() {
         assert_eq!(
