@@ -4,7 +4,8 @@
 //! (`join::load_str`).
 //!
 //! Each starts from valid inputs (tables our writers make, a tar with every
-//! entry kind, the host's `/bin/ls`, cluster.yaml files like the unit tests')
+//! entry kind, small ELFs of both classes and byte orders and the host's
+//! `/bin/ls`, cluster.yaml files like the unit tests')
 //! and mutates them with a small deterministic mutator (stable Rust, no extra
 //! crates), so that most cases get past the first checks. For every case:
 //! no panic, and an error's message (with its context chain) is one line.
@@ -577,9 +578,92 @@ fn check_elf(data: &[u8]) -> Result<(), String> {
     }
 }
 
+/// A small dynamic ELF of either class and byte order: header, PT_LOAD over
+/// the file, PT_INTERP, PT_DYNAMIC, a string table and the dynamic entries
+/// (DT_NEEDED, DT_RUNPATH, DT_SONAME, DT_STRTAB, DT_STRSZ, DT_NULL).
+fn small_elf(is_64: bool, be: bool) -> Vec<u8> {
+    let (ehsize, phentsize, word) = if is_64 { (64, 56, 8) } else { (52, 32, 4) };
+    let vbase = 0x10000u64;
+    let interp = b"/lib/ld-linux.so.3\0";
+    let strtab = b"\0libc.so.6\0$ORIGIN/../lib\0libme.so.1\0";
+    let interp_off = ehsize + 3 * phentsize;
+    let strtab_off = interp_off + interp.len() as u64;
+    let dyn_off = strtab_off + strtab.len() as u64;
+    let dynamic = [
+        (1u64, 1u64),
+        (29, 11),
+        (14, 26),
+        (5, vbase + strtab_off),
+        (10, strtab.len() as u64),
+        (0, 0),
+    ];
+    let total = dyn_off + 2 * word * dynamic.len() as u64;
+    let mut f = Vec::new();
+    let put = |f: &mut Vec<u8>, v: u64, n: usize| {
+        let b = if be { v.to_be_bytes() } else { v.to_le_bytes() };
+        if be {
+            f.extend_from_slice(&b[8 - n..]);
+        } else {
+            f.extend_from_slice(&b[..n]);
+        }
+    };
+    let w = word as usize;
+    f.extend_from_slice(b"\x7fELF");
+    f.extend_from_slice(&[if is_64 { 2 } else { 1 }, if be { 2 } else { 1 }, 1]);
+    f.extend_from_slice(&[0; 9]);
+    put(&mut f, 3, 2); // ET_DYN
+    put(&mut f, if is_64 { 183 } else { 40 }, 2);
+    put(&mut f, 1, 4);
+    put(&mut f, vbase, w); // e_entry
+    put(&mut f, ehsize, w); // e_phoff
+    put(&mut f, 0, w); // e_shoff
+    put(&mut f, 0, 4);
+    for v in [ehsize, phentsize, 3, 0, 0, 0] {
+        put(&mut f, v, 2);
+    }
+    for (typ, off, size) in [
+        (1u64, 0u64, total),
+        (3, interp_off, interp.len() as u64),
+        (2, dyn_off, total - dyn_off),
+    ] {
+        if is_64 {
+            put(&mut f, typ, 4);
+            put(&mut f, 4, 4);
+            for v in [off, vbase + off, vbase + off, size, size, 8] {
+                put(&mut f, v, 8);
+            }
+        } else {
+            for v in [typ, off, vbase + off, vbase + off, size, size, 4, 4] {
+                put(&mut f, v, 4);
+            }
+        }
+    }
+    f.extend_from_slice(interp);
+    f.extend_from_slice(strtab);
+    for (tag, val) in dynamic {
+        put(&mut f, tag, w);
+        put(&mut f, val, w);
+    }
+    assert_eq!(f.len() as u64, total);
+    f
+}
+
 #[test]
 fn elf() {
     let mut seeds = Vec::new();
+    for (is_64, be) in [(true, false), (true, true), (false, false), (false, true)] {
+        let e = small_elf(is_64, be);
+        let info = nodeimg::elf::parse(&e).unwrap();
+        assert_eq!(
+            (info.needed, info.runpath, info.soname.as_deref()),
+            (
+                vec!["libc.so.6".to_string()],
+                vec!["$ORIGIN/../lib".to_string()],
+                Some("libme.so.1")
+            )
+        );
+        seeds.push(e);
+    }
     for p in ["/bin/ls", "/bin/true"] {
         let data = std::fs::read(p).unwrap_or_else(|e| panic!("{p}: {e}"));
         nodeimg::elf::parse(&data).unwrap_or_else(|e| panic!("{p}: {e}"));
