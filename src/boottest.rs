@@ -532,43 +532,47 @@ fn wrong_disk_id(cmdline: &str) -> String {
 }
 
 /// Deletes a partition's entry from the table of a disk image (MBR or GPT,
-/// fixing the GPT checksums), leaving its data in place.
+/// fixing the primary GPT's checksums), leaving its data in place. The table
+/// is read through the checked reader first, so every offset used here has
+/// been validated against the file.
 pub fn remove_partition(image: &Path, number: u32) -> Result<()> {
     use std::io::{Read, Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(image)
-        .with_context(|| format!("opening {}", image.display()))?;
-    let mut mbr = [0u8; 512];
-    f.read_exact(&mut mbr)?;
-    if mbr[446 + 4] != 0xee {
-        let off = 446 + 16 * (number as usize - 1);
-        f.seek(SeekFrom::Start(off as u64))?;
-        f.write_all(&[0u8; 16])?;
-        return Ok(());
+    let table = inspect::read_table(image)?;
+    if !table.partitions.iter().any(|p| p.number == number) {
+        bail!("{}: no partition {number}", image.display());
     }
-    let mut hdr = [0u8; 92];
-    f.seek(SeekFrom::Start(512))?;
-    f.read_exact(&mut hdr)?;
-    let entries_lba = u64::from_le_bytes(hdr[72..80].try_into()?);
-    let count = u32::from_le_bytes(hdr[80..84].try_into()?) as usize;
-    let esize = u32::from_le_bytes(hdr[84..88].try_into()?) as usize;
-    let mut arr = vec![0u8; count * esize];
-    f.seek(SeekFrom::Start(entries_lba * 512))?;
-    f.read_exact(&mut arr)?;
-    let i = number as usize - 1;
-    arr[i * esize..(i + 1) * esize].fill(0);
-    hdr[88..92].copy_from_slice(&crc32fast::hash(&arr).to_le_bytes());
-    hdr[16..20].fill(0);
-    let crc = crc32fast::hash(&hdr);
-    hdr[16..20].copy_from_slice(&crc.to_le_bytes());
-    f.seek(SeekFrom::Start(entries_lba * 512))?;
-    f.write_all(&arr)?;
-    f.seek(SeekFrom::Start(512))?;
-    f.write_all(&hdr)?;
-    f.sync_all()?;
-    Ok(())
+    let edit = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(image)?;
+        let index = u64::from(number - 1); // number >= 1: it was found above
+        let Some(gpt) = &table.gpt else {
+            // An MBR slot: 16 bytes from offset 446.
+            f.seek(SeekFrom::Start(446 + 16 * index))?;
+            f.write_all(&[0u8; 16])?;
+            return f.sync_all();
+        };
+        // Sizes validated by the reader: at most one sector and 1 MiB.
+        let mut hdr = vec![0u8; gpt.header_size as usize];
+        f.seek(SeekFrom::Start(gpt.header_offset))?;
+        f.read_exact(&mut hdr)?;
+        let entry = gpt.entry_size as usize;
+        let mut arr = vec![0u8; gpt.entry_count as usize * entry];
+        f.seek(SeekFrom::Start(gpt.entries_offset))?;
+        f.read_exact(&mut arr)?;
+        let at = (number - 1) as usize * entry;
+        arr[at..at + entry].fill(0);
+        hdr[88..92].copy_from_slice(&crc32fast::hash(&arr).to_le_bytes());
+        let crc = crate::disk::read::header_crc(&hdr);
+        hdr[16..20].copy_from_slice(&crc.to_le_bytes());
+        f.seek(SeekFrom::Start(gpt.entries_offset))?;
+        f.write_all(&arr)?;
+        f.seek(SeekFrom::Start(gpt.header_offset))?;
+        f.write_all(&hdr)?;
+        f.sync_all()
+    };
+    edit().with_context(|| format!("removing partition {number} from {}", image.display()))
 }
 
 #[cfg(test)]
@@ -600,6 +604,57 @@ mod tests {
         assert!(compare_identity(&three, &three).passed);
         let other = facts("0000000000000000\n3\nssh-server");
         assert!(!compare_identity(&three, &other).passed);
+    }
+
+    /// A GPT or MBR image of 8 MiB with four 1 MiB partitions from 1 MiB.
+    fn image(dir: &Path, gpt: bool) -> PathBuf {
+        use crate::disk::layout::{PartKind, Placed, MIB};
+        use crate::disk::{gpt as g, mbr};
+        let placed: Vec<Placed> = (1..=4)
+            .map(|n| Placed {
+                number: n,
+                name: format!("p{n}"),
+                start: u64::from(n) * MIB,
+                size: MIB,
+                kind: PartKind::LinuxData,
+            })
+            .collect();
+        let mut img = vec![0u8; 8 * MIB as usize];
+        if gpt {
+            let parts: Vec<g::GptPart> = placed
+                .iter()
+                .map(|p| g::GptPart {
+                    placed: p,
+                    type_guid: g::LINUX_FS_DATA,
+                    unique_guid: [p.number as u8; 16],
+                })
+                .collect();
+            let t = g::tables([1; 16], 512, 8 * MIB, &parts).unwrap();
+            img[..t.primary.len()].copy_from_slice(&t.primary);
+            let b = t.backup_offset as usize;
+            img[b..b + t.backup.len()].copy_from_slice(&t.backup);
+        } else {
+            img[..512].copy_from_slice(&mbr::table(7, &placed, None).unwrap());
+        }
+        let path = dir.join(if gpt { "gpt.img" } else { "mbr.img" });
+        std::fs::write(&path, img).unwrap();
+        path
+    }
+
+    #[test]
+    fn remove_partition_leaves_a_valid_table_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for gpt in [true, false] {
+            let img = image(dir.path(), gpt);
+            remove_partition(&img, 4).unwrap();
+            // The checked reader accepts the edited table (CRCs recomputed).
+            let t = inspect::read_table(&img).unwrap();
+            let numbers: Vec<u32> = t.partitions.iter().map(|p| p.number).collect();
+            assert_eq!(numbers, [1, 2, 3], "gpt: {gpt}");
+            let err = format!("{:#}", remove_partition(&img, 4).unwrap_err());
+            assert!(err.ends_with("no partition 4"), "{err}");
+            assert!(remove_partition(&img, 0).is_err());
+        }
     }
 
     #[test]

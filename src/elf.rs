@@ -171,26 +171,34 @@ pub fn parse(data: &[u8]) -> Result<ElfInfo, ElfError> {
             "more than 65534 program headers (PN_XNUM) are not supported".into(),
         ));
     }
+    // The whole table inside the file before anything is allocated for it.
+    let table_len = u64::from(phnum) * u64::from(phentsize); // < 2^32
+    let table = match phnum {
+        0 => &[][..],
+        _ => r.bytes(phoff, table_len, "the program headers")?,
+    };
     let mut segs = Vec::with_capacity(usize::from(phnum));
-    for i in 0..u64::from(phnum) {
-        let at = phoff
-            .checked_add(i * u64::from(phentsize))
-            .ok_or(ElfError::Truncated("the program headers"))?;
-        r.bytes(at, min_entsize, "the program headers")?;
-        let typ = r.u32(at, "the program headers")?;
+    for raw in table.chunks_exact(usize::from(phentsize).max(1)) {
+        // Offsets below are constants inside an entry of >= min_entsize bytes.
+        let e = Reader {
+            data: raw,
+            be,
+            is_64,
+        };
+        let what = "the program headers";
         let seg = if is_64 {
             Segment {
-                typ,
-                offset: r.u64(at + 8, "the program headers")?,
-                vaddr: r.u64(at + 16, "the program headers")?,
-                filesz: r.u64(at + 32, "the program headers")?,
+                typ: e.u32(0, what)?,
+                offset: e.u64(8, what)?,
+                vaddr: e.u64(16, what)?,
+                filesz: e.u64(32, what)?,
             }
         } else {
             Segment {
-                typ,
-                offset: u64::from(r.u32(at + 4, "the program headers")?),
-                vaddr: u64::from(r.u32(at + 8, "the program headers")?),
-                filesz: u64::from(r.u32(at + 16, "the program headers")?),
+                typ: e.u32(0, what)?,
+                offset: u64::from(e.u32(4, what)?),
+                vaddr: u64::from(e.u32(8, what)?),
+                filesz: u64::from(e.u32(16, what)?),
             }
         };
         segs.push(seg);
@@ -215,12 +223,21 @@ pub fn parse(data: &[u8]) -> Result<ElfInfo, ElfError> {
 
     // The dynamic section: (tag, value) pairs up to DT_NULL.
     let entsize = if is_64 { 16 } else { 8 };
-    r.bytes(dynamic.offset, dynamic.filesz, "the dynamic section")?;
+    let section = Reader {
+        data: r.bytes(dynamic.offset, dynamic.filesz, "the dynamic section")?,
+        be,
+        is_64,
+    };
+    // At most one entry per `entsize` bytes of the file.
     let mut entries = Vec::new();
-    for i in 0..dynamic.filesz / entsize {
-        let at = dynamic.offset + i * entsize;
-        let tag = r.word(at, "the dynamic section")?;
-        let val = r.word(at + entsize / 2, "the dynamic section")?;
+    for raw in section.data.chunks_exact(entsize) {
+        let e = Reader {
+            data: raw,
+            be,
+            is_64,
+        };
+        let tag = e.word(0, "the dynamic section")?;
+        let val = e.word(entsize as u64 / 2, "the dynamic section")?;
         if tag == DT_NULL {
             break;
         }
@@ -232,11 +249,16 @@ pub fn parse(data: &[u8]) -> Result<ElfInfo, ElfError> {
         .iter()
         .filter(|s| s.typ == PT_LOAD)
         .find(|s| strtab_addr >= s.vaddr && strtab_addr - s.vaddr < s.filesz)
-        .map(|s| s.offset + (strtab_addr - s.vaddr))
         .ok_or_else(|| {
             ElfError::Malformed(format!(
                 "DT_STRTAB {strtab_addr:#x} is in no PT_LOAD segment"
             ))
+        })
+        // p_offset is as untrusted as the rest: the sum may not fit.
+        .and_then(|s| {
+            s.offset
+                .checked_add(strtab_addr - s.vaddr)
+                .ok_or(ElfError::Truncated("the string table"))
         })?;
     // The table ends at DT_STRSZ when given, else at the end of the file.
     let strtab_end = match find(DT_STRSZ) {
@@ -842,6 +864,20 @@ pub(crate) mod tests {
         let mut bin = aarch64(&[(DT_NEEDED, "libc.so.6")]);
         bin[32..40].copy_from_slice(&u64::MAX.to_le_bytes()); // e_phoff
         assert!(matches!(parse(&bin), Err(ElfError::Truncated(_))));
+    }
+
+    #[test]
+    fn a_load_segment_offset_near_the_top_does_not_wrap() {
+        // PT_LOAD is the first program header (at 64); p_offset at +8. The
+        // string table's file offset, p_offset + (DT_STRTAB - p_vaddr), does
+        // not fit 64 bits: an error, not a wrapped offset or a panic.
+        let mut bin = aarch64(&[(DT_NEEDED, "libc.so.6")]);
+        bin[72..80].copy_from_slice(&(u64::MAX - 8).to_le_bytes());
+        assert_eq!(parse(&bin), Err(ElfError::Truncated("the string table")));
+        // A program header table claiming more entries than the file holds.
+        let mut bin = aarch64(&[(DT_NEEDED, "libc.so.6")]);
+        bin[56..58].copy_from_slice(&0xfffeu16.to_le_bytes());
+        assert_eq!(parse(&bin), Err(ElfError::Truncated("the program headers")));
     }
 
     fn m(mode: u32) -> Meta {

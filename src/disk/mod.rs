@@ -4,3 +4,4 @@ pub mod gpt;
 pub mod image;
 pub mod layout;
 pub mod mbr;
+pub mod read;
