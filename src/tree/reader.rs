@@ -182,7 +182,27 @@ impl<R: Read> Read for EofWatch<R> {
 }
 
 /// Reads a tar archive (plain or compressed) from a stream.
-pub fn read_tar<R: Read>(mut input: R) -> Result<Tree> {
+///
+/// The tar crate's errors quote raw header bytes, line breaks included; the
+/// error returned here is always one line (control characters escaped).
+pub fn read_tar<R: Read>(input: R) -> Result<Tree> {
+    read_tar_inner(input).map_err(|e| anyhow!("{}", one_line(&format!("{e:#}"))))
+}
+
+/// `s` with line breaks and other control characters escaped.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn read_tar_inner<R: Read>(mut input: R) -> Result<Tree> {
     let mut magic = Vec::with_capacity(6);
     (&mut input)
         .take(6)
