@@ -709,6 +709,11 @@ fn inventory_errors() {
         err("role: cluster-init\nnodes:\n  - name: Node_1\n"),
         "cluster.yaml:3: node name \"Node_1\": must be lowercase letters, digits and '-', in dot-separated parts of at most 63 characters"
     );
+    // A node's k3s_args clashing with the top level's: the node's line, naming the other.
+    assert_eq!(
+        err("role: cluster-init\nk3s_args: [--debug]\nnodes:\n  - name: a\n    k3s_args:\n      - --debug=false\n"),
+        "cluster.yaml:6: node \"a\": k3s_args: --debug is given both with and without a value (the other at line 2)"
+    );
 }
 
 #[test]
@@ -811,7 +816,8 @@ fn k3s_args_rules() {
         ("k3s_args: [--node-label=a=b]\n", "cluster.yaml:3: \"k3s_args\": --node-label is not allowed here: set it with \"labels\""),
         ("k3s_args: [--config=/x]\n", "cluster.yaml:3: \"k3s_args\": --config is not allowed here: nodeimg writes /etc/rancher/k3s/config.yaml itself"),
         ("k3s_args: [--cluster-init=false]\n", "cluster.yaml:3: \"k3s_args\": use \"role: cluster-init\" instead of --cluster-init"),
-        ("k3s_args: [--disable-etcd, --disable-etcd=true]\n", "cluster.yaml:1: k3s_args: --disable-etcd is given both with and without a value"),
+        ("k3s_args: [--disable-etcd, --disable-etcd=true]\n", "cluster.yaml:3: k3s_args: --disable-etcd is given both with and without a value"),
+        ("k3s_args:\n  - --disable-etcd=true\n  - --debug\n  - --disable-etcd\n", "cluster.yaml:6: k3s_args: --disable-etcd is given both with and without a value (the other at line 4)"),
         ("k3s_args: [\"--a=x\\ny\"]\n", "cluster.yaml:3: \"k3s_args\" contains a control character (newline, tab, ...)"),
     ];
     for (tail, want) in cases {
