@@ -79,8 +79,15 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// `file:line: msg`, with any URL credentials in `msg` hidden (messages
+    /// may quote a value: a label, a taint, an ntp server).
     fn err(&self, line: u64, msg: impl Display) -> anyhow::Error {
-        anyhow!("{}:{}: {}", self.file, line, msg)
+        anyhow!(
+            "{}:{}: {}",
+            self.file,
+            line,
+            super::hide_url_credentials(&msg.to_string())
+        )
     }
 }
 

@@ -956,6 +956,91 @@ fn token_never_printed() {
         .contains("agent-token: \"agent-secret-1\"\n"));
 }
 
+#[test]
+fn hide_url_credentials_hides_userinfo_only() {
+    let cases = [
+        (
+            "postgres://user:pass@db/k3s",
+            "postgres://<redacted>@db/k3s",
+        ),
+        (
+            "mysql://k3s:pw@tcp(db:3306)/k3s",
+            "mysql://<redacted>@tcp(db:3306)/k3s",
+        ),
+        // An unescaped '/' or '@' in the password is hidden with it.
+        ("https://u:p/a@ss@h:1/x", "https://<redacted>@h:1/x"),
+        ("https://user@host/", "https://<redacted>@host/"),
+        // Several URLs, in quotes, next to other text.
+        (
+            "a \"http://a:b@h\" and 'ftp://c:d@i/'",
+            "a \"http://<redacted>@h\" and 'ftp://<redacted>@i/'",
+        ),
+        // Nothing to hide.
+        ("https://10.0.0.1:6443", "https://10.0.0.1:6443"),
+        ("user:pass@host", "user:pass@host"),
+        ("x@y://z", "x@y://z"),
+        ("", ""),
+        ("://", "://"),
+    ];
+    for (input, want) in cases {
+        assert_eq!(hide_url_credentials(input), want, "for {input:?}");
+    }
+}
+
+#[test]
+fn url_credentials_in_k3s_args_are_never_shown() {
+    const DB_PASSWORD: &str = "db-pa55w0rd-do-not-print";
+    let c = ok(&format!(
+        "role: cluster-init\nnode_name: a\nk3s_args:\n  - --datastore-endpoint=postgres://k3s:{DB_PASSWORD}@db:5432/k3s\n  - --etcd-s3-endpoint\n  - https://key:{DB_PASSWORD}@s3.local\n"
+    ));
+    let n = c.node(None).unwrap();
+    for (what, shown) in [
+        ("ClusterConfig Display", format!("{c}")),
+        ("ClusterConfig Debug", format!("{c:?}")),
+        ("NodeConfig Display", format!("{n}")),
+        ("NodeConfig Debug", format!("{n:#?}")),
+        ("node.env", n.to_node_env()),
+    ] {
+        assert!(!shown.contains(DB_PASSWORD), "{what} shows it: {shown}");
+    }
+    // The rest of the value stays visible ...
+    let shown = format!("{n}");
+    assert!(
+        shown.contains("--datastore-endpoint=\"postgres://<redacted>@db:5432/k3s\""),
+        "{shown}"
+    );
+    assert!(shown.contains("https://<redacted>@s3.local"), "{shown}");
+    // ... and the node's k3s config, which k3s reads, keeps the real value.
+    let cfg = n.render_k3s_config("/t");
+    assert!(
+        cfg.contains(&format!(
+            "datastore-endpoint: \"postgres://k3s:{DB_PASSWORD}@db:5432/k3s\"\n"
+        )),
+        "{cfg}"
+    );
+    assert!(cfg.contains(&format!(
+        "etcd-s3-endpoint: \"https://key:{DB_PASSWORD}@s3.local\"\n"
+    )));
+}
+
+#[test]
+fn url_credentials_in_errors_are_never_shown() {
+    const PW: &str = "pa55-in-an-error";
+    let cases = [
+        // An error that quotes a taint, one that quotes an ntp server.
+        format!("role: cluster-init\nnode_name: a\ntaints: [\"http://u:{PW}@h:NoWay\"]\n"),
+        format!("role: cluster-init\nnode_name: a\nntp_servers: [\"ntp://u:{PW}@h\"]\n"),
+        // server refuses user information without quoting it.
+        format!("server: https://u:{PW}@a:6443\ntoken: x\n"),
+    ];
+    for f in &cases {
+        let e = err(f);
+        assert!(e.starts_with("cluster.yaml:"), "{e}");
+        assert!(!e.contains(PW), "{e}");
+    }
+    assert!(err(&cases[0]).contains("http://<redacted>@h:NoWay"));
+}
+
 /// The examples in docs/cluster-yaml.md load, and the rendered k3s config
 /// shown there is what the agent example gives.
 #[test]
