@@ -437,6 +437,35 @@ fn truncated_tarball_names_the_entry() {
     assert_clean_failure(&res, &out, &["cut.tar", "boot/"]);
 }
 
+/// A truncated compressed rootfs: one line, naming the file once (each
+/// layer adds its own part: the build "reading rootfs PATH", the reader the
+/// compression and the entry).
+#[test]
+fn truncated_zstd_tarball_is_one_line_naming_the_rootfs_once() {
+    let dir = scratch("err-truncated-zst");
+    let tar = dir.join("rootfs.tar.zst");
+    run_ok(
+        Command::new("tar")
+            .arg("--zstd")
+            .arg("-cf")
+            .arg(&tar)
+            .arg("--numeric-owner")
+            .arg("-C")
+            .arg(unpacked_rootfs())
+            .arg("boot"),
+    );
+    let bytes = fs::read(&tar).unwrap();
+    let cut = dir.join("trunc.tar.zst");
+    fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let out = dir.join("out");
+    fs::create_dir(&out).unwrap();
+    let res = build("rpi4", &cut, &out, &[]);
+    assert_clean_failure(&res, &out, &["trunc.tar.zst", "zstd-compressed tar"]);
+    let err = stderr(&res);
+    assert_eq!(err.matches("reading rootfs").count(), 1, "{err}");
+    assert_eq!(err.matches("trunc.tar.zst").count(), 1, "{err}");
+}
+
 #[test]
 fn tar_entry_escaping_the_root_is_refused_by_name() {
     let dir = scratch("err-escape");
