@@ -91,11 +91,7 @@ fn places_holding(root: &Path, needle: &[u8], label: &str, work: &Path) -> Vec<S
                 if contains(&bytes, needle) {
                     found.push(here.clone());
                 }
-                if let Some(x) = unpack_gzip_cpio(
-                    &bytes,
-                    &work.join(rel.replace('/', "_")),
-                    &rel,
-                ) {
+                if let Some(x) = unpack_gzip_cpio(&bytes, &work.join(rel.replace('/', "_")), &rel) {
                     found.extend(places_holding(
                         &x,
                         needle,
@@ -505,4 +501,91 @@ fn build_stops_on_a_kernel_without_what_k3s_needs_unless_told_otherwise() {
         &[args[0], args[1], "--allow-missing-kernel-options"],
     );
     assert!(res.status.success(), "{}", stderr(&res));
+}
+
+/// docs/examples/cluster.yaml, as shipped, builds: one image per inventory
+/// node, each with its own name in its node config and manifest. The example
+/// downloads a k3s release; here the stand-in k3s (test-images/k3s-standin)
+/// is put into nodeimg's k3s cache as that release, with its hash list, so the
+/// build takes it from there without network.
+#[test]
+fn the_shipped_example_cluster_yaml_builds_an_image_per_node() {
+    let dir = scratch("join-example");
+    let example = fs::read_to_string(repo().join("docs/examples/cluster.yaml")).unwrap();
+    let cfg = dir.join("cluster.yaml");
+    fs::write(&cfg, &example).unwrap();
+    // The file the example's token_file names, next to it.
+    fs::write(dir.join("node-token"), format!("{}\n", token())).unwrap();
+
+    // What the example asks for: its k3s version and its nodes.
+    let value = |line: &str, key: &str| {
+        line.trim()
+            .strip_prefix(key)
+            .map(|v| v.trim().trim_matches('"').to_string())
+    };
+    let versions: Vec<String> = example
+        .lines()
+        .filter_map(|l| value(l, "version:"))
+        .collect();
+    assert_eq!(versions.len(), 1, "one k3s version in the example");
+    let names: Vec<String> = example
+        .lines()
+        .filter_map(|l| value(l, "- name:"))
+        .collect();
+    assert!(names.len() >= 2, "an inventory of a few nodes: {names:?}");
+
+    let standin = fs::read(repo().join("test-images/k3s-standin")).unwrap();
+    let cache = dir.join("cache");
+    let release = cache.join("nodeimg/k3s").join(&versions[0]);
+    fs::create_dir_all(&release).unwrap();
+    fs::write(release.join("k3s-arm64"), &standin).unwrap();
+    {
+        use sha2::{Digest, Sha256};
+        fs::write(
+            release.join("sha256sum-arm64.txt"),
+            format!("{}  k3s-arm64\n", hex::encode(Sha256::digest(&standin))),
+        )
+        .unwrap();
+    }
+
+    let out = dir.join("out");
+    let res = run(nodeimg()
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .env("XDG_CACHE_HOME", &cache)
+        .arg("build")
+        .arg("qemu-aarch64")
+        .arg("--rootfs")
+        .arg(test_rootfs())
+        .arg("--join")
+        .arg(&cfg)
+        .arg("--all-nodes")
+        .arg("-o")
+        .arg(&out));
+    assert!(res.status.success(), "{}", stderr(&res));
+    let printed = format!("{}{}", stdout(&res), stderr(&res));
+    assert!(!printed.contains(PASSWORD), "printed: {printed}");
+
+    let mut want: Vec<String> = names.iter().map(|n| format!("qemu-aarch64-{n}")).collect();
+    want.sort();
+    assert_eq!(dir_names(&out), want);
+    for n in &names {
+        let o = out.join(format!("qemu-aarch64-{n}"));
+        let img = o.join(format!("qemu-aarch64-{n}.img"));
+        assert!(img.is_file(), "{} missing", img.display());
+        let m: serde_json::Value =
+            serde_json::from_slice(&fs::read(o.join("build.json")).unwrap()).unwrap();
+        assert_eq!(m["node"]["name"], n.as_str());
+        assert_eq!(m["node"]["role"], "agent");
+        assert_eq!(m["k3s"]["source"], "release");
+        assert_eq!(m["k3s"]["version"], versions[0].as_str());
+        let p1 = extract_partition(&img, 1, &dir.join(format!("{n}.p1")));
+        let env = String::from_utf8(mcopy(&p1, "nodeimg/node.env")).unwrap();
+        assert!(env.contains(&format!("NODEIMG_HOSTNAME='{n}'\n")), "{env}");
+        let k3s = String::from_utf8(mcopy(&p1, "nodeimg/k3s-config.yaml")).unwrap();
+        assert!(k3s.contains(&format!("node-name: \"{n}\"\n")), "{k3s}");
+        assert_eq!(
+            mcopy(&p1, "nodeimg/token"),
+            format!("{}\n", token()).into_bytes()
+        );
+    }
 }

@@ -19,6 +19,13 @@ fn ok(text: &str) -> ClusterConfig {
     }
 }
 
+fn ok_in(dir: &Path, text: &str) -> ClusterConfig {
+    match load_in(dir, text) {
+        Ok(c) => c,
+        Err(e) => panic!("unexpected error: {e:#}"),
+    }
+}
+
 fn err(text: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     match load_in(dir.path(), text) {
@@ -1039,6 +1046,23 @@ fn url_credentials_in_errors_are_never_shown() {
         assert!(!e.contains(PW), "{e}");
     }
     assert!(err(&cases[0]).contains("http://<redacted>@h:NoWay"));
+}
+
+/// docs/examples/cluster.yaml, the file users start from, loads: agents
+/// joining a server, an inventory of a few nodes.
+#[test]
+fn the_example_file_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("node-token"), secure_token()).unwrap();
+    let c = ok_in(dir.path(), include_str!("../../docs/examples/cluster.yaml"));
+    let names = c.node_names();
+    assert_eq!(names, ["pi-1", "pi-2", "pi-3"]);
+    for n in &names {
+        let node = c.node(Some(n)).unwrap();
+        assert_eq!(node.role, Role::Agent, "{n}");
+        assert!(node.server.is_some() && node.token().is_some(), "{n}");
+    }
+    assert_eq!(c.warnings(), Vec::<String>::new());
 }
 
 /// The examples in docs/cluster-yaml.md load, and the rendered k3s config
