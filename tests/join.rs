@@ -64,9 +64,9 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 /// Every place under `root` (not following symlinks) that holds `needle`:
 /// a file's content, a symlink's target or a name, as `label/relative path`.
-/// A regular file that is a gzip'd newc cpio archive (an initramfs) is
-/// unpacked with GNU cpio into `work` and searched too, as
-/// `label/path!/inner path`.
+/// A gzip'd file is searched decompressed too (`label/path (gunzipped)`),
+/// and one that is a newc cpio archive (an initramfs) is unpacked with GNU
+/// cpio into `work` and searched, as `label/path!/inner path`.
 fn places_holding(root: &Path, needle: &[u8], label: &str, work: &Path) -> Vec<String> {
     let mut found = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -91,13 +91,19 @@ fn places_holding(root: &Path, needle: &[u8], label: &str, work: &Path) -> Vec<S
                 if contains(&bytes, needle) {
                     found.push(here.clone());
                 }
-                if let Some(x) = unpack_gzip_cpio(&bytes, &work.join(rel.replace('/', "_")), &rel) {
+                let Some(plain) = gunzip(&bytes) else {
+                    continue;
+                };
+                if plain.starts_with(b"070701") {
+                    let x = unpack_cpio(&plain, &work.join(rel.replace('/', "_")));
                     found.extend(places_holding(
                         &x,
                         needle,
                         &format!("{here}!"),
                         &x.with_extension("work"),
                     ));
+                } else if contains(&plain, needle) {
+                    found.push(format!("{here} (gunzipped)"));
                 }
             }
         }
@@ -106,18 +112,19 @@ fn places_holding(root: &Path, needle: &[u8], label: &str, work: &Path) -> Vec<S
     found
 }
 
-/// If `bytes` are a gzip'd newc cpio archive: unpacks it with GNU cpio into
-/// a fresh directory under `work` and returns that directory.
-fn unpack_gzip_cpio(bytes: &[u8], work: &Path, what: &str) -> Option<PathBuf> {
+/// `bytes` decompressed, if they are gzip data.
+fn gunzip(bytes: &[u8]) -> Option<Vec<u8>> {
     if !bytes.starts_with(&[0x1f, 0x8b]) {
         return None;
     }
     let mut plain = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(bytes), &mut plain)
-        .unwrap_or_else(|e| panic!("{what}: gzip: {e}"));
-    if !plain.starts_with(b"070701") {
-        return None;
-    }
+    std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(bytes), &mut plain).ok()?;
+    Some(plain)
+}
+
+/// Unpacks a newc cpio archive with GNU cpio into a fresh directory under
+/// `work` and returns that directory.
+fn unpack_cpio(plain: &[u8], work: &Path) -> PathBuf {
     let x = work.join("root");
     fs::create_dir_all(&x).unwrap();
     fs::write(work.join("archive.cpio"), &plain).unwrap();
@@ -127,7 +134,7 @@ fn unpack_gzip_cpio(bytes: &[u8], work: &Path, what: &str) -> Option<PathBuf> {
             .arg("cpio -idm --quiet --no-absolute-filenames < ../archive.cpio")
             .current_dir(&x),
     );
-    Some(x)
+    x
 }
 
 /// Where `needle` is in `img` (a four-partition image) apart from the boot
@@ -194,8 +201,8 @@ fn token_outside_its_file(img: &Path, needle: &[u8], dir: &Path) -> Vec<String> 
 }
 
 /// The scanner finds what it is meant to find: a token planted in a file, a
-/// link target and a name, inside a gzip'd cpio (an initramfs), and inside a
-/// squashfs unpacked the way the image's system partition is.
+/// link target and a name, a gzip'd file, a gzip'd cpio (an initramfs), and
+/// a squashfs unpacked the way the image's system partition is.
 #[test]
 fn the_token_scan_finds_a_planted_token() {
     let dir = scratch("join-scan-self-check");
@@ -217,11 +224,19 @@ fn the_token_scan_finds_a_planted_token() {
             .arg("find . | cpio -o -H newc --quiet | gzip -n > ../tree/initrd.img")
             .current_dir(&ird),
     );
+    // A gzip'd file (like /usr/share/doc/*/changelog.gz) holding it.
+    run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg("gzip -n < b/conf > b/conf.gz")
+            .current_dir(tree.join("a")),
+    );
     let found = places_holding(&tree, PASSWORD.as_bytes(), "t", &dir.join("work"));
     assert_eq!(
         found,
         [
             "t/a/b/conf".to_string(),
+            "t/a/b/conf.gz (gunzipped)".to_string(),
             "t/a/link (link target)".to_string(),
             format!("t/a/{PASSWORD} (name)"),
             "t/initrd.img!/etc/leak".to_string(),
