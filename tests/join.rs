@@ -127,7 +127,7 @@ fn gunzip(bytes: &[u8]) -> Option<Vec<u8>> {
 fn unpack_cpio(plain: &[u8], work: &Path) -> PathBuf {
     let x = work.join("root");
     fs::create_dir_all(&x).unwrap();
-    fs::write(work.join("archive.cpio"), &plain).unwrap();
+    fs::write(work.join("archive.cpio"), plain).unwrap();
     run_ok(
         Command::new("sh")
             .arg("-c")
