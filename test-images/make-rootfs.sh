@@ -3,6 +3,7 @@
 # packages in test-images/packages.lock, written as a deterministic OUTDIR/rootfs.tar.zst.
 #
 # usage: test-images/make-rootfs.sh [OUTDIR]      (default: test-images/build)
+#        test-images/make-rootfs.sh --mirror      (print the Debian mirror URI it would use)
 #
 # - Needs no root, mount or loop devices; uses apt-get (isolated configuration under
 #   test-images/cache/apt, host apt state untouched), dpkg-deb, depmod (kmod), tar, zstd.
@@ -10,7 +11,10 @@
 #   the lock. The output is rebuilt only when the lock, this script or SOURCE_DATE_EPOCH change.
 # - SOURCE_DATE_EPOCH sets every mtime in the tarball; without it the newest file date found
 #   in the packages is used, so the output depends on the lock alone.
-# Environment: NODEIMG_TEST_CACHE overrides the cache directory.
+# - Packages come from the Debian mirror this machine's apt already uses (see debian_mirror
+#   below; no host name is written here), suites bookworm and bookworm-backports.
+# Environment: NODEIMG_TEST_CACHE overrides the cache directory; NODEIMG_DEBIAN_MIRROR the
+# mirror URI.
 set -euo pipefail
 umask 022
 export LC_ALL=C TZ=UTC
@@ -24,6 +28,97 @@ DEBS=$CACHE/debs
 
 log() { printf 'make-rootfs: %s\n' "$*" >&2; }
 die() { printf 'make-rootfs: ERROR: %s\n' "$*" >&2; exit 1; }
+
+# debian_mirror [APT_ETC_DIR] [CODENAME]: prints the URI of the Debian archive this machine's
+# apt uses, for the isolated arm64 configuration (DESIGN.md section 5: never a hard-coded host).
+# $NODEIMG_DEBIAN_MIRROR wins if set. Otherwise the first "deb" source, in deb822 files
+# (APT_ETC_DIR/sources.list.d/*.sources, stanza by stanza) then one-line files (sources.list,
+# sources.list.d/*.list), that is enabled, lists the machine's own codename as a suite (so
+# not -security, -updates or -backports alone), has component main, and is signed by the
+# Debian archive keyring or names no key (third-party repositories name their own key).
+# Fails with a message when there is none. APT_ETC_DIR defaults to /etc/apt, CODENAME to
+# VERSION_CODENAME from /etc/os-release.
+debian_mirror() {
+    local etc=${1:-/etc/apt} codename=${2:-} f uri
+    if [ -n "${NODEIMG_DEBIAN_MIRROR:-}" ]; then
+        printf '%s\n' "$NODEIMG_DEBIAN_MIRROR"
+        return 0
+    fi
+    if [ -z "$codename" ]; then
+        codename=$(. /etc/os-release 2>/dev/null && printf '%s' "${VERSION_CODENAME:-}")
+    fi
+    [ -n "$codename" ] || {
+        printf 'make-rootfs: ERROR: no VERSION_CODENAME in /etc/os-release: set NODEIMG_DEBIAN_MIRROR to a Debian mirror URI\n' >&2
+        return 1
+    }
+    for f in "$etc"/sources.list.d/*.sources; do
+        [ -r "$f" ] || continue
+        uri=$(awk -v want="$codename" '
+            function has(list, word,   n, i, a) {
+                n = split(list, a, /[[:space:]]+/)
+                for (i = 1; i <= n; i++) if (a[i] == word) return 1
+                return 0
+            }
+            function flush() {
+                if (!done && has(types, "deb") && tolower(enabled) != "no" && has(suites, want) &&
+                    has(comps, "main") && (signed == "" || signed ~ /debian-archive-keyring/) &&
+                    uris != "") {
+                    split(uris, u, /[[:space:]]+/)
+                    print u[1]
+                    done = 1
+                }
+                types = suites = comps = signed = uris = enabled = ""
+            }
+            /^[[:space:]]*$/ { flush(); next }
+            /^[[:space:]]*#/ { next }
+            {
+                key = tolower($1); val = $0
+                sub(/^[^:]*:[[:space:]]*/, "", val); sub(/[[:space:]]+$/, "", val)
+                if (key == "types:") types = val
+                else if (key == "uris:") uris = val
+                else if (key == "suites:") suites = val
+                else if (key == "components:") comps = val
+                else if (key == "signed-by:") signed = val
+                else if (key == "enabled:") enabled = val
+            }
+            END { flush() }' "$f")
+        if [ -n "$uri" ]; then
+            printf '%s\n' "$uri"
+            return 0
+        fi
+    done
+    for f in "$etc"/sources.list "$etc"/sources.list.d/*.list; do
+        [ -r "$f" ] || continue
+        uri=$(awk -v want="$codename" '
+            $1 != "deb" { next }
+            {
+                opts = ""
+                if ($2 ~ /^\[/) {
+                    # [ options ]: up to the field that ends with "]"
+                    for (i = 2; i <= NF; i++) { opts = opts " " $i; if ($i ~ /\]$/) break }
+                    i++
+                } else i = 2
+                if ($(i + 1) != want) next
+                main = 0
+                for (j = i + 2; j <= NF; j++) if ($j == "main") main = 1
+                if (!main) next
+                if (opts ~ /signed-by=/ && opts !~ /debian-archive-keyring/) next
+                print $i; exit
+            }' "$f")
+        if [ -n "$uri" ]; then
+            printf '%s\n' "$uri"
+            return 0
+        fi
+    done
+    printf 'make-rootfs: ERROR: found no Debian "%s" source with component main in %s (sources.list.d/*.sources, sources.list, sources.list.d/*.list): set NODEIMG_DEBIAN_MIRROR to a Debian mirror URI\n' \
+        "$codename" "$etc" >&2
+    return 1
+}
+
+if [ "${1:-}" = --mirror ]; then
+    debian_mirror
+    exit
+fi
 
 for tool in apt-get apt-cache dpkg-deb depmod tar zstd sha256sum find cmp; do
     command -v "$tool" >/dev/null || die "missing host tool: $tool"
@@ -64,8 +159,11 @@ apt_ready=
 apt_setup() {
     [ -z "$apt_ready" ] || return 0
     mkdir -p "$APTDIR/lists/partial" "$APTDIR/cache/archives/partial"
-    printf 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian %s\n' \
-        'bookworm main non-free-firmware' 'bookworm-backports main' >"$APTDIR/sources.list"
+    local mirror
+    mirror=$(debian_mirror) || exit 1
+    log "Debian mirror: $mirror"
+    printf 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s %s\n' \
+        "$mirror" 'bookworm main non-free-firmware' "$mirror" 'bookworm-backports main' >"$APTDIR/sources.list"
     log "apt-get update (isolated configuration in $APTDIR)"
     apt-get "${APT_OPTS[@]}" -q update >&2 || die "apt-get update failed"
     apt_ready=1

@@ -111,14 +111,46 @@ impl K3sFlag {
     }
 }
 
+/// Shows flags as `--name="value"`: the value hidden entirely for secret
+/// flags, and URL credentials (`scheme://user:pass@host`) hidden in any value.
 impl fmt::Debug for K3sFlag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.value {
             None => write!(f, "--{}", self.name),
             Some(_) if self.is_secret() => write!(f, "--{}=<redacted>", self.name),
-            Some(v) => write!(f, "--{}={v:?}", self.name),
+            Some(v) => write!(f, "--{}={:?}", self.name, hide_url_credentials(v)),
         }
     }
+}
+
+/// `text` with the user information of every URL in it replaced:
+/// `postgres://user:pass@db/k3s` becomes `postgres://<redacted>@db/k3s`.
+/// For display only (messages, printed configuration); the files written for
+/// the node keep the real value. A URL runs from its `://` to the next
+/// whitespace or quote; its user information is everything up to the last
+/// `@` in it, so a password holding an unescaped `/` or `@` is hidden too
+/// (at worst a path with an `@` is hidden along with it).
+pub(crate) fn hide_url_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'')
+            .unwrap_or(tail.len());
+        let (url, after) = tail.split_at(end);
+        match url.rfind('@') {
+            Some(at) => {
+                out.push_str("<redacted>");
+                out.push_str(&url[at..]);
+            }
+            None => out.push_str(url),
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 /// cluster.yaml, validated: every node of the inventory resolves.
@@ -274,7 +306,7 @@ impl fmt::Display for NodeConfig {
             self.name.as_deref().unwrap_or("<image hostname>"),
             self.role,
             match &self.server {
-                Some(s) => format!(" joining {s}"),
+                Some(s) => format!(" joining {}", hide_url_credentials(s)),
                 None => String::new(),
             }
         )?;

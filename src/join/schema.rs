@@ -79,8 +79,15 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// `file:line: msg`, with any URL credentials in `msg` hidden (messages
+    /// may quote a value: a label, a taint, an ntp server).
     fn err(&self, line: u64, msg: impl Display) -> anyhow::Error {
-        anyhow!("{}:{}: {}", self.file, line, msg)
+        anyhow!(
+            "{}:{}: {}",
+            self.file,
+            line,
+            super::hide_url_credentials(&msg.to_string())
+        )
     }
 }
 
@@ -97,7 +104,8 @@ struct Level {
     role: Option<(Role, u64)>,
     labels: BTreeMap<String, String>,
     taints: Vec<String>,
-    flags: Vec<K3sFlag>,
+    /// Each flag with the line it is written on.
+    flags: Vec<(u64, K3sFlag)>,
 }
 
 struct InventoryNode {
@@ -344,8 +352,8 @@ pub(super) fn parse(source: &str, file: &str, base: &Path) -> Result<ClusterConf
             n.role = role;
             n.labels = top_level.labels.clone();
             n.taints = top_level.taints.clone();
-            n.k3s_flags = top_level.flags.clone();
-            check_flag_mix(&n.k3s_flags).map_err(|m| ctx.err(1, m))?;
+            check_flag_mix(&top_level.flags).map_err(|(line, m)| ctx.err(line, m))?;
+            n.k3s_flags = top_level.flags.iter().map(|(_, f)| f.clone()).collect();
             nodes.push(n);
         }
         Some(inv) => {
@@ -397,10 +405,11 @@ pub(super) fn parse(source: &str, file: &str, base: &Path) -> Result<ClusterConf
                 n.labels.extend(entry.level.labels.clone());
                 n.taints = top_level.taints.clone();
                 n.taints.extend(entry.level.taints.iter().cloned());
-                n.k3s_flags = top_level.flags.clone();
-                n.k3s_flags.extend(entry.level.flags.iter().cloned());
-                check_flag_mix(&n.k3s_flags)
-                    .map_err(|m| ctx.err(entry.line, format!("node \"{}\": {m}", entry.name)))?;
+                let mut flags = top_level.flags.clone();
+                flags.extend(entry.level.flags.iter().cloned());
+                check_flag_mix(&flags)
+                    .map_err(|(line, m)| ctx.err(line, format!("node \"{}\": {m}", entry.name)))?;
+                n.k3s_flags = flags.into_iter().map(|(_, f)| f).collect();
                 nodes.push(n);
             }
         }
@@ -894,7 +903,7 @@ fn managed_flag(name: &str) -> Option<&'static str> {
 }
 
 /// A leading subcommand or --cluster-init (as a role, with its line), and the flags.
-type ParsedArgs = (Option<(Role, u64)>, Vec<K3sFlag>);
+type ParsedArgs = (Option<(Role, u64)>, Vec<(u64, K3sFlag)>);
 
 /// `k3s_args`: an optional leading `server`/`agent` (k3os style), then
 /// long flags. `--cluster-init` means role cluster-init.
@@ -978,7 +987,7 @@ fn parse_k3s_args(ctx: &Ctx, n: &Node, what: &str) -> Result<ParsedArgs> {
                 }
             }
         }
-        flags.push(K3sFlag { name, value });
+        flags.push((*line, K3sFlag { name, value }));
         i += 1;
     }
     if let Some(line) = cluster_init {
@@ -993,13 +1002,26 @@ fn parse_k3s_args(ctx: &Ctx, n: &Node, what: &str) -> Result<ParsedArgs> {
     Ok((role, flags))
 }
 
-/// A flag given both bare and with a value cannot be rendered into k3s's config.
-fn check_flag_mix(flags: &[K3sFlag]) -> std::result::Result<(), String> {
-    for f in flags {
-        if f.value.is_none() && flags.iter().any(|g| g.name == f.name && g.value.is_some()) {
-            return Err(format!(
-                "k3s_args: --{} is given both with and without a value",
-                f.name
+/// A flag given both bare and with a value cannot be rendered into k3s's
+/// config. The error is on the line of the later of the two (where the
+/// conflict appears), naming the other's line when it differs.
+fn check_flag_mix(flags: &[(u64, K3sFlag)]) -> std::result::Result<(), (u64, String)> {
+    for (i, (line, f)) in flags.iter().enumerate() {
+        let clash = flags[..i]
+            .iter()
+            .find(|(_, g)| g.name == f.name && (g.value.is_none() != f.value.is_none()));
+        if let Some((first, _)) = clash {
+            let other = if first == line {
+                String::new()
+            } else {
+                format!(" (the other at line {first})")
+            };
+            return Err((
+                *line,
+                format!(
+                    "k3s_args: --{} is given both with and without a value{other}",
+                    f.name
+                ),
             ));
         }
     }

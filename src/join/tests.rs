@@ -19,6 +19,13 @@ fn ok(text: &str) -> ClusterConfig {
     }
 }
 
+fn ok_in(dir: &Path, text: &str) -> ClusterConfig {
+    match load_in(dir, text) {
+        Ok(c) => c,
+        Err(e) => panic!("unexpected error: {e:#}"),
+    }
+}
+
 fn err(text: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     match load_in(dir.path(), text) {
@@ -709,6 +716,11 @@ fn inventory_errors() {
         err("role: cluster-init\nnodes:\n  - name: Node_1\n"),
         "cluster.yaml:3: node name \"Node_1\": must be lowercase letters, digits and '-', in dot-separated parts of at most 63 characters"
     );
+    // A node's k3s_args clashing with the top level's: the node's line, naming the other.
+    assert_eq!(
+        err("role: cluster-init\nk3s_args: [--debug]\nnodes:\n  - name: a\n    k3s_args:\n      - --debug=false\n"),
+        "cluster.yaml:6: node \"a\": k3s_args: --debug is given both with and without a value (the other at line 2)"
+    );
 }
 
 #[test]
@@ -811,7 +823,8 @@ fn k3s_args_rules() {
         ("k3s_args: [--node-label=a=b]\n", "cluster.yaml:3: \"k3s_args\": --node-label is not allowed here: set it with \"labels\""),
         ("k3s_args: [--config=/x]\n", "cluster.yaml:3: \"k3s_args\": --config is not allowed here: nodeimg writes /etc/rancher/k3s/config.yaml itself"),
         ("k3s_args: [--cluster-init=false]\n", "cluster.yaml:3: \"k3s_args\": use \"role: cluster-init\" instead of --cluster-init"),
-        ("k3s_args: [--disable-etcd, --disable-etcd=true]\n", "cluster.yaml:1: k3s_args: --disable-etcd is given both with and without a value"),
+        ("k3s_args: [--disable-etcd, --disable-etcd=true]\n", "cluster.yaml:3: k3s_args: --disable-etcd is given both with and without a value"),
+        ("k3s_args:\n  - --disable-etcd=true\n  - --debug\n  - --disable-etcd\n", "cluster.yaml:6: k3s_args: --disable-etcd is given both with and without a value (the other at line 4)"),
         ("k3s_args: [\"--a=x\\ny\"]\n", "cluster.yaml:3: \"k3s_args\" contains a control character (newline, tab, ...)"),
     ];
     for (tail, want) in cases {
@@ -948,6 +961,108 @@ fn token_never_printed() {
     assert!(n
         .render_k3s_config("/t")
         .contains("agent-token: \"agent-secret-1\"\n"));
+}
+
+#[test]
+fn hide_url_credentials_hides_userinfo_only() {
+    let cases = [
+        (
+            "postgres://user:pass@db/k3s",
+            "postgres://<redacted>@db/k3s",
+        ),
+        (
+            "mysql://k3s:pw@tcp(db:3306)/k3s",
+            "mysql://<redacted>@tcp(db:3306)/k3s",
+        ),
+        // An unescaped '/' or '@' in the password is hidden with it.
+        ("https://u:p/a@ss@h:1/x", "https://<redacted>@h:1/x"),
+        ("https://user@host/", "https://<redacted>@host/"),
+        // Several URLs, in quotes, next to other text.
+        (
+            "a \"http://a:b@h\" and 'ftp://c:d@i/'",
+            "a \"http://<redacted>@h\" and 'ftp://<redacted>@i/'",
+        ),
+        // Nothing to hide.
+        ("https://10.0.0.1:6443", "https://10.0.0.1:6443"),
+        ("user:pass@host", "user:pass@host"),
+        ("x@y://z", "x@y://z"),
+        ("", ""),
+        ("://", "://"),
+    ];
+    for (input, want) in cases {
+        assert_eq!(hide_url_credentials(input), want, "for {input:?}");
+    }
+}
+
+#[test]
+fn url_credentials_in_k3s_args_are_never_shown() {
+    const DB_PASSWORD: &str = "db-pa55w0rd-do-not-print";
+    let c = ok(&format!(
+        "role: cluster-init\nnode_name: a\nk3s_args:\n  - --datastore-endpoint=postgres://k3s:{DB_PASSWORD}@db:5432/k3s\n  - --etcd-s3-endpoint\n  - https://key:{DB_PASSWORD}@s3.local\n"
+    ));
+    let n = c.node(None).unwrap();
+    for (what, shown) in [
+        ("ClusterConfig Display", format!("{c}")),
+        ("ClusterConfig Debug", format!("{c:?}")),
+        ("NodeConfig Display", format!("{n}")),
+        ("NodeConfig Debug", format!("{n:#?}")),
+        ("node.env", n.to_node_env()),
+    ] {
+        assert!(!shown.contains(DB_PASSWORD), "{what} shows it: {shown}");
+    }
+    // The rest of the value stays visible ...
+    let shown = format!("{n}");
+    assert!(
+        shown.contains("--datastore-endpoint=\"postgres://<redacted>@db:5432/k3s\""),
+        "{shown}"
+    );
+    assert!(shown.contains("https://<redacted>@s3.local"), "{shown}");
+    // ... and the node's k3s config, which k3s reads, keeps the real value.
+    let cfg = n.render_k3s_config("/t");
+    assert!(
+        cfg.contains(&format!(
+            "datastore-endpoint: \"postgres://k3s:{DB_PASSWORD}@db:5432/k3s\"\n"
+        )),
+        "{cfg}"
+    );
+    assert!(cfg.contains(&format!(
+        "etcd-s3-endpoint: \"https://key:{DB_PASSWORD}@s3.local\"\n"
+    )));
+}
+
+#[test]
+fn url_credentials_in_errors_are_never_shown() {
+    const PW: &str = "pa55-in-an-error";
+    let cases = [
+        // An error that quotes a taint, one that quotes an ntp server.
+        format!("role: cluster-init\nnode_name: a\ntaints: [\"http://u:{PW}@h:NoWay\"]\n"),
+        format!("role: cluster-init\nnode_name: a\nntp_servers: [\"ntp://u:{PW}@h\"]\n"),
+        // server refuses user information without quoting it.
+        format!("server: https://u:{PW}@a:6443\ntoken: x\n"),
+    ];
+    for f in &cases {
+        let e = err(f);
+        assert!(e.starts_with("cluster.yaml:"), "{e}");
+        assert!(!e.contains(PW), "{e}");
+    }
+    assert!(err(&cases[0]).contains("http://<redacted>@h:NoWay"));
+}
+
+/// docs/examples/cluster.yaml, the file users start from, loads: agents
+/// joining a server, an inventory of a few nodes.
+#[test]
+fn the_example_file_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("node-token"), secure_token()).unwrap();
+    let c = ok_in(dir.path(), include_str!("../../docs/examples/cluster.yaml"));
+    let names = c.node_names();
+    assert_eq!(names, ["pi-1", "pi-2", "pi-3"]);
+    for n in &names {
+        let node = c.node(Some(n)).unwrap();
+        assert_eq!(node.role, Role::Agent, "{n}");
+        assert!(node.server.is_some() && node.token().is_some(), "{n}");
+    }
+    assert_eq!(c.warnings(), Vec::<String>::new());
 }
 
 /// The examples in docs/cluster-yaml.md load, and the rendered k3s config

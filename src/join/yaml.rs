@@ -207,28 +207,84 @@ pub fn parse(text: &str) -> Result<Node, (u64, String)> {
 mod tests {
     use super::*;
 
+    fn key(n: &Node) -> &str {
+        match &n.value {
+            Value::Str(s) => s,
+            other => panic!("key is {}", other.kind()),
+        }
+    }
+
+    /// A scalar with its kind, for messages (`Debug` hides values).
+    fn shown(v: &Value) -> String {
+        match v {
+            Value::Null => "null".into(),
+            Value::Bool(b) => format!("bool {b}"),
+            Value::Number(n) => format!("number {n}"),
+            Value::Str(s) => format!("string {s}"),
+            other => other.kind().into(),
+        }
+    }
+
     #[test]
     fn lines_and_values() {
         let n = parse("a: 1\nb:\n  - x\n  - 'y'\nc: {d: true}\ne: 1.50\n").unwrap();
-        eprintln!("{n:?}");
-        let Value::Map(m) = &n.value else { panic!() };
-        for (k, v) in m {
-            eprintln!(
-                "{:?} {} -> {:?} {}",
-                match &k.value {
-                    Value::Str(s) => s.clone(),
-                    _ => "?".into(),
-                },
-                k.line,
-                v.value,
-                v.line
-            );
-        }
-        let e = parse("a: 1\nb: [\n").unwrap_err();
-        eprintln!("{e:?}");
-        let e = parse("a: 1\na: 2\n").unwrap_err();
-        eprintln!("{e:?}");
-        let e = parse("a: 1\n  token: K10abc\n b").unwrap_err();
-        eprintln!("{e:?}");
+        assert_eq!(n.line, 1);
+        let Value::Map(m) = &n.value else {
+            panic!("top level is {}", n.value.kind())
+        };
+        let keys: Vec<(&str, u64)> = m.iter().map(|(k, _)| (key(k), k.line)).collect();
+        assert_eq!(
+            keys,
+            [("a", 1), ("b", 2), ("c", 5), ("e", 6)],
+            "keys in order"
+        );
+
+        assert_eq!((shown(&m[0].1.value), m[0].1.line), ("number 1".into(), 1));
+
+        let Value::Seq(items) = &m[1].1.value else {
+            panic!("b is {}", m[1].1.value.kind())
+        };
+        let items: Vec<(String, u64)> = items.iter().map(|i| (shown(&i.value), i.line)).collect();
+        assert_eq!(
+            items,
+            [("string x".into(), 3), ("string y".into(), 4)],
+            "a quoted scalar is a string like a plain one"
+        );
+
+        let Value::Map(c) = &m[2].1.value else {
+            panic!("c is {}", m[2].1.value.kind())
+        };
+        assert_eq!(c.len(), 1);
+        assert_eq!((key(&c[0].0), c[0].0.line), ("d", 5));
+        assert_eq!(shown(&c[0].1.value), "bool true");
+
+        // Numbers keep their source text, not the float's shortest form.
+        assert_eq!(
+            (shown(&m[3].1.value), m[3].1.line),
+            ("number 1.50".into(), 6)
+        );
+    }
+
+    #[test]
+    fn errors_name_their_line_and_not_the_text() {
+        let (line, msg) = parse("a: 1\nb: [\n").unwrap_err();
+        assert!(
+            (2..=3).contains(&line),
+            "unclosed [ opened on line 2: {line} {msg}"
+        );
+        assert!(!msg.is_empty() && !msg.contains(" at line "), "{msg}");
+
+        assert_eq!(
+            parse("a: 1\na: 2\n").unwrap_err(),
+            (2, "duplicate key \"a\"".to_string())
+        );
+        // A key that is not a plain name is not quoted: it could be a pasted secret.
+        let (line, msg) =
+            parse("x: 1\n\"K10abc::server:pw\": 1\n\"K10abc::server:pw\": 2\n").unwrap_err();
+        assert_eq!((line, msg.as_str()), (3, "duplicate key"));
+
+        let (line, msg) = parse("a: 1\n  token: K10abc\n b").unwrap_err();
+        assert!(line >= 2, "{line}");
+        assert!(!msg.contains("K10abc"), "{msg}");
     }
 }

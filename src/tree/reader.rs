@@ -21,16 +21,16 @@ use anyhow::{anyhow, bail, Context, Result};
 use super::{normalize, Data, Entry, Kind, Meta, Tree};
 
 /// Reads a rootfs: a directory if `path` is one, otherwise a tar archive
-/// (compression detected from the first bytes).
+/// (compression detected from the first bytes). The caller names the rootfs
+/// in its context ("reading rootfs PATH"); errors from here say only what
+/// went wrong inside it, so the path appears once.
 pub fn read_rootfs(path: &Path) -> Result<Tree> {
-    let md = fs::metadata(path).with_context(|| format!("reading rootfs {}", path.display()))?;
+    let md = fs::metadata(path)?;
     if md.is_dir() {
-        read_dir_tree(path).with_context(|| format!("reading rootfs {}", path.display()))
+        read_dir_tree(path)
     } else {
-        let file =
-            fs::File::open(path).with_context(|| format!("reading rootfs {}", path.display()))?;
+        let file = fs::File::open(path)?;
         read_tar(io::BufReader::with_capacity(1 << 16, file))
-            .with_context(|| format!("reading rootfs {}", path.display()))
     }
 }
 
@@ -871,17 +871,23 @@ mod tests {
     }
 
     #[test]
-    fn read_rootfs_error_names_the_file() {
+    fn read_rootfs_error_names_the_entry_and_leaves_the_file_to_the_caller() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("rootfs.tar");
         let mut out = Vec::new();
         raw_entry(&mut out, "../../etc/passwd", b'0', "", b"");
         fs::write(&p, finish(out)).unwrap();
         let e = format!("{:#}", read_rootfs(&p).unwrap_err());
+        // The build says "reading rootfs PATH: " before this (tests/build_images.rs).
         assert!(
-            e.contains(r#"rootfs.tar: entry "../../etc/passwd" escapes the root"#),
+            e.starts_with(r#"entry "../../etc/passwd" escapes the root"#),
             "{e}"
         );
+        let e = format!(
+            "{:#}",
+            read_rootfs(&dir.path().join("missing")).unwrap_err()
+        );
+        assert_eq!(e, "No such file or directory (os error 2)");
     }
 
     #[test]
