@@ -21,7 +21,8 @@
 //! - exact duplicates stored once: files of equal size are compared by the
 //!   SHA-256 of their whole content, never a prefix;
 //! - hard links (files sharing one `Data`, `Arc::ptr_eq`) as one inode with
-//!   its link count;
+//!   its link count, owner, mode and mtime taken from its first name in path
+//!   order (a tarball gives all names the same);
 //! - extended inodes where the basic ones cannot say it (link count > 1,
 //!   sparse blocks, sizes or data positions of 4 GiB and more, directory
 //!   listings over 64 KiB or with an index); directory listings split into
@@ -598,16 +599,21 @@ impl<'a> Plan<'a> {
                     let key = self.key(p);
                     let num = number[&key];
                     let mut b = Vec::with_capacity(64);
-                    let uid = self.ids[&entry.meta.uid];
-                    let gid = self.ids[&entry.meta.gid];
+                    // A hard-linked inode has the metadata of its first name.
+                    let meta = match &entry.kind {
+                        Kind::File(d) => self.entry(self.files[self.file_of[&data_key(d)]].path).meta,
+                        _ => entry.meta,
+                    };
+                    let uid = self.ids[&meta.uid];
+                    let gid = self.ids[&meta.gid];
                     let header = |b: &mut Vec<u8>, t: u16| {
                         put16(b, t);
                         // Masked to 12 bits, so it fits.
-                        put16(b, (entry.meta.mode & 0o7777) as u16);
+                        put16(b, (meta.mode & 0o7777) as u16);
                         put16(b, uid);
                         put16(b, gid);
                         // Checked by `check_entry`.
-                        put32(b, entry.meta.mtime as u32);
+                        put32(b, meta.mtime as u32);
                         put32(b, num);
                     };
                     match &entry.kind {
