@@ -46,10 +46,30 @@
 //! File contents are read only through `read_content`, 128 KiB at a time:
 //! when `Data` becomes a handle to bytes on disk, only that function changes.
 //!
-//! Default level, measured (see `perf::levels_on_test_rootfs`) on the test
-//! rootfs's `/usr` (Debian bookworm arm64, 1,4xx files, 104 MB of content)
-//! on this 2-core machine shared with other jobs:
-//! (numbers to come in the commit that picks the default)
+//! Default level, measured with `perf::levels_on_test_rootfs` (ours vs
+//! `mksquashfs -comp zstd -Xcompression-level L -b 131072 -noappend`, both on
+//! all cores of a 2-core machine shared with other builds, so times are rough):
+//!
+//! ```text
+//! A: a Debian /usr sample (python3.11, git-core, perl, doc): 8,434 entries, 214 MB
+//! B: the test rootfs's /usr (mostly .ko.xz modules, busybox): 476 entries, 40 MB
+//!
+//! level   A ours       time    A mksquashfs  time  | B ours      time   B mksquashfs time
+//!   1     82,620,416   0.20 s  82,624,512    0.40 s | 22,941,696  0.20 s 22,970,368  0.32 s
+//!   3     80,048,128   0.24 s  80,121,856    0.51 s | 22,077,440  0.28 s 22,106,112  0.61 s
+//!   6     76,750,848   1.01 s  76,431,360    1.85 s | 21,127,168  0.58 s 21,147,648  0.96 s
+//!   9     76,103,680   1.67 s  75,780,096    3.07 s | 21,073,920  1.04 s 21,094,400  1.18 s
+//!  15     73,289,728  20.6  s  73,330,688   21.5  s | 19,922,944  6.49 s 19,951,616  5.59 s
+//!  19     72,794,112  67.6  s  72,998,912   74.0  s | 19,804,160 10.7  s 19,853,312 10.1  s
+//! ```
+//!
+//! The default is 9: 8 % smaller than level 1 and still a matter of seconds
+//! (1.7 s for A). Above 9 zstd switches to its slow match finders: 15
+//! (mksquashfs's default, and ours before) is only 3.7-5.5 % smaller than 9
+//! for 6-12 times the time, 19 only 4.3-6.0 % smaller for 10-40 times. For
+//! a 500 MB rootfs that is seconds instead of minutes on every build; where
+//! bytes matter more than build time (release images, update bundles),
+//! `nodeimg build --compression-level 19` trades the time back for them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -68,7 +88,7 @@ pub const BLOCK_SIZE: u32 = 128 * 1024;
 const BLOCK: usize = BLOCK_SIZE as usize;
 
 /// The zstd level used unless told otherwise (chosen by measurement, above).
-pub const DEFAULT_LEVEL: i32 = 15;
+pub const DEFAULT_LEVEL: i32 = 9;
 
 /// The zstd levels accepted (as mksquashfs's `-Xcompression-level`).
 pub const LEVELS: std::ops::RangeInclusive<i32> = 1..=22;
@@ -1989,33 +2009,43 @@ mod perf {
     use super::*;
     use std::process::Command;
 
-    /// Size and time per zstd level on the test rootfs's /usr, ours and
-    /// mksquashfs's (same level, 128 KiB blocks, all cores):
+    /// Size and time per zstd level, ours and mksquashfs's (same level,
+    /// 128 KiB blocks, all cores), on the directory `NODEIMG_PERF_DIR` or else
+    /// the test rootfs's /usr:
     /// `NODEIMG_TEST_ROOTFS=... cargo test --release --lib squashfs::perf -- --ignored --nocapture`
     /// `NODEIMG_LEVELS=1,3` picks the levels.
     #[test]
     #[ignore]
     fn levels_on_test_rootfs() {
-        let rootfs = std::env::var("NODEIMG_TEST_ROOTFS").expect("NODEIMG_TEST_ROOTFS");
-        let tree = crate::tree::reader::read_rootfs(Path::new(&rootfs)).unwrap();
-        let usr = tree.subtree("usr").unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let src = dir.path().join("src");
-        std::fs::create_dir(&src).unwrap();
-        let out = Command::new("tar")
-            .args(["--zstd", "-xf", &rootfs, "-C"])
-            .arg(&src)
-            .arg("./usr")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
+        let (usr, src) = match std::env::var_os("NODEIMG_PERF_DIR") {
+            Some(d) => {
+                let d = std::path::PathBuf::from(d);
+                (crate::tree::reader::read_dir_tree(&d).unwrap(), d)
+            }
+            None => {
+                let rootfs = std::env::var("NODEIMG_TEST_ROOTFS").expect("NODEIMG_TEST_ROOTFS");
+                let tree = crate::tree::reader::read_rootfs(Path::new(&rootfs)).unwrap();
+                let src = dir.path().join("src");
+                std::fs::create_dir(&src).unwrap();
+                let out = Command::new("tar")
+                    .args(["--zstd", "-xf", &rootfs, "-C"])
+                    .arg(&src)
+                    .arg("./usr")
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{out:?}");
+                (tree.subtree("usr").unwrap(), src.join("usr"))
+            }
+        };
         let levels: Vec<i32> = std::env::var("NODEIMG_LEVELS")
             .unwrap_or_else(|_| "1,3,6,9,15,19".into())
             .split(',')
             .map(|l| l.parse().unwrap())
             .collect();
         eprintln!(
-            "/usr: {} entries, {} bytes of content",
+            "{}: {} entries, {} bytes of content",
+            src.display(),
             usr.len(),
             usr.content_bytes()
         );
@@ -2027,7 +2057,7 @@ mod perf {
             let theirs_img = dir.path().join(format!("theirs-{level}"));
             let t = std::time::Instant::now();
             let out = Command::new("mksquashfs")
-                .arg(src.join("usr"))
+                .arg(&src)
                 .arg(&theirs_img)
                 .args(["-comp", "zstd", "-Xcompression-level"])
                 .arg(level.to_string())
