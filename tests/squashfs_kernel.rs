@@ -26,7 +26,9 @@ fn rootfs() -> Option<PathBuf> {
             panic!("NODEIMG_TEST_ROOTFS is not set (CI must build the test rootfs)")
         }
         None => {
-            eprintln!("skipped: set NODEIMG_TEST_ROOTFS to the test rootfs (test-images/make-rootfs.sh)");
+            eprintln!(
+                "skipped: set NODEIMG_TEST_ROOTFS to the test rootfs (test-images/make-rootfs.sh)"
+            );
             None
         }
     }
@@ -45,7 +47,15 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn text(len: usize, seed: u64) -> Vec<u8> {
-    let words = ["squashfs ", "kernel ", "node ", "k3s ", "\n", "block ", "the "];
+    let words = [
+        "squashfs ",
+        "kernel ",
+        "node ",
+        "k3s ",
+        "\n",
+        "block ",
+        "the ",
+    ];
     let mut x = seed | 1;
     let mut v = Vec::new();
     while v.len() < len {
@@ -89,7 +99,14 @@ fn tree() -> Tree {
     add(&mut t, "tiny", 0o644, 0, 0, file(b"x\n".to_vec()));
     add(&mut t, "one-block", 0o644, 0, 0, file(noise(BLOCK, 1)));
     add(&mut t, "two-blocks", 0o644, 0, 0, file(text(2 * BLOCK, 2)));
-    add(&mut t, "multi-tail", 0o755, 0, 0, file(text(3 * BLOCK + 777, 3)));
+    add(
+        &mut t,
+        "multi-tail",
+        0o755,
+        0,
+        0,
+        file(text(3 * BLOCK + 777, 3)),
+    );
     let mut sparse = noise(BLOCK, 4);
     sparse.extend(vec![0u8; 2 * BLOCK]);
     sparse.extend(noise(5000, 5));
@@ -98,24 +115,87 @@ fn tree() -> Tree {
     add(&mut t, "dup-1", 0o644, 0, 0, file(noise(150_000, 6)));
     add(&mut t, "dup-2", 0o640, 0, 0, file(noise(150_000, 6)));
     let linked = Arc::new(text(BLOCK + 4321, 7));
-    add(&mut t, "hard-1", 0o640, 33, 65534, Kind::File(linked.clone()));
-    add(&mut t, "etc/hard-2", 0o640, 33, 65534, Kind::File(linked.clone()));
+    add(
+        &mut t,
+        "hard-1",
+        0o640,
+        33,
+        65534,
+        Kind::File(linked.clone()),
+    );
+    add(
+        &mut t,
+        "etc/hard-2",
+        0o640,
+        33,
+        65534,
+        Kind::File(linked.clone()),
+    );
     add(&mut t, "hard-3", 0o640, 33, 65534, Kind::File(linked));
     // One inode, one set of metadata (as a tarball gives its hard links).
     let first = t.get("etc/hard-2").unwrap().meta;
     for p in ["hard-1", "hard-3"] {
         t.get_mut(p).unwrap().meta = first;
     }
-    add(&mut t, &"L".repeat(255), 0o644, 0, 0, file(b"long name\n".to_vec()));
-    add(&mut t, "setuid", 0o4755, 0, 0, file(b"#!/bin/sh\n".to_vec()));
-    add(&mut t, "all-bits", 0o7777, 4_000_000_000, 70_000, file(b"m".to_vec()));
+    add(
+        &mut t,
+        &"L".repeat(255),
+        0o644,
+        0,
+        0,
+        file(b"long name\n".to_vec()),
+    );
+    add(
+        &mut t,
+        "setuid",
+        0o4755,
+        0,
+        0,
+        file(b"#!/bin/sh\n".to_vec()),
+    );
+    add(
+        &mut t,
+        "all-bits",
+        0o7777,
+        4_000_000_000,
+        70_000,
+        file(b"m".to_vec()),
+    );
     add(&mut t, "no-bits", 0o000, 0, 0, file(b"n".to_vec()));
     add(&mut t, "setgid-dir", 0o2775, 0, 50, Kind::Dir);
     add(&mut t, "tmp", 0o1777, 0, 0, Kind::Dir);
-    add(&mut t, "link-rel", 0o777, 0, 0, Kind::Symlink("one-block".into()));
-    add(&mut t, "link-abs", 0o777, 0, 0, Kind::Symlink("/etc/machine-id".into()));
-    add(&mut t, "link-dangling", 0o777, 5, 6, Kind::Symlink("nowhere/x".into()));
-    add(&mut t, "link-long", 0o777, 0, 0, Kind::Symlink("d/".repeat(700)));
+    add(
+        &mut t,
+        "link-rel",
+        0o777,
+        0,
+        0,
+        Kind::Symlink("one-block".into()),
+    );
+    add(
+        &mut t,
+        "link-abs",
+        0o777,
+        0,
+        0,
+        Kind::Symlink("/etc/machine-id".into()),
+    );
+    add(
+        &mut t,
+        "link-dangling",
+        0o777,
+        5,
+        6,
+        Kind::Symlink("nowhere/x".into()),
+    );
+    add(
+        &mut t,
+        "link-long",
+        0o777,
+        0,
+        0,
+        Kind::Symlink("d/".repeat(700)),
+    );
     add(&mut t, "dev", 0o755, 0, 0, Kind::Dir);
     let dev = |major, minor| (major, minor);
     for (name, (major, minor), block) in [
@@ -136,16 +216,37 @@ fn tree() -> Tree {
     for i in 1..=deep.len() / 2 + 1 {
         add(&mut t, &deep[..2 * i - 1], 0o750, 7, 8, Kind::Dir);
     }
-    add(&mut t, &format!("{deep}/leaf"), 0o644, 7, 8, file(text(99, 9)));
+    add(
+        &mut t,
+        &format!("{deep}/leaf"),
+        0o644,
+        7,
+        8,
+        file(text(99, 9)),
+    );
     // Thousands of entries: many directory headers and an indexed listing.
     add(&mut t, "many", 0o755, 0, 0, Kind::Dir);
     for i in 0..3000u32 {
         let name = format!("many/e{i:05}{}", "x".repeat((i % 37) as usize));
         match i % 10 {
-            0 => add(&mut t, &name, 0o777, 0, 0, Kind::Symlink(format!("../tiny{i}"))),
+            0 => add(
+                &mut t,
+                &name,
+                0o777,
+                0,
+                0,
+                Kind::Symlink(format!("../tiny{i}")),
+            ),
             1 => add(&mut t, &name, 0o700, i, i + 1, Kind::Dir),
             2 => add(&mut t, &name, 0o644, 0, 0, file(vec![])),
-            _ => add(&mut t, &name, 0o644, 0, 0, file(format!("{i}\n").into_bytes())),
+            _ => add(
+                &mut t,
+                &name,
+                0o644,
+                0,
+                0,
+                file(format!("{i}\n").into_bytes()),
+            ),
         }
     }
     t
@@ -244,7 +345,10 @@ fn parse_report(report: &str) -> (BTreeMap<String, String>, BTreeMap<String, u64
             s.push_str(&format!(" -> {t}"));
         }
     }
-    assert!(sums.is_empty() && targets.is_empty(), "unmatched: {sums:?} {targets:?}");
+    assert!(
+        sums.is_empty() && targets.is_empty(),
+        "unmatched: {sums:?} {targets:?}"
+    );
     (stat, ino)
 }
 
@@ -342,7 +446,14 @@ fn linux_reads_every_kind_of_entry_we_write() {
     let console = dir.join("console.log");
     let mut child = Command::new("qemu-system-aarch64")
         .args(["-M", "virt", "-cpu", "cortex-a72", "-m", "512", "-smp", "1"])
-        .args(["-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio"])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+        ])
         .args(["-nic", "none"])
         .arg("-kernel")
         .arg(&kernel_path)
@@ -350,9 +461,15 @@ fn linux_reads_every_kind_of_entry_we_write() {
         .arg(&initrd)
         .args(["-append", "console=ttyAMA0 panic=-1 rdinit=/init"])
         .arg("-drive")
-        .arg(format!("file={},if=virtio,format=raw,readonly=on", img.display()))
+        .arg(format!(
+            "file={},if=virtio,format=raw,readonly=on",
+            img.display()
+        ))
         .arg("-drive")
-        .arg(format!("file={},if=virtio,format=raw", report_disk.display()))
+        .arg(format!(
+            "file={},if=virtio,format=raw",
+            report_disk.display()
+        ))
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&console).unwrap())
         .stderr(Stdio::inherit())

@@ -411,8 +411,10 @@ impl<'a> Plan<'a> {
                         .ok_or_else(|| anyhow!("too many fragments"))?;
                     frag_len = 0;
                 }
-                self.contents[c].fragment =
-                    Some((frag_count, u32::try_from(frag_len).context("fragment offset")?));
+                self.contents[c].fragment = Some((
+                    frag_count,
+                    u32::try_from(frag_len).context("fragment offset")?,
+                ));
                 frag_pieces.push((path, data, full * BLOCK as u64, tail));
                 frag_len += tail;
             }
@@ -587,7 +589,8 @@ impl<'a> Plan<'a> {
     fn entry(&self, path: &str) -> &'a Entry {
         // Paths come from the tree itself.
         let tree: &'a Tree = self.tree;
-        tree.get(path).unwrap_or_else(|| unreachable!("/{path} vanished"))
+        tree.get(path)
+            .unwrap_or_else(|| unreachable!("/{path} vanished"))
     }
 
     /// The inode key of an entry: files by their shared data, the rest by path.
@@ -621,7 +624,9 @@ impl<'a> Plan<'a> {
                     let mut b = Vec::with_capacity(64);
                     // A hard-linked inode has the metadata of its first name.
                     let meta = match &entry.kind {
-                        Kind::File(d) => self.entry(self.files[self.file_of[&data_key(d)]].path).meta,
+                        Kind::File(d) => {
+                            self.entry(self.files[self.file_of[&data_key(d)]].path).meta
+                        }
                         _ => entry.meta,
                     };
                     let uid = self.ids[&meta.uid];
@@ -922,7 +927,10 @@ fn write_listing<'a>(dirs: &mut MetaWriter, entries: &[DirEntry<'a>]) -> Result<
             }
             let at = buf.len();
             put32(&mut buf, 0);
-            put32(&mut buf, u32::try_from(iblock).context("inode table too large")?);
+            put32(
+                &mut buf,
+                u32::try_from(iblock).context("inode table too large")?,
+            );
             put32(&mut buf, e.number);
             header = Some((at, iblock, e.number, 0));
         }
@@ -1140,7 +1148,9 @@ fn run_jobs(
     // One token per job allowed in flight; the writer returns one per job written.
     let (tok_tx, tok_rx) = mpsc::channel::<()>();
     for _ in 0..window {
-        tok_tx.send(()).map_err(|_| anyhow!("token channel closed"))?;
+        tok_tx
+            .send(())
+            .map_err(|_| anyhow!("token channel closed"))?;
     }
     let tok_rx = Mutex::new(tok_rx);
     let (res_tx, res_rx) = mpsc::channel::<(usize, Result<Done>)>();
@@ -1723,7 +1733,10 @@ pub(crate) mod tests {
         let mut tree = Tree::new(m(0o755, 0));
         tree.insert("late", Entry::file(m(0o644, 1 << 32), vec![]))
             .unwrap();
-        let err = format!("{:#}", write(&tree, &img, 0, &Options::default()).unwrap_err());
+        let err = format!(
+            "{:#}",
+            write(&tree, &img, 0, &Options::default()).unwrap_err()
+        );
         assert!(err.contains("/late") && err.contains("32-bit"), "{err}");
         assert!(err.contains("r.squashfs"), "{err}");
 
@@ -1739,7 +1752,10 @@ pub(crate) mod tests {
             },
         )
         .unwrap();
-        let err = format!("{:#}", write(&tree, &img, 0, &Options::default()).unwrap_err());
+        let err = format!(
+            "{:#}",
+            write(&tree, &img, 0, &Options::default()).unwrap_err()
+        );
         assert!(err.contains("/dev") && err.contains("5000"), "{err}");
         assert!(!img.exists(), "nothing written on refusal");
 
@@ -1747,7 +1763,10 @@ pub(crate) mod tests {
         let long = "n".repeat(257);
         tree.insert(&long, Entry::file(m(0o644, 0), vec![]))
             .unwrap();
-        let err = format!("{:#}", write(&tree, &img, 0, &Options::default()).unwrap_err());
+        let err = format!(
+            "{:#}",
+            write(&tree, &img, 0, &Options::default()).unwrap_err()
+        );
         assert!(err.contains("longer than"), "{err}");
     }
 
@@ -1762,8 +1781,24 @@ pub(crate) mod tests {
     /// small vocabulary) or, with `noise`, hardly at all.
     pub(crate) fn words(len: usize, seed: u64) -> Vec<u8> {
         const W: &[&str] = &[
-            "the ", "kernel ", "squashfs ", "node ", "cluster ", "image ", "block ", "and ",
-            "of ", "to ", "config ", "=", "\n", "/usr/lib/", "true ", "0x", "k3s ", "# ",
+            "the ",
+            "kernel ",
+            "squashfs ",
+            "node ",
+            "cluster ",
+            "image ",
+            "block ",
+            "and ",
+            "of ",
+            "to ",
+            "config ",
+            "=",
+            "\n",
+            "/usr/lib/",
+            "true ",
+            "0x",
+            "k3s ",
+            "# ",
         ];
         let mut x = seed | 1;
         let mut v = Vec::with_capacity(len + 16);
@@ -1784,8 +1819,11 @@ pub(crate) mod tests {
         let d = m(0o755, 1_650_000_200);
         t.insert("data", Entry::dir(d)).unwrap();
         let file = |mode, data: Vec<u8>| Entry::file(m(mode, 1_650_000_201), data);
-        t.insert("data/one-block", file(0o644, crate::fs::test_noise(BLOCK, 1)))
-            .unwrap();
+        t.insert(
+            "data/one-block",
+            file(0o644, crate::fs::test_noise(BLOCK, 1)),
+        )
+        .unwrap();
         t.insert("data/two-blocks", file(0o644, words(2 * BLOCK, 2)))
             .unwrap();
         t.insert("data/multi-tail", file(0o755, words(3 * BLOCK + 1000, 3)))
@@ -1803,11 +1841,15 @@ pub(crate) mod tests {
         t.insert("data/dup-2", file(0o600, crate::fs::test_noise(200_000, 6)))
             .unwrap();
         t.insert("data/empty-2", file(0o444, vec![])).unwrap();
-        t.insert("data/setgid", file(0o2711, b"g".to_vec())).unwrap();
+        t.insert("data/setgid", file(0o2711, b"g".to_vec()))
+            .unwrap();
         // Linux's NAME_MAX (255), so that it can be extracted; 256 (squashfs's
         // limit) is listed in `longest_allowed_name_round_trips`.
-        t.insert(&format!("data/{}", "L".repeat(255)), file(0o644, b"long".to_vec()))
-            .unwrap();
+        t.insert(
+            &format!("data/{}", "L".repeat(255)),
+            file(0o644, b"long".to_vec()),
+        )
+        .unwrap();
         // Three names of one multi-block inode, in different directories.
         let linked = Arc::new(words(BLOCK + 4321, 7));
         for p in ["data/hard-1", "data/hard-2", "etc/hard-3"] {
@@ -1827,7 +1869,8 @@ pub(crate) mod tests {
         }
         // A directory with thousands of entries of varied kinds and name lengths:
         // many headers, an extended inode with a directory index.
-        t.insert("many", Entry::dir(m(0o1777, 1_650_000_203))).unwrap();
+        t.insert("many", Entry::dir(m(0o1777, 1_650_000_203)))
+            .unwrap();
         for i in 0..3000u32 {
             let name = format!("many/e{i:05}{}", "x".repeat((i % 37) as usize));
             let meta = m(0o644, 1_650_000_300 + u64::from(i));
@@ -1862,6 +1905,70 @@ pub(crate) mod tests {
         assert_eq!(ino("data/hard-1"), ino("etc/hard-3"));
         assert_eq!(ino("data/hard-2"), ino("etc/hard-3"));
         assert_ne!(ino("data/dup-1"), ino("data/dup-2"));
+    }
+
+    /// The uncompressed bytes of the metadata blocks in `img[from..to]`.
+    fn metadata(img: &[u8], from: usize, to: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut at = from;
+        while at < to {
+            let h = u16::from_le_bytes([img[at], img[at + 1]]);
+            let len = usize::from(h & 0x7fff);
+            let block = &img[at + 2..at + 2 + len];
+            if h & META_UNCOMPRESSED != 0 {
+                out.extend_from_slice(block);
+            } else {
+                out.extend(zstd::bulk::decompress(block, METADATA_SIZE).unwrap());
+            }
+            at += 2 + len;
+        }
+        out
+    }
+
+    #[test]
+    fn large_directories_get_an_index_every_8k_of_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("i.squashfs");
+        let mut tree = Tree::new(m(0o755, 0));
+        tree.insert("many", Entry::dir(m(0o755, 0))).unwrap();
+        let names: Vec<String> = (0..3000)
+            .map(|i| format!("e{i:05}{}", "x".repeat(i % 37)))
+            .collect();
+        for n in &names {
+            tree.insert(&format!("many/{n}"), Entry::file(m(0o644, 0), vec![]))
+                .unwrap();
+        }
+        write(&tree, &img, 0, &Options::default()).unwrap();
+        let b = std::fs::read(&img).unwrap();
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap()) as usize;
+        let inodes = metadata(&b, u64_at(64), u64_at(72));
+        // Inode order: the 3000 empty files (32-byte basic file inodes), then
+        // /many (an extended directory), then the root.
+        let at = 3000 * 32;
+        let u16_at = |o: usize| u16::from_le_bytes(inodes[o..o + 2].try_into().unwrap());
+        let u32_at = |o: usize| u32::from_le_bytes(inodes[o..o + 4].try_into().unwrap());
+        assert_eq!(u16_at(0), T_FILE);
+        assert_eq!(u16_at(at), T_LDIR);
+        let listing = u32_at(at + 20) as usize - 3;
+        let count = usize::from(u16_at(at + 32));
+        assert!(listing > 64 * 1024, "{listing}");
+        let mut o = at + 40;
+        let mut previous = 0;
+        for _ in 0..count {
+            let index = u32_at(o) as usize;
+            let size = u32_at(o + 8) as usize + 1;
+            let name = std::str::from_utf8(&inodes[o + 12..o + 12 + size]).unwrap();
+            assert!(names.iter().any(|n| n == name), "{name}");
+            assert!(
+                index > previous && index - previous <= METADATA_SIZE + 12,
+                "{index}"
+            );
+            previous = index;
+            o += 12 + size;
+        }
+        // mksquashfs's rule: one index point per 8 KiB of listing.
+        assert_eq!(count, listing / METADATA_SIZE, "{listing} bytes of listing");
+        assert_eq!(actual_listing(&img), expected_listing(&tree));
     }
 
     #[test]
@@ -1908,7 +2015,10 @@ pub(crate) mod tests {
         t.insert("l", Entry::symlink(m(0o777, 0), &"t".repeat(4096)))
             .unwrap();
         let err = format!("{:#}", write(&t, &img, 0, &Options::default()).unwrap_err());
-        assert!(err.contains("/l") && err.contains("symlink target"), "{err}");
+        assert!(
+            err.contains("/l") && err.contains("symlink target"),
+            "{err}"
+        );
         assert!(!img.exists(), "nothing written on refusal");
     }
 
@@ -2052,7 +2162,16 @@ mod perf {
         for level in levels {
             let img = dir.path().join(format!("ours-{level}"));
             let t = std::time::Instant::now();
-            write(&usr, &img, 0, &Options { compression_level: level, threads: 0 }).unwrap();
+            write(
+                &usr,
+                &img,
+                0,
+                &Options {
+                    compression_level: level,
+                    threads: 0,
+                },
+            )
+            .unwrap();
             let ours = t.elapsed();
             let theirs_img = dir.path().join(format!("theirs-{level}"));
             let t = std::time::Instant::now();
