@@ -1685,8 +1685,8 @@ pub(crate) mod tests {
 
     #[test]
     fn shared_first_block_does_not_merge_files() {
-        // backhand's dedup hashes only the first block; with it on, "b" would
-        // read back as "a".
+        // A dedup keyed on the first block (backhand's) would read "b" and
+        // "c" back as "a". "a" and "c" have the same size, so they are hashed.
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("d.squashfs");
         let mut tree = Tree::new(m(0o755, 0));
@@ -1695,8 +1695,11 @@ pub(crate) mod tests {
         a[150 * 1024] = 1;
         b[150 * 1024] = 2;
         b.push(9);
+        let mut c = a.clone();
+        c[199 * 1024] = 3;
         tree.insert("a", Entry::file(m(0o644, 0), a)).unwrap();
         tree.insert("b", Entry::file(m(0o644, 0), b)).unwrap();
+        tree.insert("c", Entry::file(m(0o644, 0), c)).unwrap();
         write(&tree, &img, 0, &Options::default()).unwrap();
         let dest = dir.path().join("x");
         unsquashfs_extract(&img, &dest);
