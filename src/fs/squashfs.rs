@@ -2126,7 +2126,7 @@ mod perf {
     /// 128 KiB blocks, all cores), on the directory `NODEIMG_PERF_DIR` or else
     /// the test rootfs's /usr:
     /// `NODEIMG_TEST_ROOTFS=... cargo test --release --lib squashfs::perf -- --ignored --nocapture`
-    /// `NODEIMG_LEVELS=1,3` picks the levels.
+    /// `NODEIMG_LEVELS=1,3` picks the levels, `NODEIMG_THREADS=1` our threads.
     #[test]
     #[ignore]
     fn levels_on_test_rootfs() {
@@ -2162,6 +2162,7 @@ mod perf {
             usr.len(),
             usr.content_bytes()
         );
+        let threads = std::env::var("NODEIMG_THREADS").map_or(0, |t| t.parse().unwrap());
         for level in levels {
             let img = dir.path().join(format!("ours-{level}"));
             let t = std::time::Instant::now();
@@ -2171,7 +2172,7 @@ mod perf {
                 0,
                 &Options {
                     compression_level: level,
-                    threads: 0,
+                    threads,
                 },
             )
             .unwrap();
