@@ -690,30 +690,7 @@ impl<'a> Plan<'a> {
                         Kind::File(d) => {
                             let f = &self.files[self.file_of[&data_key(d)]];
                             let l = &self.contents[f.content];
-                            let (frag, frag_off) = l.fragment.unwrap_or((NO_FRAGMENT, 0));
-                            let basic = f.nlink == 1 && l.sparse == 0;
-                            match (u32::try_from(l.start), u32::try_from(l.size)) {
-                                (Ok(start), Ok(size)) if basic => {
-                                    header(&mut b, T_FILE);
-                                    put32(&mut b, start);
-                                    put32(&mut b, frag);
-                                    put32(&mut b, frag_off);
-                                    put32(&mut b, size);
-                                }
-                                _ => {
-                                    header(&mut b, T_LFILE);
-                                    put64(&mut b, l.start);
-                                    put64(&mut b, l.size);
-                                    put64(&mut b, l.sparse);
-                                    put32(&mut b, f.nlink);
-                                    put32(&mut b, frag);
-                                    put32(&mut b, frag_off);
-                                    put32(&mut b, NO_XATTR);
-                                }
-                            }
-                            for s in &l.blocks {
-                                put32(&mut b, *s);
-                            }
+                            put_file_inode(&mut b, l, f.nlink, header);
                         }
                         Kind::Symlink(t) => {
                             header(&mut b, T_SYMLINK);
@@ -766,6 +743,36 @@ impl<'a> Plan<'a> {
             .copied()
             .ok_or_else(|| anyhow!("root inode missing"))?;
         Ok((root, count))
+    }
+}
+
+/// A regular file's inode after the common header (written by `header`):
+/// basic when it can say everything, else extended (link count > 1, sparse
+/// blocks, size or data position of 4 GiB or more).
+fn put_file_inode(b: &mut Vec<u8>, l: &Layout, nlink: u32, header: impl Fn(&mut Vec<u8>, u16)) {
+    let (frag, frag_off) = l.fragment.unwrap_or((NO_FRAGMENT, 0));
+    let basic = nlink == 1 && l.sparse == 0;
+    match (u32::try_from(l.start), u32::try_from(l.size)) {
+        (Ok(start), Ok(size)) if basic => {
+            header(b, T_FILE);
+            put32(b, start);
+            put32(b, frag);
+            put32(b, frag_off);
+            put32(b, size);
+        }
+        _ => {
+            header(b, T_LFILE);
+            put64(b, l.start);
+            put64(b, l.size);
+            put64(b, l.sparse);
+            put32(b, nlink);
+            put32(b, frag);
+            put32(b, frag_off);
+            put32(b, NO_XATTR);
+        }
+    }
+    for s in &l.blocks {
+        put32(b, *s);
     }
 }
 
@@ -1972,6 +1979,47 @@ pub(crate) mod tests {
         // mksquashfs's rule: one index point per 8 KiB of listing.
         assert_eq!(count, listing / METADATA_SIZE, "{listing} bytes of listing");
         assert_eq!(actual_listing(&img), expected_listing(&tree));
+    }
+
+    #[test]
+    fn file_inodes_are_extended_only_when_the_basic_one_cannot_say_it() {
+        let inode = |start: u64, size: u64, sparse: u64, nlink: u32| {
+            let l = Layout {
+                size,
+                start,
+                blocks: vec![5; 2],
+                sparse,
+                fragment: Some((7, 9)),
+            };
+            let mut b = Vec::new();
+            put_file_inode(&mut b, &l, nlink, |b, t| {
+                b.extend_from_slice(&t.to_le_bytes())
+            });
+            b
+        };
+        let small = inode(1000, 300_000, 0, 1);
+        assert_eq!(small[..2], T_FILE.to_le_bytes());
+        assert_eq!(small.len(), 2 + 16 + 8, "basic fields, two blocks");
+        assert_eq!(small[2..6], 1000u32.to_le_bytes());
+        assert_eq!(small[6..10], 7u32.to_le_bytes());
+        for (start, size, sparse, nlink) in [
+            (1 << 32, 300_000, 0, 1),
+            (1000, 5 << 30, 0, 1),
+            (1000, 300_000, 131_072, 1),
+            (1000, 300_000, 0, 2),
+        ] {
+            let b = inode(start, size, sparse, nlink);
+            assert_eq!(
+                b[..2],
+                T_LFILE.to_le_bytes(),
+                "{start} {size} {sparse} {nlink}"
+            );
+            assert_eq!(b.len(), 2 + 40 + 8);
+            assert_eq!(b[2..10], start.to_le_bytes());
+            assert_eq!(b[10..18], size.to_le_bytes());
+            assert_eq!(b[18..26], sparse.to_le_bytes());
+            assert_eq!(b[26..30], nlink.to_le_bytes());
+        }
     }
 
     #[test]
