@@ -225,8 +225,12 @@ fn prepare_system(
     let squashfs_mtime = u32::try_from(epoch).map_err(|_| {
         anyhow!("SOURCE_DATE_EPOCH {epoch} is past 2106, beyond squashfs timestamps")
     })?;
-    let squashfs_size =
-        squashfs::write(&usr, &squashfs, squashfs_mtime).context("writing the system squashfs")?;
+    let squashfs_opts = squashfs::Options {
+        compression_level: args.compression_level,
+        ..Default::default()
+    };
+    let squashfs_size = squashfs::write(&usr, &squashfs, squashfs_mtime, &squashfs_opts)
+        .context("writing the system squashfs")?;
     Ok(System {
         _work: work,
         squashfs,

@@ -97,6 +97,11 @@ pub struct BuildArgs {
     /// Build even if the rootfs's kernel config lacks options k3s requires.
     #[arg(long)]
     pub allow_missing_kernel_options: bool,
+
+    /// zstd level of the system squashfs (1-22; higher is smaller and slower).
+    #[arg(long, value_name = "N", default_value_t = crate::fs::squashfs::DEFAULT_LEVEL,
+          value_parser = clap::value_parser!(i32).range(1..=22))]
+    pub compression_level: i32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -143,6 +148,22 @@ mod tests {
         assert_eq!(b.size.as_deref(), Some("4G"));
         assert_eq!(b.output, PathBuf::from("o"));
         assert!(b.join.is_none() && !b.all_nodes);
+    }
+
+    #[test]
+    fn compression_level_has_a_default_and_a_range() {
+        let level = |extra: &[&str]| {
+            let mut args = vec!["build", "rpi4", "--rootfs", "r"];
+            args.extend_from_slice(extra);
+            parse(&args).map(|cli| match cli.command {
+                Command::Build(b) => b.compression_level,
+                _ => panic!("not build"),
+            })
+        };
+        assert_eq!(level(&[]).unwrap(), crate::fs::squashfs::DEFAULT_LEVEL);
+        assert_eq!(level(&["--compression-level", "3"]).unwrap(), 3);
+        assert!(level(&["--compression-level", "0"]).is_err());
+        assert!(level(&["--compression-level", "23"]).is_err());
     }
 
     #[test]
