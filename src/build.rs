@@ -17,9 +17,9 @@ use sha2::{Digest, Sha256};
 
 use crate::board::{Board, BootMethod, DataDir, Table};
 use crate::cli::{BuildArgs, CheckKernelArgs};
-use crate::disk::gpt::{self, GptPart};
-use crate::disk::layout::{self, human, parse_size, PartKind, PartSpec, Placed, TableKind};
-use crate::disk::{image, mbr};
+use crate::disk::layout::{human, parse_size, Role};
+use crate::disk::plan::DiskPlan;
+use crate::disk::image;
 use crate::fs::{cpio, ext4, fat, squashfs};
 use crate::ids;
 use crate::initramfs;
@@ -31,8 +31,6 @@ use crate::progress::Progress;
 use crate::service;
 use crate::tree::{self, lookup, reader, transform, Data, Kind, Tree};
 
-const SECTOR: u64 = 512;
-
 /// `nodeimg build`.
 pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
     let (board, board_bytes) = data.load(&args.board)?;
@@ -40,7 +38,7 @@ pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
         Some(s) => parse_size(s).with_context(|| format!("--size {s:?}"))?,
         None => board.sizes()?.default_size,
     };
-    let plan = plan_disk(&board, total)?;
+    let plan = DiskPlan::new(&board, total)?;
     let cluster = match &args.join {
         Some(p) => Some(join::load(p)?),
         None => None,
@@ -53,7 +51,7 @@ pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
     }
     let progress = Progress::new();
     let system = prepare_system(data, &board, &board_bytes, args, &nodes, &progress)?;
-    let slot = plan.parts[1].size;
+    let slot = plan.part(Role::SystemA).size;
     if system.squashfs_size > slot {
         bail!(
             "the system image (/usr of the rootfs, compressed) is {} but the system partition holds {}; \
@@ -67,7 +65,6 @@ pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
         write_node_image(
             &board,
             &plan,
-            total,
             &system,
             node.as_ref(),
             args,
@@ -368,7 +365,6 @@ fn check_kernel(board: &Board, rootfs: &Tree, allow_missing: bool) -> Result<()>
 fn write_node_image(
     board: &Board,
     plan: &DiskPlan,
-    total: u64,
     sys: &System,
     node: Option<&NodeConfig>,
     args: &BuildArgs,
@@ -379,9 +375,8 @@ fn write_node_image(
     if let Some(n) = node.and_then(|n| n.name.as_deref()) {
         seed = ids::derive(&seed, &format!("node:{n}")).to_vec();
     }
-    let system_slot = &plan.parts[1];
     let disk_id = plan.disk_id(&seed);
-    let cmdline = kernel_cmdline(board, &disk_id);
+    let cmdline = kernel_cmdline(board, plan, &disk_id);
     let staging = Staging::create(&args.output, &name)?;
 
     progress.step(format!("{name}: writing the boot partition"));
@@ -393,7 +388,7 @@ fn write_node_image(
     let boot_path = staging.work("boot.vfat");
     fat::write(
         &boot_path,
-        plan.parts[0].size,
+        plan.part(Role::Boot).size,
         &fat::FatOptions {
             volume_id: ids::u32_id(&seed, "boot-volume-id"),
             label: "NODEIMGBOOT".to_string(),
@@ -403,7 +398,7 @@ fn write_node_image(
     .context("writing the boot partition")?;
 
     progress.step(format!("{name}: writing the data partition"));
-    let data_part = &plan.parts[3];
+    let data_part = plan.part(Role::Data);
     let data_path = staging.work("data.ext4");
     ext4::write(
         &data_path,
@@ -418,17 +413,19 @@ fn write_node_image(
     )
     .context("writing the data partition")?;
 
+    let total = plan.total;
     progress.step(format!(
         "{name}: assembling the {} disk image",
         human(total)
     ));
     let image_name = format!("{name}.img");
     let image_path = staging.output(&image_name);
-    let tables = plan.tables(&seed, total)?;
+    let tables = plan.tables(&seed)?;
     let blobs: Vec<(u64, &[u8])> = tables.iter().map(|(o, b)| (*o, b.as_slice())).collect();
+    let (boot, system) = (plan.part(Role::Boot), plan.part(Role::SystemA));
     let parts: Vec<(u64, u64, &Path)> = vec![
-        (plan.parts[0].start, plan.parts[0].size, boot_path.as_path()),
-        (system_slot.start, system_slot.size, sys.squashfs.as_path()),
+        (boot.start, boot.size, boot_path.as_path()),
+        (system.start, system.size, sys.squashfs.as_path()),
         (data_part.start, data_part.size, data_path.as_path()),
     ];
     image::assemble(&image_path, total, &blobs, &parts).context("assembling the disk image")?;
@@ -466,15 +463,13 @@ fn write_node_image(
             size: total,
             id: disk_id,
             partitions: plan
-                .parts
-                .iter()
-                .zip(["vfat", "squashfs", "none", "ext4"])
-                .map(|(p, fs)| PartInfo {
+                .parts()
+                .map(|(role, p)| PartInfo {
                     number: p.number,
                     name: p.name.clone(),
                     start: p.start,
                     size: p.size,
-                    filesystem: fs,
+                    filesystem: role.filesystem(),
                 })
                 .collect(),
         },
@@ -655,78 +650,9 @@ fn compose_system(data: &DataDir, board: &Board, mut t: Tree, epoch: u64) -> Res
     Ok((usr, t))
 }
 
-/// The disk layout: boot, system A, system B, data.
-struct DiskPlan {
-    table: Table,
-    parts: Vec<Placed>,
-}
-
-fn plan_disk(board: &Board, total: u64) -> Result<DiskPlan> {
-    let sizes = board.sizes()?;
-    let specs = [
-        ("boot", Some(sizes.boot), PartKind::BootFat),
-        ("system_a", Some(sizes.system), PartKind::LinuxData),
-        ("system_b", Some(sizes.system), PartKind::LinuxData),
-        ("data", None, PartKind::LinuxData),
-    ]
-    .map(|(name, size, kind)| PartSpec {
-        name: name.to_string(),
-        size,
-        kind,
-    });
-    let kind = match board.disk.table {
-        Table::Mbr => TableKind::Mbr,
-        Table::Gpt => TableKind::Gpt,
-    };
-    let parts = layout::plan(kind, SECTOR, total, &specs)?;
-    Ok(DiskPlan {
-        table: board.disk.table,
-        parts,
-    })
-}
-
-impl DiskPlan {
-    /// The identifier the init finds the disk by: `mbr:xxxxxxxx` or `gpt:<guid>`.
-    fn disk_id(&self, seed: &[u8]) -> String {
-        match self.table {
-            Table::Mbr => format!("mbr:{:08x}", ids::u32_id(seed, "mbr-signature")),
-            Table::Gpt => format!(
-                "gpt:{}",
-                ids::uuid_to_string(&ids::uuid(seed, "gpt-disk-guid"))
-            ),
-        }
-    }
-
-    /// Partition table blobs and where they go.
-    fn tables(&self, seed: &[u8], total: u64) -> Result<Vec<(u64, Vec<u8>)>> {
-        Ok(match self.table {
-            Table::Mbr => {
-                let mbr = mbr::table(ids::u32_id(seed, "mbr-signature"), &self.parts, Some(1))?;
-                vec![(0, mbr.to_vec())]
-            }
-            Table::Gpt => {
-                let parts: Vec<GptPart> = self
-                    .parts
-                    .iter()
-                    .map(|p| GptPart {
-                        placed: p,
-                        type_guid: gpt::default_type(p.kind),
-                        unique_guid: ids::uuid(seed, &format!("gpt-part-{}", p.number)),
-                    })
-                    .collect();
-                let t = gpt::tables(ids::uuid(seed, "gpt-disk-guid"), SECTOR, total, &parts)?;
-                vec![(0, t.primary), (t.backup_offset, t.backup)]
-            }
-        })
-    }
-}
-
-/// The board's cmdline plus where the init finds its partitions.
-fn kernel_cmdline(board: &Board, disk_id: &str) -> String {
-    format!(
-        "{} nodeimg.disk={disk_id} nodeimg.boot=1 nodeimg.system=2 nodeimg.data=4",
-        board.boot.cmdline.trim()
-    )
+/// The board's cmdline plus where the init finds its disk and partitions.
+fn kernel_cmdline(board: &Board, plan: &DiskPlan, disk_id: &str) -> String {
+    format!("{} {}", board.boot.cmdline.trim(), plan.cmdline_args(disk_id))
 }
 
 /// The files of the FAT boot partition.

@@ -47,6 +47,82 @@ pub enum PartKind {
     LinuxData,
 }
 
+/// What a partition of a nodeimg disk is for. The order of [`Role::ALL`] is
+/// the order on the medium, so partition numbers, the `nodeimg.*=N` values of
+/// the kernel cmdline and the manifest's filesystem names all follow from it;
+/// nothing else in the code names a partition by its position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// FAT32: firmware, kernel, initramfs, cmdline, node config.
+    Boot,
+    /// The system image (squashfs of /usr), slot A.
+    SystemA,
+    /// Slot B, reserved for updates (empty until then).
+    SystemB,
+    /// ext4, the node's persistent `/`; grows to fill the medium on first boot.
+    Data,
+}
+
+impl Role {
+    /// Every role, in partition order.
+    pub const ALL: [Role; 4] = [Role::Boot, Role::SystemA, Role::SystemB, Role::Data];
+
+    /// Position in [`Role::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Role::Boot => 0,
+            Role::SystemA => 1,
+            Role::SystemB => 2,
+            Role::Data => 3,
+        }
+    }
+
+    /// The 1-based partition number in the nodeimg layout.
+    pub fn number(self) -> u32 {
+        // At most 4: the cast cannot truncate.
+        self.index() as u32 + 1
+    }
+
+    /// The partition's name (GPT partition name, manifest).
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Boot => "boot",
+            Role::SystemA => "system_a",
+            Role::SystemB => "system_b",
+            Role::Data => "data",
+        }
+    }
+
+    /// What the partition type says it holds.
+    pub fn kind(self) -> PartKind {
+        match self {
+            Role::Boot => PartKind::BootFat,
+            Role::SystemA | Role::SystemB | Role::Data => PartKind::LinuxData,
+        }
+    }
+
+    /// The filesystem the builder writes there (`none`: left empty).
+    pub fn filesystem(self) -> &'static str {
+        match self {
+            Role::Boot => "vfat",
+            Role::SystemA => "squashfs",
+            Role::SystemB => "none",
+            Role::Data => "ext4",
+        }
+    }
+
+    /// The kernel cmdline parameter naming this partition's number for the
+    /// init (`nodeimg.data=4`); slot B has none until updates switch slots.
+    pub fn cmdline_key(self) -> Option<&'static str> {
+        match self {
+            Role::Boot => Some("nodeimg.boot"),
+            Role::SystemA => Some("nodeimg.system"),
+            Role::SystemB => None,
+            Role::Data => Some("nodeimg.data"),
+        }
+    }
+}
+
 /// A requested partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartSpec {
