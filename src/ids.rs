@@ -1,7 +1,10 @@
 //! Identifiers derived from the build's inputs, so that the same inputs give the
 //! same disk signature, GUIDs, filesystem UUIDs and volume IDs on every build.
 
+use anyhow::{anyhow, Result};
 use sha2::{Digest, Sha256};
+
+use crate::tree::{Kind, Tree};
 
 /// 32 bytes derived from a seed (a hash of the build's inputs) and a purpose
 /// string ("gpt-disk", "data-uuid", ...). Different purposes give unrelated values.
@@ -47,6 +50,55 @@ pub fn uuid_to_string(u: &[u8; 16]) -> String {
         &h[16..20],
         &h[20..32]
     )
+}
+
+/// `SOURCE_DATE_EPOCH`, if set; an unparsable value is an error.
+pub fn source_date_epoch() -> Result<Option<u64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        _ => Ok(None),
+    }
+}
+
+/// A digest of a tree's content (paths, metadata, contents), independent of the
+/// order entries were read in.
+pub fn tree_digest(t: &Tree) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for (path, e) in t.iter() {
+        h.update(path.as_bytes());
+        h.update([0]);
+        h.update(e.st_mode().to_le_bytes());
+        h.update(e.meta.uid.to_le_bytes());
+        h.update(e.meta.gid.to_le_bytes());
+        h.update(e.meta.mtime.to_le_bytes());
+        match &e.kind {
+            Kind::File(d) => {
+                h.update((d.len() as u64).to_le_bytes());
+                h.update(d.as_slice());
+            }
+            Kind::Symlink(target) => h.update(target.as_bytes()),
+            Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
+                h.update(major.to_le_bytes());
+                h.update(minor.to_le_bytes());
+            }
+            Kind::Dir | Kind::Fifo | Kind::Socket => {}
+        }
+        h.update([0xff]);
+    }
+    h.finalize().into()
+}
+
+/// The seed every identifier of this image derives from.
+pub fn seed(board: &[u8], rootfs_digest: &[u8], epoch: u64) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(board);
+    h.update(rootfs_digest);
+    h.update(epoch.to_le_bytes());
+    h.finalize().to_vec()
 }
 
 #[cfg(test)]

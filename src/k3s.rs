@@ -20,6 +20,11 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+use crate::manifest::K3sInfo;
+use crate::progress::Progress;
+use crate::service;
+use crate::tree::Tree;
+
 /// Where k3s publishes its release assets.
 pub const DEFAULT_URL_BASE: &str = "https://github.com/k3s-io/k3s/releases/download";
 
@@ -369,6 +374,63 @@ fn download_to(
         .with_context(|| format!("writing the download of {url}"))?;
     bar.finish_and_clear();
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// The k3s air-gap images archive, for the data partition.
+pub struct AirgapImages {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Installs k3s into the rootfs: the binary (from cluster.yaml's `k3s:`
+/// section `spec`, else the rootfs's own) and the service that starts it.
+/// Returns what to record in the manifest and the air-gap images, if any.
+pub fn install(
+    spec: Option<&K3sSpec>,
+    arch: &str,
+    rootfs: &mut Tree,
+    epoch: u64,
+) -> Result<(K3sInfo, Option<AirgapImages>)> {
+    let mut info = K3sInfo {
+        source: "rootfs".to_string(),
+        version: None,
+        sha256: None,
+        init_system: String::new(),
+        airgap_images: None,
+    };
+    let mut images = None;
+    if let Some(spec) = spec {
+        let path = fetch(spec, arch, &default_cache_dir(), Progress::is_shown())
+        .context("getting the k3s binary")?;
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        info.sha256 = Some(hex::encode(Sha256::digest(&bytes)));
+        info.version = spec.version.clone();
+        info.source = match &spec.source {
+            K3sSource::Release { .. } => "release".to_string(),
+            K3sSource::File { path } => format!(
+                "file {}",
+                path.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            ),
+        };
+        service::install_k3s_binary(rootfs, bytes, epoch)?;
+        if let Some(p) = airgap_images(spec)? {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "airgap-images.tar".to_string());
+            let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+            info.airgap_images = Some(name.clone());
+            images = Some(AirgapImages { name, bytes });
+        }
+    } else if !service::has_k3s(rootfs) {
+        bail!(
+            "no k3s binary: the rootfs has no /usr/bin/k3s or /usr/local/bin/k3s and the cluster config has no `k3s:` section"
+        );
+    }
+    info.init_system = service::install_k3s(rootfs, epoch)?.name().to_string();
+    Ok((info, images))
 }
 
 #[cfg(test)]

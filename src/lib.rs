@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod board;
+pub mod bootfiles;
 pub mod boottest;
 pub mod build;
 pub mod cli;
@@ -18,8 +19,10 @@ pub mod inspect;
 pub mod join;
 pub mod k3s;
 pub mod kernelconfig;
+pub mod manifest;
 pub mod output;
 pub mod progress;
 pub mod qemu;
 pub mod service;
+pub mod system;
 pub mod tree;
