@@ -17,7 +17,7 @@ use crate::board::{Board, DataDir};
 use crate::bootfiles::{self, Found};
 use crate::cli::BuildArgs;
 use crate::disk::image;
-use crate::disk::layout::{human, parse_size, Role};
+use crate::disk::layout::{human, Role};
 use crate::disk::plan::DiskPlan;
 use crate::fs::{cpio, ext4, fat, squashfs};
 use crate::ids;
@@ -36,8 +36,8 @@ use crate::tree::{self, reader, Tree};
 /// `nodeimg build`.
 pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
     let (board, board_bytes) = data.load(&args.board)?;
-    let total = match &args.size {
-        Some(s) => parse_size(s).with_context(|| format!("--size {s:?}"))?,
+    let total = match args.size {
+        Some(s) => s.bytes(),
         None => board.sizes()?.default_size,
     };
     let plan = DiskPlan::new(&board, total)?;

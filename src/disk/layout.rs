@@ -351,6 +351,44 @@ pub fn parse_size(s: &str) -> Result<u64> {
     Ok(bytes)
 }
 
+/// A size in bytes, never zero, as users write it (`4G`, `512MiB`, `1048576`;
+/// see [`parse_size`]). Parsed by clap at the command line, so a bad `--size`
+/// is a usage error before anything runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Size(u64);
+
+impl Size {
+    /// `None` for zero.
+    pub fn new(bytes: u64) -> Option<Size> {
+        (bytes != 0).then_some(Size(bytes))
+    }
+
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+/// Why a size string was refused (the message of [`parse_size`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseSizeError(String);
+
+impl std::str::FromStr for Size {
+    type Err = ParseSizeError;
+
+    fn from_str(s: &str) -> Result<Size, ParseSizeError> {
+        parse_size(s)
+            .map(Size)
+            .map_err(|e| ParseSizeError(format!("{e:#}")))
+    }
+}
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&human(self.0))
+    }
+}
+
 /// A size for people: `512 B`, `1.5 GiB`, `256 MiB` (binary units). Values
 /// below 10 of a unit keep one decimal, larger ones are whole; rounded to nearest.
 pub fn human(bytes: u64) -> String {
@@ -613,6 +651,15 @@ mod tests {
         assert!(err("4GB").contains("`G`"));
         assert!(err("99999999999T").contains("too large"));
         assert!(err("99999999999999999999999999999999999999999").contains("not a number"));
+    }
+
+    #[test]
+    fn size_from_str_is_parse_size_and_never_zero() {
+        assert_eq!("4G".parse::<Size>().map(Size::bytes), Ok(4 << 30));
+        assert_eq!(Size::new(0), None);
+        let e = "0".parse::<Size>().unwrap_err();
+        assert!(e.to_string().contains("is zero"), "{e}");
+        assert_eq!(Size::new(3 << 29).map(|s| s.to_string()).as_deref(), Some("1.5 GiB"));
     }
 
     #[test]
