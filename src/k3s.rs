@@ -164,7 +164,7 @@ fn check_local_binary(path: &Path, arch: &str) -> Result<()> {
     }
     let mut head = [0u8; 20];
     let mut f = fs::File::open(path).with_context(what)?;
-    let n = read_up_to(&mut f, &mut head).with_context(what)?;
+    let n = crate::io::read_full(&mut f, &mut head).with_context(what)?;
     let head = &head[..n];
     if head.starts_with(b"#!") {
         return Ok(());
@@ -191,17 +191,6 @@ fn check_local_binary(path: &Path, arch: &str) -> Result<()> {
     Ok(())
 }
 
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
-}
-
 /// The hash listed for `asset` in a `sha256sum` style list (`<hex>  <name>`,
 /// name optionally prefixed with `*`).
 pub fn expected_hash(sums: &str, asset: &str) -> Option<String> {
@@ -213,13 +202,6 @@ pub fn expected_hash(sums: &str, asset: &str) -> Option<String> {
         (name == asset && hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
             .then(|| hash.to_ascii_lowercase())
     })
-}
-
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
-    Ok(hex::encode(h.finalize()))
 }
 
 fn fetch_release(
@@ -298,7 +280,7 @@ fn cache_hit(bin: &Path, sums_path: &Path, asset: &str) -> bool {
     let Some(expected) = expected_hash(&sums, asset) else {
         return false;
     };
-    bin.is_file() && sha256_file(bin).map(|h| h == expected).unwrap_or(false)
+    bin.is_file() && crate::output::sha256_file(bin).map(|h| h == expected).unwrap_or(false)
 }
 
 #[cfg(unix)]

@@ -16,6 +16,7 @@ pub mod fs;
 pub mod ids;
 pub mod initramfs;
 pub mod inspect;
+pub mod io;
 pub mod join;
 pub mod k3s;
 pub mod kernelconfig;

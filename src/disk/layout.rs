@@ -408,6 +408,21 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
+/// "256 MiB" for whole mebibytes, "255.6 MiB" otherwise (sizes of
+/// partitions and filesystems).
+pub fn mib(bytes: u64) -> String {
+    if bytes % MIB == 0 {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        mib1(bytes)
+    }
+}
+
+/// "300.0 MiB": always one decimal, for amounts compared with each other.
+pub fn mib1(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / MIB as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -660,6 +675,13 @@ mod tests {
         let e = "0".parse::<Size>().unwrap_err();
         assert!(e.to_string().contains("is zero"), "{e}");
         assert_eq!(Size::new(3 << 29).map(|s| s.to_string()).as_deref(), Some("1.5 GiB"));
+    }
+
+    #[test]
+    fn mib_texts() {
+        assert_eq!(mib(256 * MIB), "256 MiB");
+        assert_eq!(mib(256 * MIB - MIB / 2), "255.5 MiB");
+        assert_eq!(mib1(300 * MIB), "300.0 MiB");
     }
 
     #[test]

@@ -5,3 +5,4 @@ pub mod image;
 pub mod layout;
 pub mod mbr;
 pub mod plan;
+pub mod sparse;

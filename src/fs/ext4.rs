@@ -26,7 +26,6 @@
 //! and are refused, as are paths so long that a script line would pass 8000
 //! bytes.
 
-use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -34,7 +33,11 @@ use std::process::{Command, Output};
 
 use anyhow::{bail, Context, Result};
 
+use crate::disk::layout::{mib, mib1};
+#[cfg(test)]
+use crate::disk::layout::MIB;
 use crate::ids::uuid_to_string;
+use crate::tree::links::HardLinks;
 use crate::tree::{file_name, Data, Entry, Kind, Tree};
 
 /// Options of the ext4 filesystem.
@@ -52,7 +55,6 @@ pub struct Ext4Options {
 }
 
 const BLOCK: u64 = 4096;
-const MIB: u64 = 1024 * 1024;
 /// Longest line `debugfs` reads from a script (BUFSIZ); longer lines are split
 /// and their tail is run as a command of its own.
 const MAX_LINE: usize = 8000;
@@ -79,20 +81,6 @@ const MKE2FS_CONF: &str = "\
 \t\tblocksize = 4096
 \t}
 ";
-
-/// "64 MiB" for whole mebibytes, "63.5 MiB" otherwise (sizes of partitions).
-fn mib(bytes: u64) -> String {
-    if bytes % MIB == 0 {
-        format!("{} MiB", bytes / MIB)
-    } else {
-        mib1(bytes)
-    }
-}
-
-/// "80.0 MiB": always one decimal (amounts compared with each other).
-fn mib1(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / MIB as f64)
-}
 
 /// Quotes an argument for a `debugfs` script: inside double quotes a `"` is
 /// written twice; everything else but line ends is taken literally.
@@ -147,7 +135,7 @@ fn dirent_bytes(name: &str) -> u64 {
 fn needed(tree: &Tree) -> (u64, u64) {
     let mut blocks = 0;
     let mut inodes = 0;
-    let mut seen: HashMap<*const Vec<u8>, ()> = HashMap::new();
+    let links = HardLinks::of(tree);
     for (path, e) in tree.iter() {
         match &e.kind {
             Kind::Dir => {
@@ -166,7 +154,7 @@ fn needed(tree: &Tree) -> (u64, u64) {
                 }
             }
             Kind::File(d) => {
-                if seen.insert(ptr(d), ()).is_none() {
+                if links.is_first(path, d) {
                     inodes += 1;
                     let b = (d.len() as u64).div_ceil(BLOCK);
                     // An extent maps at most 32768 blocks; an inode holds 4.
@@ -188,11 +176,6 @@ fn needed(tree: &Tree) -> (u64, u64) {
         }
     }
     (blocks, inodes)
-}
-
-/// Identity of a file's data: names sharing it are hard links.
-fn ptr(d: &Data) -> *const Vec<u8> {
-    std::sync::Arc::as_ptr(d)
 }
 
 /// Checks a name can be written in a `debugfs` script.
@@ -265,16 +248,7 @@ type Staged = (PathBuf, Data);
 fn plan(tree: &Tree, staging: &Path) -> Result<(Vec<String>, Vec<Staged>)> {
     let mut script = Vec::new();
     let mut staged: Vec<Staged> = Vec::new();
-    // Data pointer -> (first path, number of names)
-    let mut links: HashMap<*const Vec<u8>, (String, u32)> = HashMap::new();
-    for (path, e) in tree.iter() {
-        if let Kind::File(d) = &e.kind {
-            links
-                .entry(ptr(d))
-                .and_modify(|(_, n)| *n += 1)
-                .or_insert((path.clone(), 1));
-        }
-    }
+    let links = HardLinks::of(tree);
 
     let dirs: Vec<&String> = tree
         .iter()
@@ -299,7 +273,7 @@ fn plan(tree: &Tree, staging: &Path) -> Result<(Vec<String>, Vec<Staged>)> {
             match &e.kind {
                 Kind::Dir => script.push(format!("mkdir {qn}")),
                 Kind::File(d) => {
-                    let (first, _) = &links[&ptr(d)];
+                    let first = links.first(d).unwrap_or(path.as_str());
                     if first == path {
                         let src = staging.join(staged.len().to_string());
                         let src_str = src
@@ -368,11 +342,11 @@ fn plan(tree: &Tree, staging: &Path) -> Result<(Vec<String>, Vec<Staged>)> {
             let name = file_name(path);
             let count = match &e.kind {
                 Kind::File(d) => {
-                    let (first, n) = &links[&ptr(d)];
-                    if first != path {
+                    if !links.is_first(path, d) {
                         continue; // same inode as the first name
                     }
-                    (*n > 1).then_some(*n)
+                    let n = links.count(d);
+                    (n > 1).then_some(n)
                 }
                 _ => None,
             };
