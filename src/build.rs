@@ -177,7 +177,7 @@ fn prepare_system(
         optional_modules: &board.initramfs.optional_modules,
         tools: &board.initramfs.tools,
         optional_tools: &board.initramfs.optional_tools,
-        overlay: &data.overlay_dir("initramfs"),
+        overlay: &data.overlay("initramfs")?,
         mtime: epoch,
     })
     .context("composing the initramfs")?;

@@ -16,7 +16,8 @@ QEMU aarch64) without root, mount or loop devices. The system is a read-only squ
 /etc is rebuilt at every boot, and a persistent ext4 data partition holds the node's state."
 )]
 pub struct Cli {
-    /// Directory holding boards/ and overlays/ [default: $NODEIMG_DATA_DIR, then the installed or source tree]
+    /// Directory with boards/ and/or overlays/ that add to or override (by name) the
+    /// built-in ones [default: $NODEIMG_DATA_DIR if set]
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 

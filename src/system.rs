@@ -12,9 +12,9 @@ use crate::tree::{self, transform, Tree};
 /// system image (/usr) and the data partition's initial content (the rest).
 pub fn compose(data: &DataDir, board: &Board, mut t: Tree, epoch: u64) -> Result<(Tree, Tree)> {
     for name in &board.overlays {
-        let dir = data.overlay_dir(name);
-        transform::apply_overlay(&mut t, &dir, epoch)
-            .with_context(|| format!("applying overlay {}", dir.display()))?;
+        let overlay = data.overlay(name)?;
+        transform::lay_overlay(&mut t, &overlay.tree, &overlay.origin, epoch)
+            .with_context(|| format!("applying {}", overlay.origin))?;
     }
     transform::usr_merge(&mut t).context("usr-merge")?;
     transform::move_etc_to_factory(&mut t).context("moving /etc to /usr/share/factory/etc")?;
