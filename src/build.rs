@@ -186,7 +186,13 @@ fn prepare_system(
     let k3s = match nodes.first().and_then(|n| n.as_ref()) {
         Some(node) => {
             progress.step("installing k3s and its service");
-            let (info, images) = k3s::install(node.k3s.as_ref(), &board.arch, &mut rootfs, epoch)?;
+            let (info, images) = k3s::install(
+                node.k3s.as_ref(),
+                &board.arch,
+                &mut rootfs,
+                epoch,
+                progress,
+            )?;
             airgap = images;
             Some(info)
         }

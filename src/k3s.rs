@@ -118,9 +118,14 @@ fn cache_dir_from(xdg: Option<std::ffi::OsString>, home: Option<std::ffi::OsStri
 }
 
 /// Returns the path of a verified k3s binary for `arch`, downloading it into
-/// `cache_dir` when the cache does not already hold it. `progress` shows a
-/// progress bar on stderr while downloading.
-pub fn fetch(spec: &K3sSpec, arch: &str, cache_dir: &Path, progress: bool) -> Result<PathBuf> {
+/// `cache_dir` when the cache does not already hold it. The download's bar
+/// joins `progress`'s display.
+pub fn fetch(
+    spec: &K3sSpec,
+    arch: &str,
+    cache_dir: &Path,
+    progress: &Progress,
+) -> Result<PathBuf> {
     match &spec.source {
         K3sSource::File { path } => {
             check_local_binary(path, arch)?;
@@ -209,7 +214,7 @@ fn fetch_release(
     version: &str,
     arch: &str,
     cache_dir: &Path,
-    progress: bool,
+    progress: &Progress,
 ) -> Result<PathBuf> {
     if !is_valid_version(version) {
         bail!("k3s version \"{version}\" is not like v1.31.4+k3s1");
@@ -319,24 +324,11 @@ fn download_to(
     agent: &ureq::Agent,
     url: &str,
     out: &mut fs::File,
-    progress: bool,
+    progress: &Progress,
 ) -> Result<String> {
     let resp = agent.get(url).call().map_err(|e| http_error(url, e))?;
     let body = resp.into_body();
-    let bar = match (progress, body.content_length()) {
-        (false, _) => indicatif::ProgressBar::hidden(),
-        (true, Some(len)) => indicatif::ProgressBar::new(len),
-        (true, None) => indicatif::ProgressBar::new_spinner(),
-    };
-    if progress {
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_message(format!("downloading {url}"));
-    }
+    let bar = progress.transfer(body.content_length(), format!("downloading {url}"));
     let mut reader = body.into_reader();
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -372,6 +364,7 @@ pub fn install(
     arch: &str,
     rootfs: &mut Tree,
     epoch: u64,
+    progress: &Progress,
 ) -> Result<(K3sInfo, Option<AirgapImages>)> {
     let mut info = K3sInfo {
         source: "rootfs".to_string(),
@@ -382,7 +375,7 @@ pub fn install(
     };
     let mut images = None;
     if let Some(spec) = spec {
-        let path = fetch(spec, arch, &default_cache_dir(), Progress::is_shown())
+        let path = fetch(spec, arch, &default_cache_dir(), progress)
         .context("getting the k3s binary")?;
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         info.sha256 = Some(hex::encode(Sha256::digest(&bytes)));
@@ -559,7 +552,7 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let server = Server::start(release_files(FAKE_K3S, &sha(FAKE_K3S)));
         let spec = release_spec(&server);
-        let path = fetch(&spec, "arm64", cache.path(), false).unwrap();
+        let path = fetch(&spec, "arm64", cache.path(), &Progress::hidden()).unwrap();
         assert_eq!(
             path,
             cache.path().join("k3s").join(VERSION).join("k3s-arm64")
@@ -589,7 +582,7 @@ mod tests {
         let hits = server.hits();
         drop(server);
         assert_eq!(hits, 2);
-        let again = fetch(&spec, "aarch64", cache.path(), false).unwrap();
+        let again = fetch(&spec, "aarch64", cache.path(), &Progress::hidden()).unwrap();
         assert_eq!(again, path);
     }
 
@@ -606,7 +599,7 @@ mod tests {
         .unwrap();
         let server = Server::start(HashMap::new());
         let spec = release_spec(&server);
-        let path = fetch(&spec, "arm64", cache.path(), false).unwrap();
+        let path = fetch(&spec, "arm64", cache.path(), &Progress::hidden()).unwrap();
         assert_eq!(path, dir.join("k3s-arm64"));
         assert_eq!(server.hits(), 0);
     }
@@ -623,7 +616,7 @@ mod tests {
         )
         .unwrap();
         let server = Server::start(release_files(FAKE_K3S, &sha(FAKE_K3S)));
-        let path = fetch(&release_spec(&server), "arm64", cache.path(), false).unwrap();
+        let path = fetch(&release_spec(&server), "arm64", cache.path(), &Progress::hidden()).unwrap();
         assert_eq!(fs::read(path).unwrap(), FAKE_K3S);
         assert_eq!(server.hits(), 2);
     }
@@ -633,7 +626,7 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let listed = sha(b"the real k3s");
         let server = Server::start(release_files(FAKE_K3S, &listed));
-        let err = fetch(&release_spec(&server), "arm64", cache.path(), false).unwrap_err();
+        let err = fetch(&release_spec(&server), "arm64", cache.path(), &Progress::hidden()).unwrap_err();
         let msg = format!("{err:#}");
         assert_eq!(
             msg,
@@ -651,7 +644,7 @@ mod tests {
     fn missing_release_names_the_url() {
         let cache = tempfile::tempdir().unwrap();
         let server = Server::start(HashMap::new());
-        let err = fetch(&release_spec(&server), "arm64", cache.path(), false).unwrap_err();
+        let err = fetch(&release_spec(&server), "arm64", cache.path(), &Progress::hidden()).unwrap_err();
         assert_eq!(
             format!("{err:#}"),
             format!(
@@ -673,7 +666,7 @@ mod tests {
         let mut files = release_files(FAKE_K3S, &sha(FAKE_K3S));
         files.remove("/releases/v1.31.4%2Bk3s1/k3s-arm64");
         let server = Server::start(files);
-        let err = fetch(&release_spec(&server), "arm64", cache.path(), false).unwrap_err();
+        let err = fetch(&release_spec(&server), "arm64", cache.path(), &Progress::hidden()).unwrap_err();
         assert_eq!(
             format!("{err:#}"),
             format!(
@@ -693,7 +686,7 @@ mod tests {
             format!("{}  k3s\n", sha(b"x")).into_bytes(),
         );
         let server = Server::start(files);
-        let err = fetch(&release_spec(&server), "arm64", cache.path(), false).unwrap_err();
+        let err = fetch(&release_spec(&server), "arm64", cache.path(), &Progress::hidden()).unwrap_err();
         assert_eq!(
             format!("{err:#}"),
             format!(
@@ -725,7 +718,7 @@ mod tests {
 
         let arm = dir.path().join("k3s-arm64");
         fs::write(&arm, elf_header(183)).unwrap();
-        assert_eq!(fetch(&spec(&arm), "arm64", &cache, false).unwrap(), arm);
+        assert_eq!(fetch(&spec(&arm), "arm64", &cache, &Progress::hidden()).unwrap(), arm);
         assert!(!cache.exists(), "local files are not copied into the cache");
 
         let x86 = dir.path().join("k3s-amd64");
@@ -733,19 +726,19 @@ mod tests {
         assert_eq!(
             format!(
                 "{:#}",
-                fetch(&spec(&x86), "arm64", &cache, false).unwrap_err()
+                fetch(&spec(&x86), "arm64", &cache, &Progress::hidden()).unwrap_err()
             ),
             format!(
                 "k3s binary {}: ELF machine 62 is not aarch64 (183) as needed for arm64",
                 x86.display()
             )
         );
-        assert_eq!(fetch(&spec(&x86), "amd64", &cache, false).unwrap(), x86);
+        assert_eq!(fetch(&spec(&x86), "amd64", &cache, &Progress::hidden()).unwrap(), x86);
 
         let script = dir.path().join("k3s-standin");
         fs::write(&script, "#!/bin/sh\necho stand-in k3s\n").unwrap();
         assert_eq!(
-            fetch(&spec(&script), "arm64", &cache, false).unwrap(),
+            fetch(&spec(&script), "arm64", &cache, &Progress::hidden()).unwrap(),
             script
         );
 
@@ -754,7 +747,7 @@ mod tests {
         assert_eq!(
             format!(
                 "{:#}",
-                fetch(&spec(&empty), "arm64", &cache, false).unwrap_err()
+                fetch(&spec(&empty), "arm64", &cache, &Progress::hidden()).unwrap_err()
             ),
             format!("k3s binary {}: file is empty", empty.display())
         );
@@ -764,7 +757,7 @@ mod tests {
         assert_eq!(
             format!(
                 "{:#}",
-                fetch(&spec(&text), "arm64", &cache, false).unwrap_err()
+                fetch(&spec(&text), "arm64", &cache, &Progress::hidden()).unwrap_err()
             ),
             format!("k3s binary {}: not an ELF executable", text.display())
         );
@@ -772,7 +765,7 @@ mod tests {
         let missing = dir.path().join("nope");
         let msg = format!(
             "{:#}",
-            fetch(&spec(&missing), "arm64", &cache, false).unwrap_err()
+            fetch(&spec(&missing), "arm64", &cache, &Progress::hidden()).unwrap_err()
         );
         assert!(
             msg.starts_with(&format!("k3s binary {}: ", missing.display())),
