@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Context, Result};
+use sha2::{Digest, Sha256};
 
 use crate::board::{Board, BootMethod};
 use crate::disk::plan::DiskPlan;
@@ -23,6 +24,23 @@ pub struct Found {
 }
 
 /// Finds everything `board` takes from the rootfs.
+impl Found {
+    /// A digest of what goes from the rootfs onto the boot partition: the
+    /// kernel, device trees and firmware, by name.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update((self.kernel_data.len() as u64).to_le_bytes());
+        h.update(self.kernel_data.as_slice());
+        for (name, (_, data)) in self.dtbs.iter().chain(self.firmware.iter()) {
+            h.update(name.as_bytes());
+            h.update([0]);
+            h.update((data.len() as u64).to_le_bytes());
+            h.update(data.as_slice());
+        }
+        h.finalize().into()
+    }
+}
+
 pub fn locate(board: &Board, rootfs: &Tree) -> Result<Found> {
     // Lookups answer with absolute paths; the tree is keyed by relative ones.
     let find = |candidates: &[String]| {

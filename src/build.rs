@@ -161,7 +161,6 @@ fn prepare_system(
     };
     rootfs.clamp_mtimes(epoch);
     let rootfs_digest = ids::tree_digest(&rootfs);
-    let seed = ids::seed(board_bytes, &rootfs_digest, epoch);
 
     progress.step("finding kernel, modules and boot files");
     let found = bootfiles::locate(board, &rootfs)?;
@@ -232,6 +231,19 @@ fn prepare_system(
     })?;
     let squashfs_size =
         squashfs::write(&usr, &squashfs, squashfs_mtime).context("writing the system squashfs")?;
+    let squashfs_sha256 = output::sha256_file(&squashfs)?;
+
+    // Identifiers follow from what goes into the image, not from how the
+    // rootfs was packed: two rootfs archives that give the same filesystems
+    // give the same disk identifiers, cmdline and data filesystem.
+    let seed = ids::seed(&[
+        ("board", board_bytes),
+        ("epoch", &epoch.to_le_bytes()),
+        ("system", squashfs_sha256.as_bytes()),
+        ("initramfs", &Sha256::digest(&initramfs)),
+        ("boot-files", &found.digest()),
+        ("data", &ids::tree_digest(&data_tree)),
+    ]);
     Ok(System {
         _work: work,
         squashfs,

@@ -92,12 +92,20 @@ pub fn tree_digest(t: &Tree) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The seed every identifier of this image derives from.
-pub fn seed(board: &[u8], rootfs_digest: &[u8], epoch: u64) -> Vec<u8> {
+/// The seed every identifier of an image derives from: a hash over what goes
+/// into the image (the caller's labelled parts: board, epoch, digests of the
+/// system image, initramfs, boot files and data tree), not over the inputs
+/// that led there, so inputs that make the same image give the same
+/// identifiers. Each part is framed by its label and length.
+pub fn seed(parts: &[(&str, &[u8])]) -> Vec<u8> {
     let mut h = Sha256::new();
-    h.update(board);
-    h.update(rootfs_digest);
-    h.update(epoch.to_le_bytes());
+    h.update(b"nodeimg-seed\0");
+    for (label, bytes) in parts {
+        h.update(label.as_bytes());
+        h.update([0]);
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    }
     h.finalize().to_vec()
 }
 
@@ -110,6 +118,18 @@ mod tests {
         assert_eq!(uuid(b"s", "a"), uuid(b"s", "a"));
         assert_ne!(uuid(b"s", "a"), uuid(b"s", "b"));
         assert_ne!(u32_id(b"s", "a"), u32_id(b"t", "a"));
+    }
+
+    #[test]
+    fn seed_parts_are_framed() {
+        assert_eq!(seed(&[("a", b"x")]), seed(&[("a", b"x")]));
+        assert_ne!(seed(&[("a", b"x")]), seed(&[("a", b"y")]));
+        // Moving bytes across a part boundary changes the seed.
+        assert_ne!(
+            seed(&[("a", b"xy"), ("b", b"")]),
+            seed(&[("a", b"x"), ("b", b"y")])
+        );
+        assert_ne!(seed(&[("a", b"x")]), seed(&[("b", b"x")]));
     }
 
     #[test]

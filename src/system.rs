@@ -28,6 +28,12 @@ pub fn compose(data: &DataDir, board: &Board, mut t: Tree, epoch: u64) -> Result
         t.remove("boot");
         t.insert("boot", tree::Entry::dir(boot.meta))?;
     }
+    // The root directory is the builder's (it adds the mount points and links
+    // below): it gets the build's time, so an archive's own entry for `./`
+    // (clamped to the epoch) and none at all (time 0) give the same image.
+    if let Some(root) = t.get_mut("") {
+        root.meta.mtime = epoch;
+    }
     let dir = tree::Meta::root(0o755, epoch);
     for mount_point in ["usr", "etc", "boot", "proc", "sys", "dev", "run", "tmp"] {
         if !t.contains(mount_point) {
