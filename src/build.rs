@@ -303,22 +303,6 @@ fn write_node_image(
     )
     .context("writing the boot partition")?;
 
-    progress.step(format!("{name}: writing the data partition"));
-    let data_part = plan.part(Role::Data);
-    let data_path = staging.work("data.ext4");
-    ext4::write(
-        &data_path,
-        data_part.size,
-        &ext4::Ext4Options {
-            uuid: ids::uuid(&seed, "data-fs-uuid"),
-            hash_seed: ids::uuid(&seed, "data-fs-hash-seed"),
-            label: "nodeimg-data".to_string(),
-            mtime: sys.epoch,
-        },
-        &sys.data_tree,
-    )
-    .context("writing the data partition")?;
-
     let total = plan.total;
     progress.step(format!(
         "{name}: assembling the {} disk image",
@@ -332,9 +316,27 @@ fn write_node_image(
     let parts: Vec<(u64, u64, &Path)> = vec![
         (boot.start, boot.size, boot_path.as_path()),
         (system.start, system.size, sys.squashfs.as_path()),
-        (data_part.start, data_part.size, data_path.as_path()),
     ];
     image::assemble(&image_path, total, &blobs, &parts).context("assembling the disk image")?;
+
+    // Made in its place in the image, not in a temporary file: nothing is
+    // copied, and the image stays sparse whatever the data partition's size.
+    progress.step(format!("{name}: writing the data partition"));
+    let data_part = plan.part(Role::Data);
+    ext4::write_into(
+        &image_path,
+        data_part.start,
+        data_part.size,
+        &ext4::Ext4Options {
+            uuid: ids::uuid(&seed, "data-fs-uuid"),
+            hash_seed: ids::uuid(&seed, "data-fs-hash-seed"),
+            label: "nodeimg-data".to_string(),
+            mtime: sys.epoch,
+        },
+        &sys.data_tree,
+    )
+    .context("writing the data partition")?;
+    output::sync(&image_path)?;
     if node.is_some() {
         // The image carries the join token: owner-only, like every file holding it.
         output::restrict(&image_path)?;
