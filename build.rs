@@ -53,13 +53,19 @@ fn walk(root: &Path, rel: &Path, out: &mut Vec<(std::path::PathBuf, Item)>) {
     let ft = md.file_type();
     if ft.is_symlink() {
         let target = std::fs::read_link(&abs).unwrap_or_else(|e| panic!("{}: {e}", abs.display()));
-        let target = target.to_str().expect("symlink targets are UTF-8").to_string();
+        let target = target
+            .to_str()
+            .expect("symlink targets are UTF-8")
+            .to_string();
         out.push((rel.to_path_buf(), Item::Symlink(target)));
     } else if ft.is_dir() {
         out.push((rel.to_path_buf(), Item::Dir));
         let mut children: Vec<_> = std::fs::read_dir(&abs)
             .unwrap_or_else(|e| panic!("{}: {e}", abs.display()))
-            .map(|e| e.unwrap_or_else(|e| panic!("{}: {e}", abs.display())).file_name())
+            .map(|e| {
+                e.unwrap_or_else(|e| panic!("{}: {e}", abs.display()))
+                    .file_name()
+            })
             .collect();
         children.sort();
         for c in children {
@@ -74,6 +80,9 @@ fn walk(root: &Path, rel: &Path, out: &mut Vec<(std::path::PathBuf, Item)>) {
             },
         ));
     } else {
-        panic!("{}: only files, directories and symlinks can be embedded", abs.display());
+        panic!(
+            "{}: only files, directories and symlinks can be embedded",
+            abs.display()
+        );
     }
 }

@@ -314,7 +314,11 @@ impl DataDir {
     }
 
     fn extra_board(&self, name: &str) -> Option<PathBuf> {
-        let p = self.extra.as_ref()?.join("boards").join(format!("{name}.toml"));
+        let p = self
+            .extra
+            .as_ref()?
+            .join("boards")
+            .join(format!("{name}.toml"));
         p.is_file().then_some(p)
     }
 
@@ -329,8 +333,8 @@ impl DataDir {
         if let Some(extra) = &self.extra {
             let dir = extra.join("boards");
             if dir.is_dir() {
-                for e in std::fs::read_dir(&dir)
-                    .with_context(|| format!("reading {}", dir.display()))?
+                for e in
+                    std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
                 {
                     let e = e.with_context(|| format!("reading {}", dir.display()))?;
                     let p = e.path();
@@ -371,7 +375,8 @@ impl DataDir {
                 (format!("built-in {path}"), data.to_vec())
             }
         };
-        let text = String::from_utf8(bytes.clone()).with_context(|| format!("{origin}: not UTF-8"))?;
+        let text =
+            String::from_utf8(bytes.clone()).with_context(|| format!("{origin}: not UTF-8"))?;
         let board = Board::parse(&text, name).with_context(|| origin.clone())?;
         Ok((board, bytes))
     }
@@ -455,7 +460,12 @@ mod tests {
                 EmbeddedKind::File { executable, data } => {
                     use std::os::unix::fs::PermissionsExt;
                     assert_eq!(std::fs::read(&p).unwrap(), data, "{}", e.path);
-                    assert_eq!(md.permissions().mode() & 0o111 != 0, executable, "{}", e.path);
+                    assert_eq!(
+                        md.permissions().mode() & 0o111 != 0,
+                        executable,
+                        "{}",
+                        e.path
+                    );
                 }
                 EmbeddedKind::Symlink(t) => {
                     assert_eq!(std::fs::read_link(&p).unwrap(), Path::new(t))
@@ -473,7 +483,10 @@ mod tests {
         assert_eq!(init.meta.mode, 0o755);
         let base = DataDir::builtin().overlay("base").unwrap();
         assert_eq!(base.tree.get("etc/fstab").map(|e| e.meta.mode), Some(0o644));
-        let e = DataDir::builtin().overlay("nosuch").unwrap_err().to_string();
+        let e = DataDir::builtin()
+            .overlay("nosuch")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no overlay \"nosuch\""), "{e}");
         // A prefix of an overlay's name is not that overlay.
         assert!(DataDir::builtin().overlay("ba").is_err());
@@ -485,7 +498,8 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("boards")).unwrap();
         std::fs::create_dir_all(dir.path().join("overlays/base/etc")).unwrap();
         std::fs::write(dir.path().join("overlays/base/etc/motd"), "hi\n").unwrap();
-        let text = builtin_text("qemu-aarch64").replace("name = \"qemu-aarch64\"", "name = \"extra\"");
+        let text =
+            builtin_text("qemu-aarch64").replace("name = \"qemu-aarch64\"", "name = \"extra\"");
         std::fs::write(dir.path().join("boards/extra.toml"), text).unwrap();
         let dd = DataDir::locate(Some(dir.path())).unwrap();
         assert_eq!(dd.board_names().unwrap(), ["extra", "qemu-aarch64", "rpi4"]);

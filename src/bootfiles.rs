@@ -105,7 +105,11 @@ pub fn locate(board: &Board, rootfs: &Tree) -> Result<Found> {
 
 /// The board's cmdline plus where the init finds its disk and partitions.
 pub fn kernel_cmdline(board: &Board, plan: &DiskPlan, disk_id: &str) -> String {
-    format!("{} {}", board.boot.cmdline.trim(), plan.cmdline_args(disk_id))
+    format!(
+        "{} {}",
+        board.boot.cmdline.trim(),
+        plan.cmdline_args(disk_id)
+    )
 }
 
 /// The files of the FAT boot partition.
@@ -148,4 +152,3 @@ pub fn file_data(t: &Tree, path: &str) -> Result<Data> {
         _ => bail!("/{path} is not a regular file"),
     }
 }
-

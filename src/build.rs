@@ -25,9 +25,7 @@ use crate::initramfs;
 use crate::join::{self, ClusterConfig, NodeConfig};
 use crate::k3s;
 use crate::kernelconfig;
-use crate::manifest::{
-    DiskInfo, K3sInfo, KernelInfo, Manifest, NodeInfo, OutputInfo, RootfsInput,
-};
+use crate::manifest::{DiskInfo, K3sInfo, KernelInfo, Manifest, NodeInfo, OutputInfo, RootfsInput};
 use crate::output::{self, Staging};
 use crate::progress::Progress;
 use crate::system;
@@ -64,14 +62,7 @@ pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
         );
     }
     for node in &nodes {
-        write_node_image(
-            &board,
-            &plan,
-            &system,
-            node.as_ref(),
-            args,
-            &progress,
-        )?;
+        write_node_image(&board, &plan, &system, node.as_ref(), args, &progress)?;
     }
     progress.finish();
     for node in &nodes {
@@ -185,13 +176,8 @@ fn prepare_system(
     let k3s = match nodes.first().and_then(|n| n.as_ref()) {
         Some(node) => {
             progress.step("installing k3s and its service");
-            let (info, images) = k3s::install(
-                node.k3s.as_ref(),
-                &board.arch,
-                &mut rootfs,
-                epoch,
-                progress,
-            )?;
+            let (info, images) =
+                k3s::install(node.k3s.as_ref(), &board.arch, &mut rootfs, epoch, progress)?;
             airgap = images;
             Some(info)
         }
@@ -378,4 +364,3 @@ fn write_node_image(
         ("build.json".to_string(), hex::encode(Sha256::digest(&json))),
     ])
 }
-

@@ -120,12 +120,7 @@ fn cache_dir_from(xdg: Option<std::ffi::OsString>, home: Option<std::ffi::OsStri
 /// Returns the path of a verified k3s binary for `arch`, downloading it into
 /// `cache_dir` when the cache does not already hold it. The download's bar
 /// joins `progress`'s display.
-pub fn fetch(
-    spec: &K3sSpec,
-    arch: &str,
-    cache_dir: &Path,
-    progress: &Progress,
-) -> Result<PathBuf> {
+pub fn fetch(spec: &K3sSpec, arch: &str, cache_dir: &Path, progress: &Progress) -> Result<PathBuf> {
     match &spec.source {
         K3sSource::File { path } => {
             check_local_binary(path, arch)?;
@@ -285,7 +280,10 @@ fn cache_hit(bin: &Path, sums_path: &Path, asset: &str) -> bool {
     let Some(expected) = expected_hash(&sums, asset) else {
         return false;
     };
-    bin.is_file() && crate::output::sha256_file(bin).map(|h| h == expected).unwrap_or(false)
+    bin.is_file()
+        && crate::output::sha256_file(bin)
+            .map(|h| h == expected)
+            .unwrap_or(false)
 }
 
 #[cfg(unix)]
@@ -375,8 +373,8 @@ pub fn install(
     };
     let mut images = None;
     if let Some(spec) = spec {
-        let path = fetch(spec, arch, &default_cache_dir(), progress)
-        .context("getting the k3s binary")?;
+        let path =
+            fetch(spec, arch, &default_cache_dir(), progress).context("getting the k3s binary")?;
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         info.sha256 = Some(hex::encode(Sha256::digest(&bytes)));
         info.version = spec.version.clone();
@@ -616,7 +614,13 @@ mod tests {
         )
         .unwrap();
         let server = Server::start(release_files(FAKE_K3S, &sha(FAKE_K3S)));
-        let path = fetch(&release_spec(&server), "arm64", cache.path(), &Progress::hidden()).unwrap();
+        let path = fetch(
+            &release_spec(&server),
+            "arm64",
+            cache.path(),
+            &Progress::hidden(),
+        )
+        .unwrap();
         assert_eq!(fs::read(path).unwrap(), FAKE_K3S);
         assert_eq!(server.hits(), 2);
     }
@@ -626,7 +630,13 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let listed = sha(b"the real k3s");
         let server = Server::start(release_files(FAKE_K3S, &listed));
-        let err = fetch(&release_spec(&server), "arm64", cache.path(), &Progress::hidden()).unwrap_err();
+        let err = fetch(
+            &release_spec(&server),
+            "arm64",
+            cache.path(),
+            &Progress::hidden(),
+        )
+        .unwrap_err();
         let msg = format!("{err:#}");
         assert_eq!(
             msg,
@@ -644,7 +654,13 @@ mod tests {
     fn missing_release_names_the_url() {
         let cache = tempfile::tempdir().unwrap();
         let server = Server::start(HashMap::new());
-        let err = fetch(&release_spec(&server), "arm64", cache.path(), &Progress::hidden()).unwrap_err();
+        let err = fetch(
+            &release_spec(&server),
+            "arm64",
+            cache.path(),
+            &Progress::hidden(),
+        )
+        .unwrap_err();
         assert_eq!(
             format!("{err:#}"),
             format!(
@@ -666,7 +682,13 @@ mod tests {
         let mut files = release_files(FAKE_K3S, &sha(FAKE_K3S));
         files.remove("/releases/v1.31.4%2Bk3s1/k3s-arm64");
         let server = Server::start(files);
-        let err = fetch(&release_spec(&server), "arm64", cache.path(), &Progress::hidden()).unwrap_err();
+        let err = fetch(
+            &release_spec(&server),
+            "arm64",
+            cache.path(),
+            &Progress::hidden(),
+        )
+        .unwrap_err();
         assert_eq!(
             format!("{err:#}"),
             format!(
@@ -686,7 +708,13 @@ mod tests {
             format!("{}  k3s\n", sha(b"x")).into_bytes(),
         );
         let server = Server::start(files);
-        let err = fetch(&release_spec(&server), "arm64", cache.path(), &Progress::hidden()).unwrap_err();
+        let err = fetch(
+            &release_spec(&server),
+            "arm64",
+            cache.path(),
+            &Progress::hidden(),
+        )
+        .unwrap_err();
         assert_eq!(
             format!("{err:#}"),
             format!(
@@ -718,7 +746,10 @@ mod tests {
 
         let arm = dir.path().join("k3s-arm64");
         fs::write(&arm, elf_header(183)).unwrap();
-        assert_eq!(fetch(&spec(&arm), "arm64", &cache, &Progress::hidden()).unwrap(), arm);
+        assert_eq!(
+            fetch(&spec(&arm), "arm64", &cache, &Progress::hidden()).unwrap(),
+            arm
+        );
         assert!(!cache.exists(), "local files are not copied into the cache");
 
         let x86 = dir.path().join("k3s-amd64");
@@ -733,7 +764,10 @@ mod tests {
                 x86.display()
             )
         );
-        assert_eq!(fetch(&spec(&x86), "amd64", &cache, &Progress::hidden()).unwrap(), x86);
+        assert_eq!(
+            fetch(&spec(&x86), "amd64", &cache, &Progress::hidden()).unwrap(),
+            x86
+        );
 
         let script = dir.path().join("k3s-standin");
         fs::write(&script, "#!/bin/sh\necho stand-in k3s\n").unwrap();

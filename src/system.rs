@@ -52,4 +52,3 @@ pub fn compose(data: &DataDir, board: &Board, mut t: Tree, epoch: u64) -> Result
     }
     Ok((usr, t))
 }
-

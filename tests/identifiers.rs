@@ -24,7 +24,12 @@ fn an_archive_without_its_root_entry_gives_the_same_image() {
     // builds use (2023); the copy lacks it.
     let with_root = dir.join("with-root.tar");
     let without_root = dir.join("without-root.tar");
-    let plain = run_ok(Command::new("zstd").args(["-q", "-d", "-c"]).arg(test_rootfs())).stdout;
+    let plain = run_ok(
+        Command::new("zstd")
+            .args(["-q", "-d", "-c"])
+            .arg(test_rootfs()),
+    )
+    .stdout;
     std::fs::write(&with_root, &plain).unwrap();
     std::fs::write(&without_root, &plain).unwrap();
     run_ok(

@@ -50,7 +50,10 @@ fn a_copied_binary_lists_its_boards_and_builds_from_an_unrelated_directory() {
     assert!(image.is_file());
     // The built-in initramfs overlay kept its executable `init`.
     let x = extract_initramfs(&image, tmp.path());
-    let mode = std::fs::metadata(x.join("init")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(x.join("init"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o755, "init mode {mode:o}");
 }
 
@@ -67,16 +70,30 @@ fn data_dir_adds_a_board_to_the_built_in_ones() {
     assert_ne!(extra, text);
     std::fs::write(data.join("boards/my-board.toml"), extra).unwrap();
 
-    let out = run_ok(lone(&bin, tmp.path()).arg("--data-dir").arg(&data).arg("boards"));
+    let out = run_ok(
+        lone(&bin, tmp.path())
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("boards"),
+    );
     let names: Vec<String> = stdout(&out)
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
         .collect();
-    assert_eq!(names, ["my-board", "qemu-aarch64", "rpi4"], "{}", stdout(&out));
+    assert_eq!(
+        names,
+        ["my-board", "qemu-aarch64", "rpi4"],
+        "{}",
+        stdout(&out)
+    );
     assert!(stdout(&out).contains("extra: "), "{}", stdout(&out));
 
     // Without --data-dir the extra board is unknown again.
     let out = run(lone(&bin, tmp.path()).args(["build", "my-board", "--rootfs", "x"]));
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("unknown board \"my-board\""), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown board \"my-board\""),
+        "{}",
+        stderr(&out)
+    );
 }

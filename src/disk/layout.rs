@@ -674,7 +674,10 @@ mod tests {
         assert_eq!(Size::new(0), None);
         let e = "0".parse::<Size>().unwrap_err();
         assert!(e.to_string().contains("is zero"), "{e}");
-        assert_eq!(Size::new(3 << 29).map(|s| s.to_string()).as_deref(), Some("1.5 GiB"));
+        assert_eq!(
+            Size::new(3 << 29).map(|s| s.to_string()).as_deref(),
+            Some("1.5 GiB")
+        );
     }
 
     #[test]

@@ -107,12 +107,7 @@ impl DiskPlan {
                         unique_guid: ids::uuid(seed, &format!("gpt-part-{}", p.number)),
                     })
                     .collect();
-                let t = gpt::tables(
-                    ids::uuid(seed, "gpt-disk-guid"),
-                    SECTOR,
-                    self.total,
-                    &parts,
-                )?;
+                let t = gpt::tables(ids::uuid(seed, "gpt-disk-guid"), SECTOR, self.total, &parts)?;
                 vec![(0, t.primary), (t.backup_offset, t.backup)]
             }
         })
@@ -141,10 +136,7 @@ mod tests {
             assert_eq!(p.kind, role.kind());
         }
         assert_eq!(plan.part(Role::Data).end() + MIB, 2048 * MIB);
-        assert_eq!(
-            plan.part(Role::SystemA).size,
-            plan.part(Role::SystemB).size
-        );
+        assert_eq!(plan.part(Role::SystemA).size, plan.part(Role::SystemB).size);
     }
 
     #[test]

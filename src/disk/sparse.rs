@@ -145,7 +145,11 @@ mod tests {
         assert_eq!(copy_file(&src, &dst).unwrap(), len);
         let md = std::fs::metadata(&dst).unwrap();
         assert_eq!(md.len(), len);
-        assert!(md.blocks() * 512 < 4 << 20, "{} bytes used", md.blocks() * 512);
+        assert!(
+            md.blocks() * 512 < 4 << 20,
+            "{} bytes used",
+            md.blocks() * 512
+        );
         let got = File::open(&dst).unwrap();
         let at = |off: u64, n: usize| {
             let mut b = vec![0u8; n];
@@ -165,6 +169,9 @@ mod tests {
         std::fs::write(&src, [1u8; 100]).unwrap();
         let mut dst = File::create(dir.path().join("dst")).unwrap();
         let e = copy_into(&mut dst, 0, &src, 99).unwrap_err();
-        assert!(e.to_string().contains("larger than its place of 99 bytes"), "{e}");
+        assert!(
+            e.to_string().contains("larger than its place of 99 bytes"),
+            "{e}"
+        );
     }
 }

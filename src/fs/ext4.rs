@@ -33,9 +33,9 @@ use std::process::{Command, Output};
 
 use anyhow::{bail, Context, Result};
 
-use crate::disk::layout::{mib, mib1};
 #[cfg(test)]
 use crate::disk::layout::MIB;
+use crate::disk::layout::{mib, mib1};
 use crate::ids::uuid_to_string;
 use crate::tree::links::HardLinks;
 use crate::tree::{file_name, Data, Entry, Kind, Tree};
@@ -422,7 +422,10 @@ fn write_inner(out: &Path, offset: u64, size: u64, opts: &Ext4Options, tree: &Tr
         .with_context(|| format!("reading {}", out.display()))?
         .len();
     if len < end {
-        bail!("{} is {len} bytes, too short for {size} bytes at offset {offset}", out.display());
+        bail!(
+            "{} is {len} bytes, too short for {size} bytes at offset {offset}",
+            out.display()
+        );
     }
     let out_str = out
         .to_str()
@@ -863,7 +866,9 @@ mod tests {
         write_into(&image, MIB, 64 * MIB, &opts(T), &tree).unwrap();
         let bytes = std::fs::read(&image).unwrap();
         assert_eq!(bytes.len() as u64, 66 * MIB);
-        assert!(bytes[(MIB - 4096) as usize..MIB as usize].iter().all(|&b| b == 0xaa));
+        assert!(bytes[(MIB - 4096) as usize..MIB as usize]
+            .iter()
+            .all(|&b| b == 0xaa));
         assert!(bytes[(65 * MIB) as usize..(65 * MIB + 4096) as usize]
             .iter()
             .all(|&b| b == 0xbb));
