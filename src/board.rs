@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use crate::disk::layout::parse_size;
+use crate::tree::{Entry, Meta, Tree};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -240,81 +241,200 @@ fn one_line(e: &toml::de::Error) -> String {
     }
 }
 
-/// Where boards/ and overlays/ are read from.
+/// The boards and overlays built into the binary (`boards/`, `overlays/` of
+/// the source tree, embedded by the build script).
+pub mod embedded {
+    /// One entry under `boards/` or `overlays/`.
+    #[derive(Debug)]
+    pub struct Embedded {
+        /// Relative to the source tree: `boards/rpi4.toml`, `overlays/initramfs/init`.
+        pub path: &'static str,
+        pub kind: EmbeddedKind,
+    }
+
+    #[derive(Debug)]
+    pub enum EmbeddedKind {
+        Dir,
+        File {
+            executable: bool,
+            data: &'static [u8],
+        },
+        Symlink(&'static str),
+    }
+
+    include!(concat!(env!("OUT_DIR"), "/embedded.rs"));
+}
+
+use embedded::{EmbeddedKind, ENTRIES};
+
+/// An overlay ready to lay over a tree, and where it came from (for messages).
 #[derive(Debug, Clone)]
+pub struct Overlay {
+    /// `built-in overlay initramfs` or the directory it was read from.
+    pub origin: String,
+    pub tree: Tree,
+}
+
+/// Where boards and overlays come from: those built into the binary, plus
+/// (overriding them by name) those of a `--data-dir` / `$NODEIMG_DATA_DIR`
+/// directory holding `boards/` and/or `overlays/`.
+#[derive(Debug, Clone, Default)]
 pub struct DataDir {
-    pub root: PathBuf,
+    pub extra: Option<PathBuf>,
 }
 
 impl DataDir {
-    /// `explicit` (from `--data-dir`), else `$NODEIMG_DATA_DIR`, else
-    /// `<exe>/../share/nodeimg` when installed that way, else the source tree
-    /// this binary was built from.
-    pub fn locate(explicit: Option<&Path>) -> Result<DataDir> {
-        if let Some(p) = explicit {
-            return DataDir::at(p);
-        }
-        if let Some(p) = std::env::var_os("NODEIMG_DATA_DIR") {
-            return DataDir::at(Path::new(&p)).context("$NODEIMG_DATA_DIR");
-        }
-        if let Ok(exe) = std::env::current_exe() {
-            if let Some(bin) = exe.parent() {
-                let installed = bin.join("../share/nodeimg");
-                if installed.join("boards").is_dir() {
-                    return DataDir::at(&installed);
-                }
-            }
-        }
-        DataDir::at(Path::new(env!("CARGO_MANIFEST_DIR")))
+    /// Only the built-in boards and overlays.
+    pub fn builtin() -> DataDir {
+        DataDir { extra: None }
     }
 
-    fn at(p: &Path) -> Result<DataDir> {
-        if !p.join("boards").is_dir() {
-            bail!("{}: no boards/ directory there", p.display());
+    /// The built-in data plus `explicit` (from `--data-dir`), else plus
+    /// `$NODEIMG_DATA_DIR` when set.
+    pub fn locate(explicit: Option<&Path>) -> Result<DataDir> {
+        if let Some(p) = explicit {
+            return DataDir::with(p).context("--data-dir");
+        }
+        if let Some(p) = std::env::var_os("NODEIMG_DATA_DIR").filter(|p| !p.is_empty()) {
+            return DataDir::with(Path::new(&p)).context("$NODEIMG_DATA_DIR");
+        }
+        Ok(DataDir::builtin())
+    }
+
+    fn with(p: &Path) -> Result<DataDir> {
+        if !p.join("boards").is_dir() && !p.join("overlays").is_dir() {
+            bail!(
+                "{}: neither a boards/ nor an overlays/ directory there",
+                p.display()
+            );
         }
         Ok(DataDir {
-            root: p.to_path_buf(),
+            extra: Some(p.to_path_buf()),
         })
     }
 
-    pub fn boards_dir(&self) -> PathBuf {
-        self.root.join("boards")
+    fn extra_board(&self, name: &str) -> Option<PathBuf> {
+        let p = self
+            .extra
+            .as_ref()?
+            .join("boards")
+            .join(format!("{name}.toml"));
+        p.is_file().then_some(p)
     }
 
-    pub fn overlay_dir(&self, name: &str) -> PathBuf {
-        self.root.join("overlays").join(name)
-    }
-
-    /// Names of all boards (file stems of boards/*.toml), sorted.
+    /// Names of all boards (built-in and `--data-dir` ones), sorted, each once.
     pub fn board_names(&self) -> Result<Vec<String>> {
-        let dir = self.boards_dir();
-        let mut names = Vec::new();
-        for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-            let e = e.with_context(|| format!("reading {}", dir.display()))?;
-            let p = e.path();
-            if p.extension().and_then(|x| x.to_str()) == Some("toml") {
-                if let Some(stem) = p.file_stem().and_then(|s| s.to_str()) {
-                    names.push(stem.to_string());
+        let mut names: Vec<String> = ENTRIES
+            .iter()
+            .filter_map(|e| e.path.strip_prefix("boards/")?.strip_suffix(".toml"))
+            .filter(|n| !n.contains('/'))
+            .map(str::to_string)
+            .collect();
+        if let Some(extra) = &self.extra {
+            let dir = extra.join("boards");
+            if dir.is_dir() {
+                for e in
+                    std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+                {
+                    let e = e.with_context(|| format!("reading {}", dir.display()))?;
+                    let p = e.path();
+                    if p.extension().and_then(|x| x.to_str()) == Some("toml") {
+                        if let Some(stem) = p.file_stem().and_then(|s| s.to_str()) {
+                            names.push(stem.to_string());
+                        }
+                    }
                 }
             }
         }
         names.sort();
+        names.dedup();
         Ok(names)
     }
 
-    /// Loads one board by name. An unknown name is an error that lists the boards.
+    /// Loads one board by name (a `--data-dir` file wins over the built-in
+    /// one). An unknown name is an error that lists the boards.
     pub fn load(&self, name: &str) -> Result<(Board, Vec<u8>)> {
         let names = self.board_names()?;
         if !names.iter().any(|n| n == name) {
             bail!("unknown board {name:?}; known boards: {}", names.join(", "));
         }
-        let path = self.boards_dir().join(format!("{name}.toml"));
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let text = String::from_utf8(bytes.clone())
-            .with_context(|| format!("{}: not UTF-8", path.display()))?;
-        let board = Board::parse(&text, name).with_context(|| format!("{}", path.display()))?;
+        let (origin, bytes) = match self.extra_board(name) {
+            Some(path) => (
+                path.display().to_string(),
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+            ),
+            None => {
+                let path = format!("boards/{name}.toml");
+                let data = ENTRIES
+                    .iter()
+                    .find_map(|e| match e.kind {
+                        EmbeddedKind::File { data, .. } if e.path == path => Some(data),
+                        _ => None,
+                    })
+                    .with_context(|| format!("no built-in {path}"))?;
+                (format!("built-in {path}"), data.to_vec())
+            }
+        };
+        let text =
+            String::from_utf8(bytes.clone()).with_context(|| format!("{origin}: not UTF-8"))?;
+        let board = Board::parse(&text, name).with_context(|| origin.clone())?;
         Ok((board, bytes))
     }
+
+    /// The overlay `name`: `<data-dir>/overlays/<name>/` if there is one,
+    /// else the built-in one.
+    pub fn overlay(&self, name: &str) -> Result<Overlay> {
+        if let Some(extra) = &self.extra {
+            let dir = extra.join("overlays").join(name);
+            if dir.is_dir() {
+                let tree = crate::tree::reader::read_dir_tree(&dir)
+                    .with_context(|| format!("reading overlay {}", dir.display()))?;
+                return Ok(Overlay {
+                    origin: dir.display().to_string(),
+                    tree,
+                });
+            }
+        }
+        builtin_overlay(name)
+    }
+}
+
+/// The built-in overlay `name` as a tree: files 0755 when executable, else
+/// 0644, directories 0755, owned by root, mtime 0 (overlays get the build's
+/// time when laid).
+fn builtin_overlay(name: &str) -> Result<Overlay> {
+    let prefix = format!("overlays/{name}");
+    let origin = format!("built-in overlay {name}");
+    let dir_meta = Meta::root(0o755, 0);
+    let mut tree = Tree::new(dir_meta);
+    let mut found = false;
+    for e in ENTRIES {
+        let Some(rest) = e.path.strip_prefix(&prefix) else {
+            continue;
+        };
+        let rel = match rest.strip_prefix('/') {
+            Some(r) => r,
+            None if rest.is_empty() => {
+                found = matches!(e.kind, EmbeddedKind::Dir);
+                continue;
+            }
+            None => continue, // another overlay whose name starts with `name`
+        };
+        let entry = match e.kind {
+            EmbeddedKind::Dir => Entry::dir(dir_meta),
+            EmbeddedKind::File { executable, data } => Entry::file(
+                Meta::root(if executable { 0o755 } else { 0o644 }, 0),
+                data.to_vec(),
+            ),
+            EmbeddedKind::Symlink(target) => Entry::symlink(Meta::root(0o777, 0), target),
+        };
+        tree.insert_with_parents(rel, entry, dir_meta)
+            .with_context(|| format!("{origin}: {rel}"))?;
+    }
+    if !found {
+        bail!("no overlay {name:?} (neither built in nor under --data-dir's overlays/)");
+    }
+    Ok(Overlay { origin, tree })
 }
 
 #[cfg(test)]
@@ -322,8 +442,75 @@ mod tests {
     use super::*;
 
     fn repo_board(name: &str) -> Board {
-        let dd = DataDir::at(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
-        dd.load(name).unwrap().0
+        DataDir::builtin().load(name).unwrap().0
+    }
+
+    fn builtin_text(name: &str) -> String {
+        String::from_utf8(DataDir::builtin().load(name).unwrap().1).unwrap()
+    }
+
+    #[test]
+    fn the_embedded_data_is_the_source_tree_s() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for e in ENTRIES {
+            let p = root.join(e.path);
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            match e.kind {
+                EmbeddedKind::Dir => assert!(md.is_dir(), "{}", e.path),
+                EmbeddedKind::File { executable, data } => {
+                    use std::os::unix::fs::PermissionsExt;
+                    assert_eq!(std::fs::read(&p).unwrap(), data, "{}", e.path);
+                    assert_eq!(
+                        md.permissions().mode() & 0o111 != 0,
+                        executable,
+                        "{}",
+                        e.path
+                    );
+                }
+                EmbeddedKind::Symlink(t) => {
+                    assert_eq!(std::fs::read_link(&p).unwrap(), Path::new(t))
+                }
+            }
+        }
+        assert!(ENTRIES.iter().any(|e| e.path == "boards/rpi4.toml"));
+    }
+
+    #[test]
+    fn builtin_overlays_keep_the_executable_bit_and_unknown_ones_are_errors() {
+        let o = DataDir::builtin().overlay("initramfs").unwrap();
+        let init = o.tree.get("init").expect("init in the initramfs overlay");
+        assert!(matches!(init.kind, crate::tree::Kind::File(_)));
+        assert_eq!(init.meta.mode, 0o755);
+        let base = DataDir::builtin().overlay("base").unwrap();
+        assert_eq!(base.tree.get("etc/fstab").map(|e| e.meta.mode), Some(0o644));
+        let e = DataDir::builtin()
+            .overlay("nosuch")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no overlay \"nosuch\""), "{e}");
+        // A prefix of an overlay's name is not that overlay.
+        assert!(DataDir::builtin().overlay("ba").is_err());
+    }
+
+    #[test]
+    fn data_dir_adds_boards_and_overrides_overlays_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("boards")).unwrap();
+        std::fs::create_dir_all(dir.path().join("overlays/base/etc")).unwrap();
+        std::fs::write(dir.path().join("overlays/base/etc/motd"), "hi\n").unwrap();
+        let text =
+            builtin_text("qemu-aarch64").replace("name = \"qemu-aarch64\"", "name = \"extra\"");
+        std::fs::write(dir.path().join("boards/extra.toml"), text).unwrap();
+        let dd = DataDir::locate(Some(dir.path())).unwrap();
+        assert_eq!(dd.board_names().unwrap(), ["extra", "qemu-aarch64", "rpi4"]);
+        assert_eq!(dd.load("extra").unwrap().0.name, "extra");
+        let base = dd.overlay("base").unwrap();
+        assert!(base.tree.contains("etc/motd") && !base.tree.contains("etc/fstab"));
+        // Not overridden: still built in.
+        assert!(dd.overlay("initramfs").unwrap().tree.contains("init"));
+        let empty = tempfile::tempdir().unwrap();
+        let e = format!("{:#}", DataDir::locate(Some(empty.path())).unwrap_err());
+        assert!(e.contains("neither a boards/ nor an overlays/"), "{e}");
     }
 
     #[test]
@@ -340,8 +527,7 @@ mod tests {
 
     #[test]
     fn unknown_key_is_an_error_naming_it() {
-        let dd = DataDir::at(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
-        let text = std::fs::read_to_string(dd.boards_dir().join("rpi4.toml")).unwrap();
+        let text = builtin_text("rpi4");
         let bad = text.replacen("[disk]", "[disk]\nbootsize = \"1M\"", 1);
         let err = format!("{:#}", Board::parse(&bad, "rpi4").unwrap_err());
         assert!(err.contains("unknown field `bootsize`"), "{err}");
@@ -350,8 +536,7 @@ mod tests {
 
     #[test]
     fn name_must_match_file_and_paths_must_be_absolute() {
-        let dd = DataDir::at(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
-        let text = std::fs::read_to_string(dd.boards_dir().join("rpi4.toml")).unwrap();
+        let text = builtin_text("rpi4");
         let err = Board::parse(&text, "rpi5").unwrap_err().to_string();
         assert!(err.contains("does not match the file name"), "{err}");
         let bad = text.replacen("\"/boot/vmlinuz-*\"", "\"boot/vmlinuz-*\"", 1);
@@ -378,8 +563,7 @@ mod tests {
 
     #[test]
     fn tools_must_be_plain_absolute_paths_listed_once() {
-        let dd = DataDir::at(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
-        let text = std::fs::read_to_string(dd.boards_dir().join("rpi4.toml")).unwrap();
+        let text = builtin_text("rpi4");
         let with = |tools: &str| text.replacen("[initramfs]", &format!("[initramfs]\n{tools}"), 1);
         let b = Board::parse(&with("tools = [\"/usr/bin/lsblk\"]"), "rpi4").unwrap();
         assert_eq!(b.initramfs.tools, ["/usr/bin/lsblk"]);
@@ -398,7 +582,7 @@ mod tests {
 
     #[test]
     fn unknown_board_lists_known_ones() {
-        let dd = DataDir::at(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let dd = DataDir::builtin();
         let err = dd.load("rpi5").unwrap_err().to_string();
         assert!(err.contains("unknown board \"rpi5\""), "{err}");
         assert!(

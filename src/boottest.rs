@@ -65,8 +65,7 @@ pub fn command(args: &crate::cli::BootTestArgs) -> Result<()> {
     let opts = Options {
         image: args.image.clone(),
         work_dir,
-        grow_by: crate::disk::layout::parse_size(&args.grow_by)
-            .with_context(|| format!("--grow-by {:?}", args.grow_by))?,
+        grow_by: args.grow_by.bytes(),
         boot_timeout: Duration::from_secs(args.timeout),
         broken: args.broken,
     };

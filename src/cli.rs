@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::disk::layout::Size;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "nodeimg",
@@ -14,7 +16,8 @@ QEMU aarch64) without root, mount or loop devices. The system is a read-only squ
 /etc is rebuilt at every boot, and a persistent ext4 data partition holds the node's state."
 )]
 pub struct Cli {
-    /// Directory holding boards/ and overlays/ [default: $NODEIMG_DATA_DIR, then the installed or source tree]
+    /// Directory with boards/ and/or overlays/ that add to or override (by name) the
+    /// built-in ones [default: $NODEIMG_DATA_DIR if set]
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
@@ -47,7 +50,7 @@ pub struct BootTestArgs {
 
     /// How much to enlarge the copy before its first boot, to check growth.
     #[arg(long, value_name = "SIZE", default_value = "256M")]
-    pub grow_by: String,
+    pub grow_by: Size,
 
     /// Seconds each boot may take to reach a shell.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
@@ -78,7 +81,7 @@ pub struct BuildArgs {
 
     /// Medium size, e.g. 4G or 3500M (binary units) [default: the board's].
     #[arg(long, value_name = "SIZE")]
-    pub size: Option<String>,
+    pub size: Option<Size>,
 
     /// Build the image of this node of the cluster config's `nodes:` inventory
     /// (output: <DIR>/<board>-<NODE>/).
@@ -145,7 +148,7 @@ mod tests {
         };
         assert_eq!(b.board, "rpi4");
         assert_eq!(b.rootfs, PathBuf::from("r.tar.zst"));
-        assert_eq!(b.size.as_deref(), Some("4G"));
+        assert_eq!(b.size.map(Size::bytes), Some(4 << 30));
         assert_eq!(b.output, PathBuf::from("o"));
         assert!(b.join.is_none() && !b.all_nodes);
     }
@@ -164,6 +167,29 @@ mod tests {
         assert_eq!(level(&["--compression-level", "3"]).unwrap(), 3);
         assert!(level(&["--compression-level", "0"]).is_err());
         assert!(level(&["--compression-level", "23"]).is_err());
+    }
+
+    #[test]
+    fn bad_sizes_are_usage_errors_at_parse_time() {
+        for bad in ["4GB", "0", "lots", "-1G", "1.5"] {
+            let size = format!("--size={bad}");
+            let err = parse(&["build", "rpi4", "--rootfs", "r", &size]).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+            assert!(err.to_string().contains("--size"), "{bad}: {err}");
+            let grow = format!("--grow-by={bad}");
+            let err = parse(&["boot-test", "x.img", &grow]).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+            assert!(err.to_string().contains("--grow-by"), "{bad}: {err}");
+        }
+        let err = parse(&["build", "rpi4", "--rootfs", "r", "--size", "4GB"]).unwrap_err();
+        assert!(err.to_string().contains("ambiguous"), "{err}");
+        let Command::BootTest(b) = parse(&["boot-test", "x.img", "--grow-by", "1.5G"])
+            .unwrap()
+            .command
+        else {
+            panic!("not boot-test")
+        };
+        assert_eq!(b.grow_by.bytes(), 3 << 29);
     }
 
     #[test]
@@ -215,7 +241,7 @@ mod tests {
             panic!("not boot-test")
         };
         assert_eq!(b.timeout, 60);
-        assert_eq!(b.grow_by, "256M");
+        assert_eq!(b.grow_by.bytes(), 256 << 20);
         assert!(!b.broken);
     }
 }

@@ -1,7 +1,10 @@
 //! Identifiers derived from the build's inputs, so that the same inputs give the
 //! same disk signature, GUIDs, filesystem UUIDs and volume IDs on every build.
 
+use anyhow::{anyhow, Result};
 use sha2::{Digest, Sha256};
+
+use crate::tree::{Kind, Tree};
 
 /// 32 bytes derived from a seed (a hash of the build's inputs) and a purpose
 /// string ("gpt-disk", "data-uuid", ...). Different purposes give unrelated values.
@@ -49,6 +52,63 @@ pub fn uuid_to_string(u: &[u8; 16]) -> String {
     )
 }
 
+/// `SOURCE_DATE_EPOCH`, if set; an unparsable value is an error.
+pub fn source_date_epoch() -> Result<Option<u64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        _ => Ok(None),
+    }
+}
+
+/// A digest of a tree's content (paths, metadata, contents), independent of the
+/// order entries were read in.
+pub fn tree_digest(t: &Tree) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for (path, e) in t.iter() {
+        h.update(path.as_bytes());
+        h.update([0]);
+        h.update(e.st_mode().to_le_bytes());
+        h.update(e.meta.uid.to_le_bytes());
+        h.update(e.meta.gid.to_le_bytes());
+        h.update(e.meta.mtime.to_le_bytes());
+        match &e.kind {
+            Kind::File(d) => {
+                h.update((d.len() as u64).to_le_bytes());
+                h.update(d.as_slice());
+            }
+            Kind::Symlink(target) => h.update(target.as_bytes()),
+            Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
+                h.update(major.to_le_bytes());
+                h.update(minor.to_le_bytes());
+            }
+            Kind::Dir | Kind::Fifo | Kind::Socket => {}
+        }
+        h.update([0xff]);
+    }
+    h.finalize().into()
+}
+
+/// The seed every identifier of an image derives from: a hash over what goes
+/// into the image (the caller's labelled parts: board, epoch, digests of the
+/// system image, initramfs, boot files and data tree), not over the inputs
+/// that led there, so inputs that make the same image give the same
+/// identifiers. Each part is framed by its label and length.
+pub fn seed(parts: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(b"nodeimg-seed\0");
+    for (label, bytes) in parts {
+        h.update(label.as_bytes());
+        h.update([0]);
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    }
+    h.finalize().to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +118,18 @@ mod tests {
         assert_eq!(uuid(b"s", "a"), uuid(b"s", "a"));
         assert_ne!(uuid(b"s", "a"), uuid(b"s", "b"));
         assert_ne!(u32_id(b"s", "a"), u32_id(b"t", "a"));
+    }
+
+    #[test]
+    fn seed_parts_are_framed() {
+        assert_eq!(seed(&[("a", b"x")]), seed(&[("a", b"x")]));
+        assert_ne!(seed(&[("a", b"x")]), seed(&[("a", b"y")]));
+        // Moving bytes across a part boundary changes the seed.
+        assert_ne!(
+            seed(&[("a", b"xy"), ("b", b"")]),
+            seed(&[("a", b"x"), ("b", b"y")])
+        );
+        assert_ne!(seed(&[("a", b"x")]), seed(&[("b", b"x")]));
     }
 
     #[test]

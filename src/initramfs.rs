@@ -150,7 +150,7 @@ pub struct Inputs<'a> {
     /// Like `tools`, skipped when not in the rootfs.
     pub optional_tools: &'a [String],
     /// `overlays/initramfs/`: `init` and anything it needs.
-    pub overlay: &'a std::path::Path,
+    pub overlay: &'a crate::board::Overlay,
     pub mtime: u64,
 }
 
@@ -248,13 +248,14 @@ pub fn compose(inp: &Inputs) -> Result<Tree> {
         Entry::file(Meta::root(0o644, inp.mtime), list.into_bytes()),
     )?;
 
-    crate::tree::transform::apply_overlay(&mut t, inp.overlay, inp.mtime)
-        .with_context(|| format!("applying {}", inp.overlay.display()))?;
+    let ov = inp.overlay;
+    crate::tree::transform::lay_overlay(&mut t, &ov.tree, &ov.origin, inp.mtime)
+        .with_context(|| format!("applying {}", ov.origin))?;
     match t.get("init") {
         Some(e) if matches!(e.kind, Kind::File(_)) && e.meta.mode & 0o111 != 0 => Ok(t),
         _ => bail!(
             "{}: no executable `init` in the initramfs overlay",
-            inp.overlay.display()
+            inp.overlay.origin
         ),
     }
 }

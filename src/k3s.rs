@@ -20,6 +20,11 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+use crate::manifest::K3sInfo;
+use crate::progress::Progress;
+use crate::service;
+use crate::tree::Tree;
+
 /// Where k3s publishes its release assets.
 pub const DEFAULT_URL_BASE: &str = "https://github.com/k3s-io/k3s/releases/download";
 
@@ -113,9 +118,9 @@ fn cache_dir_from(xdg: Option<std::ffi::OsString>, home: Option<std::ffi::OsStri
 }
 
 /// Returns the path of a verified k3s binary for `arch`, downloading it into
-/// `cache_dir` when the cache does not already hold it. `progress` shows a
-/// progress bar on stderr while downloading.
-pub fn fetch(spec: &K3sSpec, arch: &str, cache_dir: &Path, progress: bool) -> Result<PathBuf> {
+/// `cache_dir` when the cache does not already hold it. The download's bar
+/// joins `progress`'s display.
+pub fn fetch(spec: &K3sSpec, arch: &str, cache_dir: &Path, progress: &Progress) -> Result<PathBuf> {
     match &spec.source {
         K3sSource::File { path } => {
             check_local_binary(path, arch)?;
@@ -159,7 +164,7 @@ fn check_local_binary(path: &Path, arch: &str) -> Result<()> {
     }
     let mut head = [0u8; 20];
     let mut f = fs::File::open(path).with_context(what)?;
-    let n = read_up_to(&mut f, &mut head).with_context(what)?;
+    let n = crate::io::read_full(&mut f, &mut head).with_context(what)?;
     let head = &head[..n];
     if head.starts_with(b"#!") {
         return Ok(());
@@ -186,17 +191,6 @@ fn check_local_binary(path: &Path, arch: &str) -> Result<()> {
     Ok(())
 }
 
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
-}
-
 /// The hash listed for `asset` in a `sha256sum` style list (`<hex>  <name>`,
 /// name optionally prefixed with `*`).
 pub fn expected_hash(sums: &str, asset: &str) -> Option<String> {
@@ -210,19 +204,12 @@ pub fn expected_hash(sums: &str, asset: &str) -> Option<String> {
     })
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
-    Ok(hex::encode(h.finalize()))
-}
-
 fn fetch_release(
     url_base: &str,
     version: &str,
     arch: &str,
     cache_dir: &Path,
-    progress: bool,
+    progress: &Progress,
 ) -> Result<PathBuf> {
     if !is_valid_version(version) {
         bail!("k3s version \"{version}\" is not like v1.31.4+k3s1");
@@ -293,7 +280,10 @@ fn cache_hit(bin: &Path, sums_path: &Path, asset: &str) -> bool {
     let Some(expected) = expected_hash(&sums, asset) else {
         return false;
     };
-    bin.is_file() && sha256_file(bin).map(|h| h == expected).unwrap_or(false)
+    bin.is_file()
+        && crate::output::sha256_file(bin)
+            .map(|h| h == expected)
+            .unwrap_or(false)
 }
 
 #[cfg(unix)]
@@ -332,24 +322,11 @@ fn download_to(
     agent: &ureq::Agent,
     url: &str,
     out: &mut fs::File,
-    progress: bool,
+    progress: &Progress,
 ) -> Result<String> {
     let resp = agent.get(url).call().map_err(|e| http_error(url, e))?;
     let body = resp.into_body();
-    let bar = match (progress, body.content_length()) {
-        (false, _) => indicatif::ProgressBar::hidden(),
-        (true, Some(len)) => indicatif::ProgressBar::new(len),
-        (true, None) => indicatif::ProgressBar::new_spinner(),
-    };
-    if progress {
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_message(format!("downloading {url}"));
-    }
+    let bar = progress.transfer(body.content_length(), format!("downloading {url}"));
     let mut reader = body.into_reader();
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -369,6 +346,64 @@ fn download_to(
         .with_context(|| format!("writing the download of {url}"))?;
     bar.finish_and_clear();
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// The k3s air-gap images archive, for the data partition.
+pub struct AirgapImages {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Installs k3s into the rootfs: the binary (from cluster.yaml's `k3s:`
+/// section `spec`, else the rootfs's own) and the service that starts it.
+/// Returns what to record in the manifest and the air-gap images, if any.
+pub fn install(
+    spec: Option<&K3sSpec>,
+    arch: &str,
+    rootfs: &mut Tree,
+    epoch: u64,
+    progress: &Progress,
+) -> Result<(K3sInfo, Option<AirgapImages>)> {
+    let mut info = K3sInfo {
+        source: "rootfs".to_string(),
+        version: None,
+        sha256: None,
+        init_system: String::new(),
+        airgap_images: None,
+    };
+    let mut images = None;
+    if let Some(spec) = spec {
+        let path =
+            fetch(spec, arch, &default_cache_dir(), progress).context("getting the k3s binary")?;
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        info.sha256 = Some(hex::encode(Sha256::digest(&bytes)));
+        info.version = spec.version.clone();
+        info.source = match &spec.source {
+            K3sSource::Release { .. } => "release".to_string(),
+            K3sSource::File { path } => format!(
+                "file {}",
+                path.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            ),
+        };
+        service::install_k3s_binary(rootfs, bytes, epoch)?;
+        if let Some(p) = airgap_images(spec)? {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "airgap-images.tar".to_string());
+            let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+            info.airgap_images = Some(name.clone());
+            images = Some(AirgapImages { name, bytes });
+        }
+    } else if !service::has_k3s(rootfs) {
+        bail!(
+            "no k3s binary: the rootfs has no /usr/bin/k3s or /usr/local/bin/k3s and the cluster config has no `k3s:` section"
+        );
+    }
+    info.init_system = service::install_k3s(rootfs, epoch)?.name().to_string();
+    Ok((info, images))
 }
 
 #[cfg(test)]
@@ -515,7 +550,7 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let server = Server::start(release_files(FAKE_K3S, &sha(FAKE_K3S)));
         let spec = release_spec(&server);
-        let path = fetch(&spec, "arm64", cache.path(), false).unwrap();
+        let path = fetch(&spec, "arm64", cache.path(), &Progress::hidden()).unwrap();
         assert_eq!(
             path,
             cache.path().join("k3s").join(VERSION).join("k3s-arm64")
@@ -545,7 +580,7 @@ mod tests {
         let hits = server.hits();
         drop(server);
         assert_eq!(hits, 2);
-        let again = fetch(&spec, "aarch64", cache.path(), false).unwrap();
+        let again = fetch(&spec, "aarch64", cache.path(), &Progress::hidden()).unwrap();
         assert_eq!(again, path);
     }
 
@@ -562,7 +597,7 @@ mod tests {
         .unwrap();
         let server = Server::start(HashMap::new());
         let spec = release_spec(&server);
-        let path = fetch(&spec, "arm64", cache.path(), false).unwrap();
+        let path = fetch(&spec, "arm64", cache.path(), &Progress::hidden()).unwrap();
         assert_eq!(path, dir.join("k3s-arm64"));
         assert_eq!(server.hits(), 0);
     }
@@ -579,7 +614,13 @@ mod tests {
         )
         .unwrap();
         let server = Server::start(release_files(FAKE_K3S, &sha(FAKE_K3S)));
-        let path = fetch(&release_spec(&server), "arm64", cache.path(), false).unwrap();
+        let path = fetch(
+            &release_spec(&server),
+            "arm64",
+            cache.path(),
+            &Progress::hidden(),
+        )
+        .unwrap();
         assert_eq!(fs::read(path).unwrap(), FAKE_K3S);
         assert_eq!(server.hits(), 2);
     }
@@ -589,7 +630,13 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let listed = sha(b"the real k3s");
         let server = Server::start(release_files(FAKE_K3S, &listed));
-        let err = fetch(&release_spec(&server), "arm64", cache.path(), false).unwrap_err();
+        let err = fetch(
+            &release_spec(&server),
+            "arm64",
+            cache.path(),
+            &Progress::hidden(),
+        )
+        .unwrap_err();
         let msg = format!("{err:#}");
         assert_eq!(
             msg,
@@ -607,7 +654,13 @@ mod tests {
     fn missing_release_names_the_url() {
         let cache = tempfile::tempdir().unwrap();
         let server = Server::start(HashMap::new());
-        let err = fetch(&release_spec(&server), "arm64", cache.path(), false).unwrap_err();
+        let err = fetch(
+            &release_spec(&server),
+            "arm64",
+            cache.path(),
+            &Progress::hidden(),
+        )
+        .unwrap_err();
         assert_eq!(
             format!("{err:#}"),
             format!(
@@ -629,7 +682,13 @@ mod tests {
         let mut files = release_files(FAKE_K3S, &sha(FAKE_K3S));
         files.remove("/releases/v1.31.4%2Bk3s1/k3s-arm64");
         let server = Server::start(files);
-        let err = fetch(&release_spec(&server), "arm64", cache.path(), false).unwrap_err();
+        let err = fetch(
+            &release_spec(&server),
+            "arm64",
+            cache.path(),
+            &Progress::hidden(),
+        )
+        .unwrap_err();
         assert_eq!(
             format!("{err:#}"),
             format!(
@@ -649,7 +708,13 @@ mod tests {
             format!("{}  k3s\n", sha(b"x")).into_bytes(),
         );
         let server = Server::start(files);
-        let err = fetch(&release_spec(&server), "arm64", cache.path(), false).unwrap_err();
+        let err = fetch(
+            &release_spec(&server),
+            "arm64",
+            cache.path(),
+            &Progress::hidden(),
+        )
+        .unwrap_err();
         assert_eq!(
             format!("{err:#}"),
             format!(
@@ -681,7 +746,10 @@ mod tests {
 
         let arm = dir.path().join("k3s-arm64");
         fs::write(&arm, elf_header(183)).unwrap();
-        assert_eq!(fetch(&spec(&arm), "arm64", &cache, false).unwrap(), arm);
+        assert_eq!(
+            fetch(&spec(&arm), "arm64", &cache, &Progress::hidden()).unwrap(),
+            arm
+        );
         assert!(!cache.exists(), "local files are not copied into the cache");
 
         let x86 = dir.path().join("k3s-amd64");
@@ -689,19 +757,22 @@ mod tests {
         assert_eq!(
             format!(
                 "{:#}",
-                fetch(&spec(&x86), "arm64", &cache, false).unwrap_err()
+                fetch(&spec(&x86), "arm64", &cache, &Progress::hidden()).unwrap_err()
             ),
             format!(
                 "k3s binary {}: ELF machine 62 is not aarch64 (183) as needed for arm64",
                 x86.display()
             )
         );
-        assert_eq!(fetch(&spec(&x86), "amd64", &cache, false).unwrap(), x86);
+        assert_eq!(
+            fetch(&spec(&x86), "amd64", &cache, &Progress::hidden()).unwrap(),
+            x86
+        );
 
         let script = dir.path().join("k3s-standin");
         fs::write(&script, "#!/bin/sh\necho stand-in k3s\n").unwrap();
         assert_eq!(
-            fetch(&spec(&script), "arm64", &cache, false).unwrap(),
+            fetch(&spec(&script), "arm64", &cache, &Progress::hidden()).unwrap(),
             script
         );
 
@@ -710,7 +781,7 @@ mod tests {
         assert_eq!(
             format!(
                 "{:#}",
-                fetch(&spec(&empty), "arm64", &cache, false).unwrap_err()
+                fetch(&spec(&empty), "arm64", &cache, &Progress::hidden()).unwrap_err()
             ),
             format!("k3s binary {}: file is empty", empty.display())
         );
@@ -720,7 +791,7 @@ mod tests {
         assert_eq!(
             format!(
                 "{:#}",
-                fetch(&spec(&text), "arm64", &cache, false).unwrap_err()
+                fetch(&spec(&text), "arm64", &cache, &Progress::hidden()).unwrap_err()
             ),
             format!("k3s binary {}: not an ELF executable", text.display())
         );
@@ -728,7 +799,7 @@ mod tests {
         let missing = dir.path().join("nope");
         let msg = format!(
             "{:#}",
-            fetch(&spec(&missing), "arm64", &cache, false).unwrap_err()
+            fetch(&spec(&missing), "arm64", &cache, &Progress::hidden()).unwrap_err()
         );
         assert!(
             msg.starts_with(&format!("k3s binary {}: ", missing.display())),

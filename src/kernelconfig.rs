@@ -15,6 +15,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use anyhow::{bail, Context, Result};
+
+use crate::board::{Board, DataDir};
+use crate::bootfiles;
+use crate::cli::CheckKernelArgs;
+use crate::tree::{lookup, reader, Tree};
+
 /// Options k3s cannot run without (check-config.sh "Generally Necessary").
 pub const REQUIRED: &[&str] = &[
     "NAMESPACES",
@@ -196,6 +203,60 @@ impl fmt::Display for Report {
             )
         }
     }
+}
+
+/// `nodeimg check-kernel`: prints the report; `Ok(false)` when a required option is missing.
+pub fn command(data: &DataDir, args: &CheckKernelArgs) -> Result<bool> {
+    let (source, text) = match (&args.config, &args.rootfs, &args.board) {
+        (Some(path), _, _) => (
+            path.display().to_string(),
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        ),
+        (None, Some(rootfs_path), Some(board)) => {
+            let (board, _) = data.load(board)?;
+            let rootfs = reader::read_rootfs(rootfs_path)
+                .with_context(|| format!("reading rootfs {}", rootfs_path.display()))?;
+            let path = lookup::find_first(&rootfs, &board.sources.kernel_config)
+                .context("no kernel config in the rootfs")?;
+            let data = bootfiles::file_data(&rootfs, path.trim_start_matches('/'))?;
+            (
+                format!("{path} in {}", rootfs_path.display()),
+                data.to_vec(),
+            )
+        }
+        _ => bail!("give --config FILE, or --rootfs PATH with --board BOARD"),
+    };
+    let report = check(&String::from_utf8_lossy(&text));
+    println!("{source}:");
+    print!("{report}");
+    Ok(report.errors().is_empty())
+}
+
+/// Checks the kernel config (when the rootfs has one) for what k3s needs;
+/// fails on a missing required option unless `allow_missing`.
+pub fn check_rootfs(board: &Board, rootfs: &Tree, allow_missing: bool) -> Result<()> {
+    if board.sources.kernel_config.is_empty() {
+        return Ok(());
+    }
+    let Ok(path) = lookup::find_first(rootfs, &board.sources.kernel_config) else {
+        eprintln!(
+            "nodeimg: warning: no kernel config in the rootfs (tried {}); k3s's kernel requirements were not checked",
+            board.sources.kernel_config.join(", ")
+        );
+        return Ok(());
+    };
+    let text = bootfiles::file_data(rootfs, path.trim_start_matches('/'))?;
+    // Optional options are for `nodeimg check-kernel` to list; a build only
+    // stops on required ones.
+    let report = check(&String::from_utf8_lossy(&text));
+    let errors = report.errors();
+    if !errors.is_empty() && !allow_missing {
+        bail!(
+            "the kernel ({path}) lacks what k3s needs: {}; see `nodeimg check-kernel`, or pass --allow-missing-kernel-options",
+            errors.join("; ")
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

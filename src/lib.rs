@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod board;
+pub mod bootfiles;
 pub mod boottest;
 pub mod build;
 pub mod cli;
@@ -15,11 +16,14 @@ pub mod fs;
 pub mod ids;
 pub mod initramfs;
 pub mod inspect;
+pub mod io;
 pub mod join;
 pub mod k3s;
 pub mod kernelconfig;
+pub mod manifest;
 pub mod output;
 pub mod progress;
 pub mod qemu;
 pub mod service;
+pub mod system;
 pub mod tree;

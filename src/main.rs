@@ -30,7 +30,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Build(args) => nodeimg::build::run(&data, &args),
         Command::CheckKernel(args) => {
-            if nodeimg::build::check_kernel_command(&data, &args)? {
+            if nodeimg::kernelconfig::command(&data, &args)? {
                 Ok(())
             } else {
                 anyhow::bail!("the kernel lacks options k3s requires (listed above)")

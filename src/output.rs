@@ -7,11 +7,11 @@
 //! temporary directories are removed and any earlier `<out>/<name>/` is untouched.
 
 use std::fs::{self, File};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 pub struct Staging {
@@ -116,17 +116,66 @@ pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Hex SHA-256 of a file, streamed.
+/// Flushes a file written by other programs to disk.
+pub fn sync(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", path.display()))
+}
+
+/// Hex SHA-256 of a file, streamed. The holes of a sparse file are hashed
+/// as the zeros they read as, without reading them.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let ctx = || format!("reading {}", path.display());
+    let mut f = File::open(path).with_context(ctx)?;
+    let len = f.metadata().with_context(ctx)?.len();
+    let zeros = vec![0u8; 1 << 20];
     let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    let hash_zeros = |h: &mut Sha256, mut n: u64| {
+        while n > 0 {
+            let k = n.min(zeros.len() as u64);
+            // k <= 1 MiB: the cast cannot truncate.
+            h.update(&zeros[..k as usize]);
+            n -= k;
+        }
+    };
+    let mut pos = 0u64;
+    for (start, end) in crate::disk::sparse::data_regions(&f, len).with_context(ctx)? {
+        hash_zeros(&mut h, start - pos);
+        f.seek(SeekFrom::Start(start)).with_context(ctx)?;
+        let copied = std::io::copy(&mut (&mut f).take(end - start), &mut h).with_context(ctx)?;
+        if copied != end - start {
+            bail!("{} shrank while being hashed", path.display());
+        }
+        pos = end;
+    }
+    hash_zeros(&mut h, len - pos);
     Ok(hex::encode(h.finalize()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sha256_of_a_sparse_file_is_that_of_its_bytes() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sparse");
+        let f = File::create(&p).unwrap();
+        f.set_len(5 << 20).unwrap();
+        f.write_all_at(b"middle", 2 << 20).unwrap();
+        f.write_all_at(b"end", (5 << 20) - 3).unwrap();
+        drop(f);
+        let want = hex::encode(Sha256::digest(fs::read(&p).unwrap()));
+        assert_eq!(sha256_file(&p).unwrap(), want);
+        let empty = dir.path().join("empty");
+        fs::write(&empty, b"").unwrap();
+        assert_eq!(
+            sha256_file(&empty).unwrap(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
 
     #[test]
     fn dropped_staging_leaves_nothing_and_keeps_old_output() {

@@ -242,31 +242,7 @@ pub fn find_qemu() -> Result<PathBuf> {
         })
 }
 
-/// Copies a (possibly sparse) file, keeping holes where the source is zero.
+/// Copies a (possibly sparse) image, keeping holes (see `disk::sparse`).
 pub fn sparse_copy(from: &Path, to: &Path) -> Result<u64> {
-    use std::io::{Seek, SeekFrom};
-    let mut src =
-        std::fs::File::open(from).with_context(|| format!("opening {}", from.display()))?;
-    let len = src.metadata()?.len();
-    let mut dst =
-        std::fs::File::create(to).with_context(|| format!("creating {}", to.display()))?;
-    dst.set_len(len)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos = 0u64;
-    while pos < len {
-        let n = src
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", from.display()))?;
-        if n == 0 {
-            break;
-        }
-        if buf[..n].iter().any(|b| *b != 0) {
-            dst.seek(SeekFrom::Start(pos))?;
-            dst.write_all(&buf[..n])
-                .with_context(|| format!("writing {}", to.display()))?;
-        }
-        pos += n as u64;
-    }
-    dst.sync_all()?;
-    Ok(len)
+    crate::disk::sparse::copy_file(from, to)
 }

@@ -1,20 +1,17 @@
 //! Assembling a whole-disk image from partition images and table blobs.
 //!
 //! The output is a sparse file: it is sized with `set_len` (all holes), then
-//! only the 64 KiB chunks of the partition images that hold a non-zero byte are
-//! written. A 4 GiB image whose data partition is mostly empty takes little
+//! only the data of the partition images is written (`disk::sparse`: their
+//! data regions, less all-zero 64 KiB chunks). A 4 GiB image whose data partition is mostly empty takes little
 //! space and is written quickly; readers see zeros in the holes, so the bytes
 //! are the same as a fully written image.
 
 use anyhow::{bail, Context, Result};
 use std::fs::File;
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
-/// Holes are made at this granularity: all-zero chunks are skipped.
-pub const SPARSE_CHUNK: usize = 64 * 1024;
-/// Read buffer: several chunks at a time, written as one run when contiguous.
-const READ_BUF: usize = 16 * SPARSE_CHUNK;
+use super::sparse;
 
 /// Creates `out` of exactly `total` bytes: each partition image copied at its
 /// offset (it must fit its slot of `max size` bytes; the rest of the slot stays
@@ -63,7 +60,7 @@ pub fn assemble(
     let mut f = File::create(out).with_context(ctx)?;
     f.set_len(total).with_context(ctx)?;
     for (off, max, path) in partitions {
-        copy_sparse(&mut f, *off, *max, path).with_context(ctx)?;
+        sparse::copy_into(&mut f, *off, path, *max).with_context(ctx)?;
     }
     for (off, data) in blobs {
         f.seek(SeekFrom::Start(*off)).with_context(ctx)?;
@@ -71,59 +68,6 @@ pub fn assemble(
     }
     f.sync_all().with_context(ctx)?;
     Ok(())
-}
-
-/// Copies `path` to `off` in `f`, skipping all-zero chunks; refuses more than `max` bytes.
-fn copy_sparse(f: &mut File, off: u64, max: u64, path: &Path) -> Result<()> {
-    let ctx = || format!("copying partition image {}", path.display());
-    let mut src = File::open(path).with_context(ctx)?;
-    let mut buf = vec![0u8; READ_BUF];
-    let mut pos: u64 = 0;
-    loop {
-        let n = read_full(&mut src, &mut buf).with_context(ctx)?;
-        if n == 0 {
-            break;
-        }
-        if pos + n as u64 > max {
-            bail!(
-                "partition image {} grew beyond its slot of {} bytes while being copied",
-                path.display(),
-                max
-            );
-        }
-        // Write runs of consecutive non-zero chunks.
-        let mut i = 0;
-        while i < n {
-            let chunk_end = |s: usize| (s + SPARSE_CHUNK).min(n);
-            if buf[i..chunk_end(i)].iter().all(|&b| b == 0) {
-                i = chunk_end(i);
-                continue;
-            }
-            let mut j = chunk_end(i);
-            while j < n && buf[j..chunk_end(j)].iter().any(|&b| b != 0) {
-                j = chunk_end(j);
-            }
-            f.seek(SeekFrom::Start(off + pos + i as u64))?;
-            f.write_all(&buf[i..j])?;
-            i = j;
-        }
-        pos += n as u64;
-    }
-    Ok(())
-}
-
-/// Reads until `buf` is full or EOF; returns the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]
@@ -142,7 +86,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // A partition image with data, a zero gap spanning chunks, and an unaligned tail.
         let mut p1 = pattern(70_000, 3);
-        p1.extend(vec![0u8; 3 * SPARSE_CHUNK]);
+        p1.extend(vec![0u8; 3 * sparse::CHUNK]);
         p1.extend(pattern(1000, 9));
         let p2 = pattern(5, 7);
         let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));

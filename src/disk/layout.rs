@@ -47,6 +47,82 @@ pub enum PartKind {
     LinuxData,
 }
 
+/// What a partition of a nodeimg disk is for. The order of [`Role::ALL`] is
+/// the order on the medium, so partition numbers, the `nodeimg.*=N` values of
+/// the kernel cmdline and the manifest's filesystem names all follow from it;
+/// nothing else in the code names a partition by its position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// FAT32: firmware, kernel, initramfs, cmdline, node config.
+    Boot,
+    /// The system image (squashfs of /usr), slot A.
+    SystemA,
+    /// Slot B, reserved for updates (empty until then).
+    SystemB,
+    /// ext4, the node's persistent `/`; grows to fill the medium on first boot.
+    Data,
+}
+
+impl Role {
+    /// Every role, in partition order.
+    pub const ALL: [Role; 4] = [Role::Boot, Role::SystemA, Role::SystemB, Role::Data];
+
+    /// Position in [`Role::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Role::Boot => 0,
+            Role::SystemA => 1,
+            Role::SystemB => 2,
+            Role::Data => 3,
+        }
+    }
+
+    /// The 1-based partition number in the nodeimg layout.
+    pub fn number(self) -> u32 {
+        // At most 4: the cast cannot truncate.
+        self.index() as u32 + 1
+    }
+
+    /// The partition's name (GPT partition name, manifest).
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Boot => "boot",
+            Role::SystemA => "system_a",
+            Role::SystemB => "system_b",
+            Role::Data => "data",
+        }
+    }
+
+    /// What the partition type says it holds.
+    pub fn kind(self) -> PartKind {
+        match self {
+            Role::Boot => PartKind::BootFat,
+            Role::SystemA | Role::SystemB | Role::Data => PartKind::LinuxData,
+        }
+    }
+
+    /// The filesystem the builder writes there (`none`: left empty).
+    pub fn filesystem(self) -> &'static str {
+        match self {
+            Role::Boot => "vfat",
+            Role::SystemA => "squashfs",
+            Role::SystemB => "none",
+            Role::Data => "ext4",
+        }
+    }
+
+    /// The kernel cmdline parameter naming this partition's number for the
+    /// init (`nodeimg.data=4`); slot B has none until updates switch slots.
+    pub fn cmdline_key(self) -> Option<&'static str> {
+        match self {
+            Role::Boot => Some("nodeimg.boot"),
+            Role::SystemA => Some("nodeimg.system"),
+            Role::SystemB => None,
+            Role::Data => Some("nodeimg.data"),
+        }
+    }
+}
+
 /// A requested partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartSpec {
@@ -275,6 +351,44 @@ pub fn parse_size(s: &str) -> Result<u64> {
     Ok(bytes)
 }
 
+/// A size in bytes, never zero, as users write it (`4G`, `512MiB`, `1048576`;
+/// see [`parse_size`]). Parsed by clap at the command line, so a bad `--size`
+/// is a usage error before anything runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Size(u64);
+
+impl Size {
+    /// `None` for zero.
+    pub fn new(bytes: u64) -> Option<Size> {
+        (bytes != 0).then_some(Size(bytes))
+    }
+
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+/// Why a size string was refused (the message of [`parse_size`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseSizeError(String);
+
+impl std::str::FromStr for Size {
+    type Err = ParseSizeError;
+
+    fn from_str(s: &str) -> Result<Size, ParseSizeError> {
+        parse_size(s)
+            .map(Size)
+            .map_err(|e| ParseSizeError(format!("{e:#}")))
+    }
+}
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&human(self.0))
+    }
+}
+
 /// A size for people: `512 B`, `1.5 GiB`, `256 MiB` (binary units). Values
 /// below 10 of a unit keep one decimal, larger ones are whole; rounded to nearest.
 pub fn human(bytes: u64) -> String {
@@ -292,6 +406,21 @@ pub fn human(bytes: u64) -> String {
     } else {
         format!("{v:.0} {}", UNITS[unit])
     }
+}
+
+/// "256 MiB" for whole mebibytes, "255.6 MiB" otherwise (sizes of
+/// partitions and filesystems).
+pub fn mib(bytes: u64) -> String {
+    if bytes % MIB == 0 {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        mib1(bytes)
+    }
+}
+
+/// "300.0 MiB": always one decimal, for amounts compared with each other.
+pub fn mib1(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / MIB as f64)
 }
 
 #[cfg(test)]
@@ -537,6 +666,25 @@ mod tests {
         assert!(err("4GB").contains("`G`"));
         assert!(err("99999999999T").contains("too large"));
         assert!(err("99999999999999999999999999999999999999999").contains("not a number"));
+    }
+
+    #[test]
+    fn size_from_str_is_parse_size_and_never_zero() {
+        assert_eq!("4G".parse::<Size>().map(Size::bytes), Ok(4 << 30));
+        assert_eq!(Size::new(0), None);
+        let e = "0".parse::<Size>().unwrap_err();
+        assert!(e.to_string().contains("is zero"), "{e}");
+        assert_eq!(
+            Size::new(3 << 29).map(|s| s.to_string()).as_deref(),
+            Some("1.5 GiB")
+        );
+    }
+
+    #[test]
+    fn mib_texts() {
+        assert_eq!(mib(256 * MIB), "256 MiB");
+        assert_eq!(mib(256 * MIB - MIB / 2), "255.5 MiB");
+        assert_eq!(mib1(300 * MIB), "300.0 MiB");
     }
 
     #[test]

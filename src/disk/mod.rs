@@ -1,7 +1,9 @@
-//! Partition tables (MBR, GPT), layout arithmetic and disk image assembly.
+//! Partition tables (MBR, GPT), layout arithmetic, the disk plan by role and disk image assembly.
 
 pub mod gpt;
 pub mod image;
 pub mod layout;
 pub mod mbr;
 pub mod read;
+pub mod plan;
+pub mod sparse;

@@ -26,7 +26,6 @@
 //! and are refused, as are paths so long that a script line would pass 8000
 //! bytes.
 
-use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -34,7 +33,11 @@ use std::process::{Command, Output};
 
 use anyhow::{bail, Context, Result};
 
+#[cfg(test)]
+use crate::disk::layout::MIB;
+use crate::disk::layout::{mib, mib1};
 use crate::ids::uuid_to_string;
+use crate::tree::links::HardLinks;
 use crate::tree::{file_name, Data, Entry, Kind, Tree};
 
 /// Options of the ext4 filesystem.
@@ -52,7 +55,6 @@ pub struct Ext4Options {
 }
 
 const BLOCK: u64 = 4096;
-const MIB: u64 = 1024 * 1024;
 /// Longest line `debugfs` reads from a script (BUFSIZ); longer lines are split
 /// and their tail is run as a command of its own.
 const MAX_LINE: usize = 8000;
@@ -79,20 +81,6 @@ const MKE2FS_CONF: &str = "\
 \t\tblocksize = 4096
 \t}
 ";
-
-/// "64 MiB" for whole mebibytes, "63.5 MiB" otherwise (sizes of partitions).
-fn mib(bytes: u64) -> String {
-    if bytes % MIB == 0 {
-        format!("{} MiB", bytes / MIB)
-    } else {
-        mib1(bytes)
-    }
-}
-
-/// "80.0 MiB": always one decimal (amounts compared with each other).
-fn mib1(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / MIB as f64)
-}
 
 /// Quotes an argument for a `debugfs` script: inside double quotes a `"` is
 /// written twice; everything else but line ends is taken literally.
@@ -147,7 +135,7 @@ fn dirent_bytes(name: &str) -> u64 {
 fn needed(tree: &Tree) -> (u64, u64) {
     let mut blocks = 0;
     let mut inodes = 0;
-    let mut seen: HashMap<*const Vec<u8>, ()> = HashMap::new();
+    let links = HardLinks::of(tree);
     for (path, e) in tree.iter() {
         match &e.kind {
             Kind::Dir => {
@@ -166,7 +154,7 @@ fn needed(tree: &Tree) -> (u64, u64) {
                 }
             }
             Kind::File(d) => {
-                if seen.insert(ptr(d), ()).is_none() {
+                if links.is_first(path, d) {
                     inodes += 1;
                     let b = (d.len() as u64).div_ceil(BLOCK);
                     // An extent maps at most 32768 blocks; an inode holds 4.
@@ -188,11 +176,6 @@ fn needed(tree: &Tree) -> (u64, u64) {
         }
     }
     (blocks, inodes)
-}
-
-/// Identity of a file's data: names sharing it are hard links.
-fn ptr(d: &Data) -> *const Vec<u8> {
-    std::sync::Arc::as_ptr(d)
 }
 
 /// Checks a name can be written in a `debugfs` script.
@@ -265,16 +248,7 @@ type Staged = (PathBuf, Data);
 fn plan(tree: &Tree, staging: &Path) -> Result<(Vec<String>, Vec<Staged>)> {
     let mut script = Vec::new();
     let mut staged: Vec<Staged> = Vec::new();
-    // Data pointer -> (first path, number of names)
-    let mut links: HashMap<*const Vec<u8>, (String, u32)> = HashMap::new();
-    for (path, e) in tree.iter() {
-        if let Kind::File(d) = &e.kind {
-            links
-                .entry(ptr(d))
-                .and_modify(|(_, n)| *n += 1)
-                .or_insert((path.clone(), 1));
-        }
-    }
+    let links = HardLinks::of(tree);
 
     let dirs: Vec<&String> = tree
         .iter()
@@ -299,7 +273,7 @@ fn plan(tree: &Tree, staging: &Path) -> Result<(Vec<String>, Vec<Staged>)> {
             match &e.kind {
                 Kind::Dir => script.push(format!("mkdir {qn}")),
                 Kind::File(d) => {
-                    let (first, _) = &links[&ptr(d)];
+                    let first = links.first(d).unwrap_or(path.as_str());
                     if first == path {
                         let src = staging.join(staged.len().to_string());
                         let src_str = src
@@ -368,11 +342,11 @@ fn plan(tree: &Tree, staging: &Path) -> Result<(Vec<String>, Vec<Staged>)> {
             let name = file_name(path);
             let count = match &e.kind {
                 Kind::File(d) => {
-                    let (first, n) = &links[&ptr(d)];
-                    if first != path {
+                    if !links.is_first(path, d) {
                         continue; // same inode as the first name
                     }
-                    (*n > 1).then_some(*n)
+                    let n = links.count(d);
+                    (n > 1).then_some(n)
                 }
                 _ => None,
             };
@@ -394,14 +368,40 @@ fn plan(tree: &Tree, staging: &Path) -> Result<(Vec<String>, Vec<Staged>)> {
 /// Writes `out`, exactly `size` bytes (sparse), holding an ext4 filesystem with
 /// the contents and metadata of `tree`.
 pub fn write(out: &Path, size: u64, opts: &Ext4Options, tree: &Tree) -> Result<()> {
-    let result = write_inner(out, size, opts, tree);
+    let result = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(out)
+        .and_then(|f| f.set_len(size))
+        .with_context(|| format!("creating {} of {size} bytes", out.display()))
+        .and_then(|()| write_inner(out, 0, size, opts, tree));
     if result.is_err() {
         let _ = std::fs::remove_file(out);
     }
     result.with_context(|| format!("writing ext4 filesystem {}", out.display()))
 }
 
-fn write_inner(out: &Path, size: u64, opts: &Ext4Options, tree: &Tree) -> Result<()> {
+/// Writes the ext4 filesystem of `tree` into the existing file `image` (a
+/// disk image), in the `size` bytes from `offset` on, leaving the rest of the
+/// file alone. No temporary copy: e2fsprogs works on the region in place
+/// (`mke2fs -E offset=`, `debugfs image?offset=`).
+pub fn write_into(
+    image: &Path,
+    offset: u64,
+    size: u64,
+    opts: &Ext4Options,
+    tree: &Tree,
+) -> Result<()> {
+    write_inner(image, offset, size, opts, tree).with_context(|| {
+        format!(
+            "writing an ext4 filesystem into {} at offset {offset}",
+            image.display()
+        )
+    })
+}
+
+fn write_inner(out: &Path, offset: u64, size: u64, opts: &Ext4Options, tree: &Tree) -> Result<()> {
     if opts.label.len() > 16 {
         bail!(
             "ext4 label {:?} is {} bytes long; at most 16 are allowed",
@@ -412,6 +412,33 @@ fn write_inner(out: &Path, size: u64, opts: &Ext4Options, tree: &Tree) -> Result
     if opts.label.contains(['\0', '\n']) {
         bail!("ext4 label {:?} contains a NUL or line break", opts.label);
     }
+    if size % BLOCK != 0 {
+        bail!("an ext4 filesystem of {size} bytes is not a whole number of 4096-byte blocks");
+    }
+    let end = offset
+        .checked_add(size)
+        .with_context(|| format!("offset {offset} + size {size} overflows"))?;
+    let len = std::fs::metadata(out)
+        .with_context(|| format!("reading {}", out.display()))?
+        .len();
+    if len < end {
+        bail!(
+            "{} is {len} bytes, too short for {size} bytes at offset {offset}",
+            out.display()
+        );
+    }
+    let out_str = out
+        .to_str()
+        .with_context(|| format!("{}: the path is not UTF-8", out.display()))?;
+    // e2fsprogs reads I/O options after a '?' in the device name.
+    if out_str.contains('?') {
+        bail!("{out_str}: e2fsprogs cannot take a path containing '?'");
+    }
+    let device = if offset == 0 {
+        out_str.to_string()
+    } else {
+        format!("{out_str}?offset={offset}")
+    };
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -429,24 +456,17 @@ fn write_inner(out: &Path, size: u64, opts: &Ext4Options, tree: &Tree) -> Result
 
     let (script, staged) = plan(tree, &staging_path)?;
 
-    {
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(out)
-            .with_context(|| format!("creating {}", out.display()))?;
-        f.set_len(size)
-            .with_context(|| format!("sizing {} to {size} bytes", out.display()))?;
-    }
-
     let conf = staging_path.join("mke2fs.conf");
     std::fs::write(&conf, MKE2FS_CONF).context("writing mke2fs.conf")?;
     // 0 means "unset" to e2fsprogs, which would then use the clock.
     let fake_time = opts.mtime.max(1).to_string();
     let root = tree.root_meta();
     let ext_opts = format!(
-        "root_owner={}:{},hash_seed={},lazy_itable_init=0,lazy_journal_init=0,nodiscard",
+        // Lazy init: the inode tables and the journal are not zeroed here (the
+        // kernel zeroes the inode tables in the background on first mount;
+        // the journal is valid without it), so the time and the space the
+        // filesystem takes do not grow with its size.
+        "root_owner={}:{},hash_seed={},lazy_itable_init=1,lazy_journal_init=1,nodiscard,offset={offset}",
         root.uid,
         root.gid,
         uuid_to_string(&opts.hash_seed)
@@ -461,13 +481,14 @@ fn write_inner(out: &Path, size: u64, opts: &Ext4Options, tree: &Tree) -> Result
             .arg("-E")
             .arg(&ext_opts)
             .arg(out)
+            .arg((size / BLOCK).to_string())
             .env("MKE2FS_CONFIG", &conf)
             .env("E2FSPROGS_FAKE_TIME", &fake_time)
             .env("LC_ALL", "C"),
         "mke2fs",
     )?;
 
-    let (free_blocks, free_inodes) = free_space(out)?;
+    let (free_blocks, free_inodes) = free_space(Path::new(&device))?;
     let (need_blocks, need_inodes) = needed(tree);
     if need_blocks > free_blocks || need_inodes > free_inodes {
         bail!(
@@ -496,7 +517,7 @@ fn write_inner(out: &Path, size: u64, opts: &Ext4Options, tree: &Tree) -> Result
         .arg("-w")
         .arg("-f")
         .arg(&script_path)
-        .arg(out)
+        .arg(&device)
         .env("E2FSPROGS_FAKE_TIME", &fake_time)
         .env("LC_ALL", "C")
         .output()
@@ -535,10 +556,12 @@ fn write_inner(out: &Path, size: u64, opts: &Ext4Options, tree: &Tree) -> Result
         bail!(msg);
     }
 
-    let len = std::fs::metadata(out)?.len();
-    if len != size {
+    let after = std::fs::metadata(out)
+        .with_context(|| format!("reading {}", out.display()))?
+        .len();
+    if after != len {
         bail!(
-            "{} is {len} bytes after mke2fs and debugfs, not {size}",
+            "{} is {after} bytes after mke2fs and debugfs, not {len}",
             out.display()
         );
     }
@@ -824,6 +847,51 @@ mod tests {
         let s = stat(&img, "etc/longlink");
         assert!(s.contains("Type: symlink"), "{s}");
         assert!(s.contains("Size: 101"), "{s}");
+    }
+
+    #[test]
+    fn written_into_an_image_it_equals_a_file_of_its_own_and_leaves_the_rest() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let alone = dir.path().join("alone.img");
+        let tree = sample_tree();
+        write(&alone, 64 * MIB, &opts(T), &tree).unwrap();
+
+        let image = dir.path().join("disk.img");
+        let f = std::fs::File::create(&image).unwrap();
+        f.set_len(66 * MIB).unwrap();
+        f.write_all_at(&[0xaa; 4096], MIB - 4096).unwrap();
+        f.write_all_at(&[0xbb; 4096], 65 * MIB).unwrap();
+        drop(f);
+        write_into(&image, MIB, 64 * MIB, &opts(T), &tree).unwrap();
+        let bytes = std::fs::read(&image).unwrap();
+        assert_eq!(bytes.len() as u64, 66 * MIB);
+        assert!(bytes[(MIB - 4096) as usize..MIB as usize]
+            .iter()
+            .all(|&b| b == 0xaa));
+        assert!(bytes[(65 * MIB) as usize..(65 * MIB + 4096) as usize]
+            .iter()
+            .all(|&b| b == 0xbb));
+        let alone = std::fs::read(&alone).unwrap();
+        assert!(
+            bytes[MIB as usize..(65 * MIB) as usize] == alone[..],
+            "the filesystem differs from the one written to its own file"
+        );
+        let e = write_into(&image, 8 * MIB, 64 * MIB, &opts(T), &tree).unwrap_err();
+        assert!(format!("{e:#}").contains("too short"), "{e:#}");
+    }
+
+    #[test]
+    fn a_large_filesystem_takes_little_space() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("big.img");
+        write(&img, 64 * 1024 * MIB, &opts(T), &sample_tree()).unwrap();
+        let used = std::fs::metadata(&img).unwrap().blocks() * 512;
+        // Inode tables and the journal are left for the kernel: a few MiB of
+        // metadata, not the GiBs a fully initialised 64 GiB filesystem takes.
+        assert!(used < 64 * MIB, "a 64 GiB filesystem takes {used} bytes");
+        e2fsck(&img);
     }
 
     #[test]

@@ -28,6 +28,8 @@ use fatfs::{
     Date, DateTime, FatType, FileSystem, FormatVolumeOptions, FsOptions, Time, TimeProvider,
 };
 
+use crate::disk::layout::{mib, mib1, MIB};
+
 /// Options of the FAT32 volume.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FatOptions {
@@ -39,7 +41,6 @@ pub struct FatOptions {
 }
 
 const SECTOR: u64 = 512;
-const MIB: u64 = 1024 * 1024;
 /// Fewest clusters a FAT32 volume may have (fewer makes it FAT16 by definition).
 const FAT32_MIN_CLUSTERS: u64 = 65525;
 /// Reserved sectors `fatfs` puts before the FATs of a FAT32 volume.
@@ -85,20 +86,6 @@ fn fs_options() -> FsOptions {
     FsOptions::new()
         .update_accessed_date(false)
         .time_provider(&DOS_EPOCH)
-}
-
-/// "256 MiB" for whole mebibytes, "255.6 MiB" otherwise.
-fn mib(bytes: u64) -> String {
-    if bytes % MIB == 0 {
-        format!("{} MiB", bytes / MIB)
-    } else {
-        format!("{:.1} MiB", bytes as f64 / MIB as f64)
-    }
-}
-
-/// "300.0 MiB": always one decimal, for amounts that are compared.
-fn mib1(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / MIB as f64)
 }
 
 fn label_bytes(label: &str) -> Result<Option<[u8; 11]>> {

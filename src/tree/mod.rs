@@ -8,6 +8,7 @@
 //!
 //! Hard links are kept as files sharing one `Data` (`Arc::ptr_eq` tells them apart).
 
+pub mod links;
 pub mod lookup;
 pub mod reader;
 pub mod transform;

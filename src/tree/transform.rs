@@ -303,12 +303,17 @@ pub fn move_etc_to_factory(tree: &mut Tree) -> Result<()> {
 pub fn apply_overlay(tree: &mut Tree, dir: &Path, mtime: u64) -> Result<()> {
     let overlay =
         reader::read_dir_tree(dir).with_context(|| format!("reading overlay {}", dir.display()))?;
+    lay_overlay(tree, &overlay, &dir.display().to_string(), mtime)
+}
+
+/// Lays an overlay already read (a directory's tree, or a built-in overlay)
+/// onto the tree, as [`apply_overlay`] describes; `origin` names it in errors.
+pub fn lay_overlay(tree: &mut Tree, overlay: &Tree, origin: &str, mtime: u64) -> Result<()> {
     for (key, e) in overlay.iter() {
         if key.is_empty() {
             continue;
         }
-        lay_one(tree, key, e, mtime)
-            .with_context(|| format!("overlay {}", dir.join(key).display()))?;
+        lay_one(tree, key, e, mtime).with_context(|| format!("overlay {origin}/{key}"))?;
     }
     Ok(())
 }

@@ -1,0 +1,154 @@
+//! The boot files: finding what the board needs in the rootfs (kernel,
+//! modules directory, busybox, device trees, firmware) and the files of the
+//! FAT boot partition (kernel, initramfs, `cmdline.txt`, `config.txt`).
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::board::{Board, BootMethod};
+use crate::disk::plan::DiskPlan;
+use crate::tree::{self, lookup, Data, Kind, Tree};
+
+/// Paths (relative, canonical) of what the board needs from the rootfs.
+pub struct Found {
+    pub kernel: String,
+    pub modules_dir: String,
+    pub kernel_release: String,
+    pub busybox: String,
+    pub kernel_data: Data,
+    /// Name on the boot partition -> (path in the rootfs, contents).
+    pub dtbs: BTreeMap<String, (String, Data)>,
+    pub firmware: BTreeMap<String, (String, Data)>,
+}
+
+/// Finds everything `board` takes from the rootfs.
+impl Found {
+    /// A digest of what goes from the rootfs onto the boot partition: the
+    /// kernel, device trees and firmware, by name.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update((self.kernel_data.len() as u64).to_le_bytes());
+        h.update(self.kernel_data.as_slice());
+        for (name, (_, data)) in self.dtbs.iter().chain(self.firmware.iter()) {
+            h.update(name.as_bytes());
+            h.update([0]);
+            h.update((data.len() as u64).to_le_bytes());
+            h.update(data.as_slice());
+        }
+        h.finalize().into()
+    }
+}
+
+pub fn locate(board: &Board, rootfs: &Tree) -> Result<Found> {
+    // Lookups answer with absolute paths; the tree is keyed by relative ones.
+    let find = |candidates: &[String]| {
+        lookup::find_first(rootfs, candidates).map(|p| p.trim_start_matches('/').to_string())
+    };
+    let kernel = find(&board.sources.kernel).context("no kernel found")?;
+    let kernel_name = tree::file_name(&kernel).to_string();
+    let mut module_dirs = Vec::new();
+    for pattern in &board.sources.modules {
+        module_dirs = lookup::glob(rootfs, pattern)
+            .into_iter()
+            .map(|p| p.trim_start_matches('/').to_string())
+            .filter(|p| matches!(rootfs.get(p).map(|e| &e.kind), Some(Kind::Dir)))
+            .collect();
+        if !module_dirs.is_empty() {
+            break;
+        }
+    }
+    module_dirs.dedup();
+    let modules_dir = match module_dirs.len() {
+        0 => bail!(
+            "no kernel modules directory found; tried: {}",
+            board.sources.modules.join(", ")
+        ),
+        1 => module_dirs.remove(0),
+        _ => module_dirs
+            .iter()
+            .find(|d| kernel_name.ends_with(&format!("-{}", tree::file_name(d))))
+            .cloned()
+            .ok_or_else(|| {
+                anyhow!(
+                    "several kernel module directories ({}) and none matches the kernel /{kernel}",
+                    module_dirs.join(", ")
+                )
+            })?,
+    };
+    let kernel_release = tree::file_name(&modules_dir).to_string();
+    let busybox = find(&board.initramfs.busybox).context("no busybox found")?;
+    let mut dtbs = BTreeMap::new();
+    for (name, candidates) in &board.sources.dtbs {
+        let p = find(candidates).with_context(|| format!("device tree {name} not found"))?;
+        let d = file_data(rootfs, &p)?;
+        dtbs.insert(name.clone(), (p, d));
+    }
+    let mut firmware = BTreeMap::new();
+    for (name, candidates) in &board.sources.firmware {
+        let p = find(candidates).with_context(|| format!("firmware file {name} not found"))?;
+        let d = file_data(rootfs, &p)?;
+        firmware.insert(name.clone(), (p, d));
+    }
+    let kernel_data = file_data(rootfs, &kernel)?;
+    Ok(Found {
+        kernel,
+        kernel_data,
+        modules_dir,
+        kernel_release,
+        busybox,
+        dtbs,
+        firmware,
+    })
+}
+
+/// The board's cmdline plus where the init finds its disk and partitions.
+pub fn kernel_cmdline(board: &Board, plan: &DiskPlan, disk_id: &str) -> String {
+    format!(
+        "{} {}",
+        board.boot.cmdline.trim(),
+        plan.cmdline_args(disk_id)
+    )
+}
+
+/// The files of the FAT boot partition.
+pub fn boot_files(
+    board: &Board,
+    found: &Found,
+    initramfs: &[u8],
+    cmdline: &str,
+) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    files.insert(board.boot.kernel_name.clone(), found.kernel_data.to_vec());
+    files.insert(board.boot.initramfs_name.clone(), initramfs.to_vec());
+    files.insert(
+        "cmdline.txt".to_string(),
+        format!("{cmdline}\n").into_bytes(),
+    );
+    for (name, data) in found.dtbs.iter().chain(found.firmware.iter()) {
+        files.insert(name.clone(), data.1.to_vec());
+    }
+    if board.boot.method == BootMethod::RpiFirmware {
+        let mut cfg = String::from("# written by nodeimg\narm_64bit=1\n");
+        cfg.push_str(&format!("kernel={}\n", board.boot.kernel_name));
+        cfg.push_str(&format!(
+            "initramfs {} followkernel\n",
+            board.boot.initramfs_name
+        ));
+        for line in &board.boot.config_txt {
+            cfg.push_str(line);
+            cfg.push('\n');
+        }
+        files.insert("config.txt".to_string(), cfg.into_bytes());
+    }
+    files
+}
+
+/// A regular file's contents (symlinks already resolved by the lookup).
+pub fn file_data(t: &Tree, path: &str) -> Result<Data> {
+    match t.get(path).map(|e| &e.kind) {
+        Some(Kind::File(d)) => Ok(d.clone()),
+        _ => bail!("/{path} is not a regular file"),
+    }
+}

@@ -1,0 +1,177 @@
+//! Sparse files: copying a file's data and leaving its holes as holes, so a
+//! mostly empty multi-GiB partition or disk image takes little space and time.
+//!
+//! Only the data regions the filesystem reports (`SEEK_DATA`/`SEEK_HOLE`)
+//! are read; within them, all-zero chunks of [`CHUNK`] bytes are skipped too.
+//! Readers see zeros in the holes, so the bytes are those of a full copy.
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use rustix::fs::SeekFrom as RawSeek;
+use rustix::io::Errno;
+
+use crate::io::read_full;
+
+/// Holes are made at this granularity inside data regions.
+pub const CHUNK: usize = 64 * 1024;
+/// Read buffer: several chunks at a time, written as one run when contiguous.
+const READ_BUF: usize = 16 * CHUNK;
+
+/// The regions `[start, end)` of the first `len` bytes of `f` that may hold
+/// data, from `SEEK_DATA`/`SEEK_HOLE`. A filesystem that cannot tell reports
+/// the whole file as data.
+pub fn data_regions(f: &File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < len {
+        let start = match rustix::fs::seek(f, RawSeek::Data(pos)) {
+            Ok(s) => s,
+            // No data at or after `pos`.
+            Err(Errno::NXIO) => break,
+            // SEEK_DATA unsupported: treat the rest as data.
+            Err(Errno::INVAL) | Err(Errno::NOTSUP) => {
+                out.push((pos, len));
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if start >= len {
+            break;
+        }
+        let end = rustix::fs::seek(f, RawSeek::Hole(start))?.min(len);
+        if end <= start {
+            break;
+        }
+        out.push((start, end));
+        pos = end;
+    }
+    Ok(out)
+}
+
+/// Copies the file at `src` into `dst` at offset `off`, writing only its
+/// non-zero chunks (the destination's holes stay holes; the caller sized it).
+/// Refuses a source larger than `max` bytes. Returns the source's length.
+pub fn copy_into(dst: &mut File, off: u64, src: &Path, max: u64) -> Result<u64> {
+    let ctx = || format!("copying {}", src.display());
+    let mut from = File::open(src).with_context(ctx)?;
+    let len = from.metadata().with_context(ctx)?.len();
+    if len > max {
+        bail!(
+            "{} is {len} bytes, larger than its place of {max} bytes",
+            src.display()
+        );
+    }
+    let mut buf = vec![0u8; READ_BUF];
+    for (start, end) in data_regions(&from, len).with_context(ctx)? {
+        from.seek(SeekFrom::Start(start)).with_context(ctx)?;
+        let mut pos = start;
+        while pos < end {
+            let want = usize::try_from(end - pos).unwrap_or(READ_BUF).min(READ_BUF);
+            let n = read_full(&mut from, &mut buf[..want]).with_context(ctx)?;
+            if n == 0 {
+                bail!("{} shrank while being copied", src.display());
+            }
+            write_nonzero_runs(dst, off + pos, &buf[..n]).with_context(ctx)?;
+            pos += n as u64;
+        }
+    }
+    Ok(len)
+}
+
+/// Writes the runs of consecutive chunks of `data` that hold a non-zero byte
+/// to `dst` at `at` + their offset in `data`.
+fn write_nonzero_runs(dst: &mut File, at: u64, data: &[u8]) -> std::io::Result<()> {
+    let n = data.len();
+    let chunk_end = |s: usize| (s + CHUNK).min(n);
+    let mut i = 0;
+    while i < n {
+        if data[i..chunk_end(i)].iter().all(|&b| b == 0) {
+            i = chunk_end(i);
+            continue;
+        }
+        let mut j = chunk_end(i);
+        while j < n && data[j..chunk_end(j)].iter().any(|&b| b != 0) {
+            j = chunk_end(j);
+        }
+        dst.seek(SeekFrom::Start(at + i as u64))?;
+        dst.write_all(&data[i..j])?;
+        i = j;
+    }
+    Ok(())
+}
+
+/// Copies a (possibly sparse) file to a new file `to` of the same length,
+/// keeping holes where the source has holes or zeros; returns the length.
+pub fn copy_file(from: &Path, to: &Path) -> Result<u64> {
+    let len = std::fs::metadata(from)
+        .with_context(|| format!("reading {}", from.display()))?
+        .len();
+    let mut dst = File::create(to).with_context(|| format!("creating {}", to.display()))?;
+    dst.set_len(len)
+        .with_context(|| format!("sizing {}", to.display()))?;
+    copy_into(&mut dst, 0, from, len)?;
+    dst.sync_all()
+        .with_context(|| format!("writing {}", to.display()))?;
+    Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileExt, MetadataExt};
+
+    #[test]
+    fn copy_keeps_bytes_and_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let f = File::create(&src).unwrap();
+        let len = 256u64 << 20;
+        f.set_len(len).unwrap();
+        f.write_all_at(b"head", 0).unwrap();
+        f.write_all_at(b"middle", 100 << 20).unwrap();
+        // Explicit zeros are data to the filesystem but stay holes in the copy.
+        f.write_all_at(&vec![0u8; 8 << 20], 200 << 20).unwrap();
+        f.write_all_at(b"tail", len - 4).unwrap();
+        drop(f);
+        let regions = data_regions(&File::open(&src).unwrap(), len).unwrap();
+        assert!(regions.len() >= 3, "{regions:?}");
+        let covered: u64 = regions.iter().map(|(a, b)| b - a).sum();
+        assert!(covered < 32 << 20, "{regions:?}");
+
+        let dst = dir.path().join("dst");
+        assert_eq!(copy_file(&src, &dst).unwrap(), len);
+        let md = std::fs::metadata(&dst).unwrap();
+        assert_eq!(md.len(), len);
+        assert!(
+            md.blocks() * 512 < 4 << 20,
+            "{} bytes used",
+            md.blocks() * 512
+        );
+        let got = File::open(&dst).unwrap();
+        let at = |off: u64, n: usize| {
+            let mut b = vec![0u8; n];
+            got.read_exact_at(&mut b, off).unwrap();
+            b
+        };
+        assert_eq!(at(0, 4), b"head");
+        assert_eq!(at(100 << 20, 6), b"middle");
+        assert_eq!(at(len - 4, 4), b"tail");
+        assert!(at(200 << 20, 1 << 20).iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn copy_into_refuses_a_source_larger_than_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("big");
+        std::fs::write(&src, [1u8; 100]).unwrap();
+        let mut dst = File::create(dir.path().join("dst")).unwrap();
+        let e = copy_into(&mut dst, 0, &src, 99).unwrap_err();
+        assert!(
+            e.to_string().contains("larger than its place of 99 bytes"),
+            "{e}"
+        );
+    }
+}
