@@ -406,7 +406,10 @@ fn initramfs(rootfs: &Tree, kernel_release: &str, dir: &Path) -> PathBuf {
         optional_modules: &[],
         tools: &[],
         optional_tools: &[],
-        overlay: &overlay,
+        overlay: &nodeimg::board::Overlay {
+            origin: overlay.display().to_string(),
+            tree: nodeimg::tree::reader::read_dir_tree(&overlay).unwrap(),
+        },
         mtime: 0,
     })
     .unwrap();
