@@ -27,17 +27,21 @@ pub struct Found {
 impl Found {
     /// A digest of what goes from the rootfs onto the boot partition: the
     /// kernel, device trees and firmware, by name.
-    pub fn digest(&self) -> [u8; 32] {
+    pub fn digest(&self) -> Result<[u8; 32]> {
+        fn add(h: &mut Sha256, path: &str, data: &Data) -> Result<()> {
+            h.update(data.len().to_le_bytes());
+            let mut r = data.reader().with_context(|| format!("reading /{path}"))?;
+            std::io::copy(&mut r, h).with_context(|| format!("reading /{path}"))?;
+            Ok(())
+        }
         let mut h = Sha256::new();
-        h.update((self.kernel_data.len() as u64).to_le_bytes());
-        h.update(self.kernel_data.as_slice());
-        for (name, (_, data)) in self.dtbs.iter().chain(self.firmware.iter()) {
+        add(&mut h, &self.kernel, &self.kernel_data)?;
+        for (name, (path, data)) in self.dtbs.iter().chain(self.firmware.iter()) {
+            add(&mut h, path, data)?;
             h.update(name.as_bytes());
             h.update([0]);
-            h.update((data.len() as u64).to_le_bytes());
-            h.update(data.as_slice());
         }
-        h.finalize().into()
+        Ok(h.finalize().into())
     }
 }
 
@@ -118,16 +122,24 @@ pub fn boot_files(
     found: &Found,
     initramfs: &[u8],
     cmdline: &str,
-) -> BTreeMap<String, Vec<u8>> {
+) -> Result<BTreeMap<String, Vec<u8>>> {
     let mut files = BTreeMap::new();
-    files.insert(board.boot.kernel_name.clone(), found.kernel_data.to_vec());
+    let kernel = found
+        .kernel_data
+        .to_vec()
+        .with_context(|| format!("reading /{}", found.kernel))?;
+    files.insert(board.boot.kernel_name.clone(), kernel);
     files.insert(board.boot.initramfs_name.clone(), initramfs.to_vec());
     files.insert(
         "cmdline.txt".to_string(),
         format!("{cmdline}\n").into_bytes(),
     );
     for (name, data) in found.dtbs.iter().chain(found.firmware.iter()) {
-        files.insert(name.clone(), data.1.to_vec());
+        let bytes = data
+            .1
+            .to_vec()
+            .with_context(|| format!("reading /{}", data.0))?;
+        files.insert(name.clone(), bytes);
     }
     if board.boot.method == BootMethod::RpiFirmware {
         let mut cfg = String::from("# written by nodeimg\narm_64bit=1\n");
@@ -142,7 +154,7 @@ pub fn boot_files(
         }
         files.insert("config.txt".to_string(), cfg.into_bytes());
     }
-    files
+    Ok(files)
 }
 
 /// A regular file's contents (symlinks already resolved by the lookup).

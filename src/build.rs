@@ -138,20 +138,26 @@ fn prepare_system(
     nodes: &[Option<NodeConfig>],
     progress: &Progress,
 ) -> Result<System> {
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("creating {}", args.output.display()))?;
+    let work = tempfile::Builder::new()
+        .prefix(".nodeimg-work")
+        .tempdir_in(&args.output)
+        .with_context(|| format!("creating a work directory in {}", args.output.display()))?;
     progress.step(format!("reading rootfs {}", args.rootfs.display()));
     let rootfs_file_sha256 = if args.rootfs.is_file() {
         Some(output::sha256_file(&args.rootfs)?)
     } else {
         None
     };
-    let mut rootfs = reader::read_rootfs(&args.rootfs)
+    let mut rootfs = reader::read_rootfs(&args.rootfs, work.path())
         .with_context(|| format!("reading rootfs {}", args.rootfs.display()))?;
     let epoch = match ids::source_date_epoch()? {
         Some(e) => e,
         None => rootfs.newest_mtime(),
     };
     rootfs.clamp_mtimes(epoch);
-    let rootfs_digest = ids::tree_digest(&rootfs);
+    let rootfs_digest = ids::tree_digest(&rootfs)?;
 
     progress.step("finding kernel, modules and boot files");
     let found = bootfiles::locate(board, &rootfs)?;
@@ -190,17 +196,14 @@ fn prepare_system(
         // k3s imports archives from here on start.
         data_tree.insert_with_parents(
             &format!("var/lib/rancher/k3s/agent/images/{}", images.name),
-            tree::Entry::file(tree::Meta::root(0o644, epoch), images.bytes),
+            tree::Entry {
+                meta: tree::Meta::root(0o644, epoch),
+                kind: tree::Kind::File(images.data),
+            },
             tree::Meta::root(0o755, epoch),
         )?;
     }
 
-    std::fs::create_dir_all(&args.output)
-        .with_context(|| format!("creating {}", args.output.display()))?;
-    let work = tempfile::Builder::new()
-        .prefix(".nodeimg-work")
-        .tempdir_in(&args.output)
-        .with_context(|| format!("creating a work directory in {}", args.output.display()))?;
     progress.step(format!(
         "writing the initramfs ({} files)",
         initramfs_tree.len()
@@ -231,8 +234,8 @@ fn prepare_system(
         ("epoch", &epoch.to_le_bytes()),
         ("system", squashfs_sha256.as_bytes()),
         ("initramfs", &Sha256::digest(&initramfs)),
-        ("boot-files", &found.digest()),
-        ("data", &ids::tree_digest(&data_tree)),
+        ("boot-files", &found.digest()?),
+        ("data", &ids::tree_digest(&data_tree)?),
     ]);
     Ok(System {
         _work: work,
@@ -276,7 +279,7 @@ fn write_node_image(
     let staging = Staging::create(&args.output, &name)?;
 
     progress.step(format!("{name}: writing the boot partition"));
-    let mut files = bootfiles::boot_files(board, &sys.found, &sys.initramfs, &cmdline);
+    let mut files = bootfiles::boot_files(board, &sys.found, &sys.initramfs, &cmdline)?;
     let node_files = node.map(|n| n.files()).unwrap_or_default();
     for (path, f) in &node_files {
         files.insert(path.clone(), f.data.clone());

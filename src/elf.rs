@@ -364,16 +364,18 @@ fn triplet(machine: u16, is_64: bool) -> Option<&'static str> {
     }
 }
 
-fn file_data<'t>(tree: &'t Tree, abs: &str) -> Option<(String, &'t tree::Data)> {
+/// A regular file's canonical path and bytes (`None` when it is missing or
+/// cannot be read).
+fn file_data(tree: &Tree, abs: &str) -> Option<(String, Vec<u8>)> {
     let canon = lookup::resolve(tree, abs)?;
     match &tree.get(canon.trim_start_matches('/'))?.kind {
-        Kind::File(d) => Some((canon, d)),
+        Kind::File(d) => Some((canon, d.to_vec().ok()?)),
         _ => None,
     }
 }
 
 fn file_text(tree: &Tree, abs: &str) -> Option<String> {
-    file_data(tree, abs).and_then(|(_, d)| String::from_utf8(d.to_vec()).ok())
+    file_data(tree, abs).and_then(|(_, d)| String::from_utf8(d).ok())
 }
 
 /// Directories listed in `/etc/ld.so.conf`, following `include` lines (glob
@@ -515,7 +517,7 @@ pub fn closure(tree: &Tree, program: &str) -> Result<Vec<Needed>> {
         resolved: prog_canon.clone(),
         via: Via::Program,
     }];
-    let info = match parse(data) {
+    let info = match parse(&data) {
         Ok(i) => i,
         Err(ElfError::Static) => return Ok(out),
         Err(e) => return Err(e).with_context(|| format!("reading {program}")),
@@ -541,7 +543,7 @@ pub fn closure(tree: &Tree, program: &str) -> Result<Vec<Needed>> {
     // Names already loaded: the loader matches DT_NEEDED against these.
     let mut loaded: BTreeSet<String> = BTreeSet::new();
     loaded.insert(tree::file_name(&interp).to_string());
-    if let Ok(i) = parse(interp_data) {
+    if let Ok(i) = parse(&interp_data) {
         loaded.extend(i.soname);
     }
     let mut seen_files: BTreeSet<String> = BTreeSet::from([prog_canon.clone(), interp_canon]);
@@ -625,7 +627,7 @@ fn search(
     if name.contains('/') {
         // A path in DT_NEEDED is used as is.
         let (canon, data) = file_data(tree, name)?;
-        let info = parse(data).ok()?;
+        let info = parse(&data).ok()?;
         return Some((name.to_string(), canon, Via::RunPath, info));
     }
     let own: Vec<&String> = loader.config.iter().chain(&loader.defaults).collect();
@@ -634,7 +636,7 @@ fn search(
         let Some((canon, data)) = file_data(tree, &candidate) else {
             continue;
         };
-        let Ok(info) = parse(data) else { continue };
+        let Ok(info) = parse(&data) else { continue };
         if info_key(&info) != *kind {
             continue;
         }

@@ -66,7 +66,8 @@ pub fn source_date_epoch() -> Result<Option<u64>> {
 
 /// A digest of a tree's content (paths, metadata, contents), independent of the
 /// order entries were read in.
-pub fn tree_digest(t: &Tree) -> [u8; 32] {
+pub fn tree_digest(t: &Tree) -> anyhow::Result<[u8; 32]> {
+    use anyhow::Context as _;
     let mut h = Sha256::new();
     for (path, e) in t.iter() {
         h.update(path.as_bytes());
@@ -77,8 +78,9 @@ pub fn tree_digest(t: &Tree) -> [u8; 32] {
         h.update(e.meta.mtime.to_le_bytes());
         match &e.kind {
             Kind::File(d) => {
-                h.update((d.len() as u64).to_le_bytes());
-                h.update(d.as_slice());
+                h.update(d.len().to_le_bytes());
+                let mut r = d.reader().with_context(|| format!("reading /{path}"))?;
+                std::io::copy(&mut r, &mut h).with_context(|| format!("reading /{path}"))?;
             }
             Kind::Symlink(target) => h.update(target.as_bytes()),
             Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
@@ -89,7 +91,7 @@ pub fn tree_digest(t: &Tree) -> [u8; 32] {
         }
         h.update([0xff]);
     }
-    h.finalize().into()
+    Ok(h.finalize().into())
 }
 
 /// The seed every identifier of an image derives from: a hash over what goes

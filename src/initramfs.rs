@@ -418,7 +418,8 @@ fn insert_through_links(t: &mut Tree, path: &str, entry: Entry, dir: Meta) -> Re
 fn file_text(t: &Tree, path: &str) -> Result<String> {
     match t.get(path).map(|e| &e.kind) {
         Some(Kind::File(d)) => {
-            Ok(String::from_utf8(d.to_vec()).map_err(|_| anyhow!("/{path} is not UTF-8 text"))?)
+            let bytes = d.to_vec().with_context(|| format!("reading /{path}"))?;
+            Ok(String::from_utf8(bytes).map_err(|_| anyhow!("/{path} is not UTF-8 text"))?)
         }
         _ => bail!("/{path} not found"),
     }

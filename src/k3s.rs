@@ -351,7 +351,7 @@ fn download_to(
 /// The k3s air-gap images archive, for the data partition.
 pub struct AirgapImages {
     pub name: String,
-    pub bytes: Vec<u8>,
+    pub data: crate::tree::Data,
 }
 
 /// Installs k3s into the rootfs: the binary (from cluster.yaml's `k3s:`
@@ -375,8 +375,10 @@ pub fn install(
     if let Some(spec) = spec {
         let path =
             fetch(spec, arch, &default_cache_dir(), progress).context("getting the k3s binary")?;
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        info.sha256 = Some(hex::encode(Sha256::digest(&bytes)));
+        info.sha256 = Some(crate::output::sha256_file(&path)?);
+        let len = std::fs::metadata(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
         info.version = spec.version.clone();
         info.source = match &spec.source {
             K3sSource::Release { .. } => "release".to_string(),
@@ -387,15 +389,19 @@ pub fn install(
                     .unwrap_or_default()
             ),
         };
-        service::install_k3s_binary(rootfs, bytes, epoch)?;
+        let binary = std::sync::Arc::new(crate::tree::Content::from_path(&path, len));
+        service::install_k3s_binary(rootfs, binary, epoch)?;
         if let Some(p) = airgap_images(spec)? {
             let name = p
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "airgap-images.tar".to_string());
-            let bytes = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+            let len = std::fs::metadata(&p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .len();
+            let data = std::sync::Arc::new(crate::tree::Content::from_path(&p, len));
             info.airgap_images = Some(name.clone());
-            images = Some(AirgapImages { name, bytes });
+            images = Some(AirgapImages { name, data });
         }
     } else if !service::has_k3s(rootfs) {
         bail!(

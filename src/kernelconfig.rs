@@ -214,14 +214,16 @@ pub fn command(data: &DataDir, args: &CheckKernelArgs) -> Result<bool> {
         ),
         (None, Some(rootfs_path), Some(board)) => {
             let (board, _) = data.load(board)?;
-            let rootfs = reader::read_rootfs(rootfs_path)
+            let spill = tempfile::tempdir().context("creating a temporary directory")?;
+            let rootfs = reader::read_rootfs(rootfs_path, spill.path())
                 .with_context(|| format!("reading rootfs {}", rootfs_path.display()))?;
             let path = lookup::find_first(&rootfs, &board.sources.kernel_config)
                 .context("no kernel config in the rootfs")?;
             let data = bootfiles::file_data(&rootfs, path.trim_start_matches('/'))?;
             (
                 format!("{path} in {}", rootfs_path.display()),
-                data.to_vec(),
+                data.to_vec()
+                    .with_context(|| format!("reading {path} in {}", rootfs_path.display()))?,
             )
         }
         _ => bail!("give --config FILE, or --rootfs PATH with --board BOARD"),
@@ -245,7 +247,9 @@ pub fn check_rootfs(board: &Board, rootfs: &Tree, allow_missing: bool) -> Result
         );
         return Ok(());
     };
-    let text = bootfiles::file_data(rootfs, path.trim_start_matches('/'))?;
+    let text = bootfiles::file_data(rootfs, path.trim_start_matches('/'))?
+        .to_vec()
+        .with_context(|| format!("reading {path}"))?;
     // Optional options are for `nodeimg check-kernel` to list; a build only
     // stops on required ones.
     let report = check(&String::from_utf8_lossy(&text));

@@ -156,7 +156,8 @@ pub fn install_k3s(t: &mut Tree, mtime: u64) -> Result<InitSystem> {
             else {
                 bail!("/etc/inittab is not a regular file");
             };
-            let mut text = String::from_utf8(data.to_vec()).context("/etc/inittab is not UTF-8")?;
+            let bytes = data.to_vec().context("reading /etc/inittab")?;
+            let mut text = String::from_utf8(bytes).context("/etc/inittab is not UTF-8")?;
             if !text.lines().any(|l| l.trim() == INITTAB_LINE) {
                 if !text.is_empty() && !text.ends_with('\n') {
                     text.push('\n');
@@ -172,11 +173,14 @@ pub fn install_k3s(t: &mut Tree, mtime: u64) -> Result<InitSystem> {
 }
 
 /// Puts the k3s binary at /usr/bin/k3s with the links k3s's installer makes.
-pub fn install_k3s_binary(t: &mut Tree, binary: Vec<u8>, mtime: u64) -> Result<()> {
+pub fn install_k3s_binary(t: &mut Tree, binary: crate::tree::Data, mtime: u64) -> Result<()> {
     let dir = Meta::root(0o755, mtime);
     t.insert_with_parents(
         "usr/bin/k3s",
-        Entry::file(Meta::root(0o755, mtime), binary),
+        Entry {
+            meta: Meta::root(0o755, mtime),
+            kind: Kind::File(binary),
+        },
         dir,
     )?;
     for link in ["kubectl", "crictl", "ctr"] {
@@ -221,7 +225,7 @@ mod tests {
 
     fn text(t: &Tree, p: &str) -> String {
         match &t.get(p).unwrap().kind {
-            Kind::File(d) => String::from_utf8(d.to_vec()).unwrap(),
+            Kind::File(d) => String::from_utf8(d.to_vec().unwrap()).unwrap(),
             k => panic!("{p} is {k:?}"),
         }
     }
@@ -290,7 +294,12 @@ mod tests {
     fn binary_goes_to_usr_bin_with_kubectl_links() {
         let mut t = busybox_tree();
         assert!(!has_k3s(&t));
-        install_k3s_binary(&mut t, b"ELF".to_vec(), 5).unwrap();
+        install_k3s_binary(
+            &mut t,
+            std::sync::Arc::new(crate::tree::Content::from_vec(b"ELF".to_vec())),
+            5,
+        )
+        .unwrap();
         assert!(has_k3s(&t));
         assert_eq!(
             t.get("usr/bin/kubectl").unwrap().kind,

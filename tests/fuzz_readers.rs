@@ -481,7 +481,7 @@ fn xz(data: &[u8]) -> Vec<u8> {
 }
 
 fn check_tar(data: &[u8]) -> Result<(), String> {
-    match nodeimg::tree::reader::read_tar(data) {
+    match nodeimg::tree::reader::read_tar(data, &std::env::temp_dir()) {
         Ok(_) => Ok(()),
         Err(e) => one_line(format!("{e:#}")),
     }
@@ -522,7 +522,7 @@ fn tar_error_quoting_a_newline_is_one_line() {
     let mut t = tar_seed();
     // The first header's checksum field (148..156) holds text with a newline.
     t[148..156].copy_from_slice(b"12\n34567");
-    let err = nodeimg::tree::reader::read_tar(&t[..]).unwrap_err();
+    let err = nodeimg::tree::reader::read_tar(&t[..], &std::env::temp_dir()).unwrap_err();
     one_line(format!("{err:#}")).unwrap();
 }
 

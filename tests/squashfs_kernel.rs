@@ -92,7 +92,7 @@ fn tree() -> Tree {
         };
         t.insert(p, e).unwrap();
     };
-    let file = |d: Vec<u8>| Kind::File(Arc::new(d));
+    let file = |d: Vec<u8>| Kind::File(Arc::new(nodeimg::tree::Content::from_vec(d)));
     add(&mut t, "etc", 0o755, 0, 0, Kind::Dir);
     add(&mut t, "etc/machine-id", 0o444, 0, 0, file(vec![]));
     add(&mut t, "empty", 0o600, 1000, 1000, file(vec![]));
@@ -114,7 +114,7 @@ fn tree() -> Tree {
     add(&mut t, "all-zero", 0o644, 0, 0, file(vec![0u8; 2 * BLOCK]));
     add(&mut t, "dup-1", 0o644, 0, 0, file(noise(150_000, 6)));
     add(&mut t, "dup-2", 0o640, 0, 0, file(noise(150_000, 6)));
-    let linked = Arc::new(text(BLOCK + 4321, 7));
+    let linked = Arc::new(nodeimg::tree::Content::from_vec(text(BLOCK + 4321, 7)));
     add(
         &mut t,
         "hard-1",
@@ -273,7 +273,10 @@ fn expected(t: &Tree) -> BTreeMap<String, String> {
                 Kind::File(d) => (
                     d.len().to_string(),
                     links[&(Arc::as_ptr(d) as usize)],
-                    format!(" sha256={}", hex::encode(Sha256::digest(d.as_slice()))),
+                    format!(
+                        " sha256={}",
+                        hex::encode(Sha256::digest(d.to_vec().unwrap()))
+                    ),
                 ),
                 Kind::Symlink(s) => (s.len().to_string(), 1, format!(" -> {s}")),
                 Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
@@ -425,7 +428,7 @@ fn linux_reads_every_kind_of_entry_we_write() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
 
-    let rootfs = reader::read_rootfs(&rootfs_path).unwrap();
+    let rootfs = reader::read_rootfs(&rootfs_path, &std::env::temp_dir()).unwrap();
     let kernel = rootfs
         .iter()
         .find(|(p, e)| p.starts_with("boot/vmlinuz-") && matches!(e.kind, Kind::File(_)))
@@ -436,7 +439,7 @@ fn linux_reads_every_kind_of_entry_we_write() {
         unreachable!()
     };
     let kernel_path = dir.join("vmlinuz");
-    std::fs::write(&kernel_path, kernel_bytes.as_slice()).unwrap();
+    std::fs::write(&kernel_path, kernel_bytes.to_vec().unwrap()).unwrap();
     let initrd = initramfs(&rootfs, &release, &dir);
     drop(rootfs);
 

@@ -4,6 +4,6 @@ pub mod gpt;
 pub mod image;
 pub mod layout;
 pub mod mbr;
-pub mod read;
 pub mod plan;
+pub mod read;
 pub mod sparse;

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use flate2::{Compression, GzBuilder};
 
-use crate::tree::{Kind, Tree};
+use crate::tree::{Content, Kind, Tree};
 
 const MAGIC: &[u8; 6] = b"070701";
 const TRAILER: &str = "TRAILER!!!";
@@ -31,14 +31,14 @@ const TRAILER: &str = "TRAILER!!!";
 /// Writes `tree` as a newc cpio archive to `w` and returns `w`.
 pub fn write<W: Write>(tree: &Tree, mut w: W) -> Result<W> {
     // Hard link groups: first inode number, names seen so far, total names.
-    let mut links: HashMap<*const Vec<u8>, usize> = HashMap::new();
+    let mut links: HashMap<*const Content, usize> = HashMap::new();
     for (_, e) in tree.iter() {
         if let Kind::File(d) = &e.kind {
             *links.entry(Arc::as_ptr(d)).or_default() += 1;
         }
     }
     // For each group: (inode, names written so far).
-    let mut groups: HashMap<*const Vec<u8>, (u32, usize)> = HashMap::new();
+    let mut groups: HashMap<*const Content, (u32, usize)> = HashMap::new();
 
     let mut next_ino: u32 = 1;
     for (path, e) in tree.iter().filter(|(p, _)| !p.is_empty()) {
@@ -59,6 +59,7 @@ pub fn write<W: Write>(tree: &Tree, mut w: W) -> Result<W> {
             rdevmajor: 0,
             rdevminor: 0,
         };
+        let mut owned = std::borrow::Cow::Borrowed(&[][..]);
         let mut data: &[u8] = &[];
         match &e.kind {
             Kind::Dir => h.nlink = 2,
@@ -72,7 +73,9 @@ pub fn write<W: Write>(tree: &Tree, mut w: W) -> Result<W> {
                     .with_context(|| format!("cpio: /{path}: too many hard links"))?;
                 // newc stores a hard-linked file's data with its last name only.
                 if *seen == count {
-                    data = d.as_slice();
+                    owned = d
+                        .bytes()
+                        .with_context(|| format!("cpio: reading /{path}"))?;
                 }
             }
             Kind::Symlink(t) => data = t.as_bytes(),
@@ -81,6 +84,9 @@ pub fn write<W: Write>(tree: &Tree, mut w: W) -> Result<W> {
                 h.rdevminor = *minor;
             }
             Kind::Fifo | Kind::Socket => {}
+        }
+        if !owned.is_empty() {
+            data = &owned;
         }
         h.filesize = u32::try_from(data.len()).with_context(|| {
             format!(
@@ -249,13 +255,13 @@ mod tests {
     }
 
     fn expected(tree: &Tree) -> Vec<String> {
-        let mut counts: HashMap<*const Vec<u8>, usize> = HashMap::new();
+        let mut counts: HashMap<*const Content, usize> = HashMap::new();
         for (_, e) in tree.iter() {
             if let Kind::File(d) = &e.kind {
                 *counts.entry(Arc::as_ptr(d)).or_default() += 1;
             }
         }
-        let mut seen: HashMap<*const Vec<u8>, usize> = HashMap::new();
+        let mut seen: HashMap<*const Content, usize> = HashMap::new();
         tree.iter()
             .filter(|(p, _)| !p.is_empty())
             .map(|(p, e)| {

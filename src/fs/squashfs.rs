@@ -172,20 +172,15 @@ pub fn write(tree: &Tree, out: &Path, mtime: u32, opts: &Options) -> Result<u64>
 /// The one place that reads a file's contents: appends `len` bytes from
 /// `offset` of `data` to `buf`. Callers ask for at most one block at a time.
 fn read_content(data: &Data, offset: u64, len: usize, buf: &mut Vec<u8>) -> Result<()> {
-    let start = usize::try_from(offset).context("file offset out of range")?;
-    let end = start
-        .checked_add(len)
-        .ok_or_else(|| anyhow!("file offset out of range"))?;
-    let bytes = data
-        .get(start..end)
-        .ok_or_else(|| anyhow!("file content ends before byte {end}"))?;
-    buf.extend_from_slice(bytes);
+    let start = buf.len();
+    buf.resize(start + len, 0);
+    data.read_exact_at(offset, &mut buf[start..])?;
     Ok(())
 }
 
 /// A file's content size.
 fn content_len(data: &Data) -> u64 {
-    data.len() as u64
+    data.len()
 }
 
 /// SHA-256 of a whole file's content, read block by block.
@@ -1428,7 +1423,11 @@ pub(crate) mod tests {
                 Kind::Dir => assert!(ft.is_dir(), "/{p}"),
                 Kind::File(d) => {
                     assert!(ft.is_file(), "/{p}");
-                    assert_eq!(&std::fs::read(&path).unwrap(), d.as_ref(), "/{p} content");
+                    assert_eq!(
+                        std::fs::read(&path).unwrap(),
+                        d.to_vec().unwrap(),
+                        "/{p} content"
+                    );
                 }
                 Kind::Symlink(t) => {
                     assert!(ft.is_symlink(), "/{p}");
@@ -1569,7 +1568,7 @@ pub(crate) mod tests {
         )
         .unwrap();
         // A hard link pair and a name that sorts between "bin" and "bin/...".
-        let shared = Arc::new(b"same inode\n".to_vec());
+        let shared = Arc::new(crate::tree::Content::from_vec(b"same inode\n".to_vec()));
         t.insert(
             "bin-a",
             Entry {
@@ -1861,7 +1860,7 @@ pub(crate) mod tests {
         )
         .unwrap();
         // Three names of one multi-block inode, in different directories.
-        let linked = Arc::new(words(BLOCK + 4321, 7));
+        let linked = Arc::new(crate::tree::Content::from_vec(words(BLOCK + 4321, 7)));
         for p in ["data/hard-1", "data/hard-2", "etc/hard-3"] {
             t.insert(
                 p,
@@ -2127,7 +2126,7 @@ pub(crate) mod tests {
             let path = dir.join(p);
             match &e.kind {
                 Kind::Dir => std::fs::create_dir_all(&path).unwrap(),
-                Kind::File(d) => std::fs::write(&path, d.as_slice()).unwrap(),
+                Kind::File(d) => std::fs::write(&path, d.to_vec().unwrap()).unwrap(),
                 Kind::Symlink(t) => std::os::unix::fs::symlink(t, &path).unwrap(),
                 _ => panic!("/{p}: only dirs, files and symlinks here"),
             }
@@ -2186,7 +2185,9 @@ mod perf {
             }
             None => {
                 let rootfs = std::env::var("NODEIMG_TEST_ROOTFS").expect("NODEIMG_TEST_ROOTFS");
-                let tree = crate::tree::reader::read_rootfs(Path::new(&rootfs)).unwrap();
+                let tree =
+                    crate::tree::reader::read_rootfs(Path::new(&rootfs), &std::env::temp_dir())
+                        .unwrap();
                 let src = dir.path().join("src");
                 std::fs::create_dir(&src).unwrap();
                 let out = Command::new("tar")

@@ -8,18 +8,18 @@ use std::sync::Arc;
 use super::{Data, Kind, Tree};
 
 /// The identity of a file's data: names with equal keys are hard links.
-pub fn key(d: &Data) -> *const Vec<u8> {
+pub fn key(d: &Data) -> *const super::Content {
     Arc::as_ptr(d)
 }
 
 /// Every file's inode: its first name in tree order and how many names it has.
 pub struct HardLinks {
-    groups: HashMap<*const Vec<u8>, (String, u32)>,
+    groups: HashMap<*const super::Content, (String, u32)>,
 }
 
 impl HardLinks {
     pub fn of(tree: &Tree) -> HardLinks {
-        let mut groups: HashMap<*const Vec<u8>, (String, u32)> = HashMap::new();
+        let mut groups: HashMap<*const super::Content, (String, u32)> = HashMap::new();
         for (path, e) in tree.iter() {
             if let Kind::File(d) = &e.kind {
                 groups
@@ -56,8 +56,8 @@ mod tests {
     fn names_sharing_data_form_one_group_with_the_first_name_in_tree_order() {
         let m = Meta::root(0o644, 0);
         let mut t = Tree::new(Meta::root(0o755, 0));
-        let shared: Data = Arc::new(b"x".to_vec());
-        let other: Data = Arc::new(b"x".to_vec());
+        let shared: Data = Arc::new(crate::tree::Content::from_vec(b"x".to_vec()));
+        let other: Data = Arc::new(crate::tree::Content::from_vec(b"x".to_vec()));
         for p in ["b", "a", "c"] {
             t.insert(
                 p,
@@ -82,6 +82,9 @@ mod tests {
         assert!(l.is_first("a", &shared) && !l.is_first("b", &shared));
         // Equal contents are not a hard link.
         assert_eq!(l.count(&other), 1);
-        assert_eq!(l.count(&Arc::new(Vec::new())), 0);
+        assert_eq!(
+            l.count(&Arc::new(crate::tree::Content::from_vec(Vec::new()))),
+            0
+        );
     }
 }

@@ -7,7 +7,9 @@
 //! defaults. Filesystem writers (`crate::fs`) consume the result.
 //!
 //! Hard links are kept as files sharing one `Data` (`Arc::ptr_eq` tells them apart).
+//! A file's `Data` says where its bytes are (`content`), not the bytes themselves.
 
+pub mod content;
 pub mod links;
 pub mod lookup;
 pub mod reader;
@@ -18,8 +20,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 
+pub use content::Content;
+
 /// File contents. Hard links to one inode share the same `Arc`.
-pub type Data = Arc<Vec<u8>>;
+pub type Data = Arc<Content>;
 
 /// Ownership, permission bits (`0o7777`, no file type bits) and modification time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,7 +95,7 @@ impl Entry {
     pub fn file(meta: Meta, data: Vec<u8>) -> Self {
         Entry {
             meta,
-            kind: Kind::File(Arc::new(data)),
+            kind: Kind::File(Arc::new(Content::from_vec(data))),
         }
     }
     pub fn symlink(meta: Meta, target: &str) -> Self {
@@ -328,7 +332,7 @@ impl Tree {
         self.entries
             .values()
             .map(|e| match &e.kind {
-                Kind::File(d) => d.len() as u64,
+                Kind::File(d) => d.len(),
                 _ => 0,
             })
             .sum()

@@ -8,29 +8,77 @@
 //! shorter tree: the archive must end with its end-of-archive blocks, and the
 //! rest of a compressed stream is read to its end so that its checksum is
 //! verified.
+//!
+//! Memory does not grow with the rootfs: a directory's files are referred to by
+//! their paths, and an archive's file data is decompressed once into a spill
+//! file (an unlinked temporary file in the caller's `spill_dir`) and referred
+//! to by range (`super::content`).
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::{normalize, Data, Entry, Kind, Meta, Tree};
+use super::{normalize, Content, Data, Entry, Kind, Meta, Tree};
 
 /// Reads a rootfs: a directory if `path` is one, otherwise a tar archive
-/// (compression detected from the first bytes). The caller names the rootfs
-/// in its context ("reading rootfs PATH"); errors from here say only what
-/// went wrong inside it, so the path appears once.
-pub fn read_rootfs(path: &Path) -> Result<Tree> {
+/// (compression detected from the first bytes) whose file data goes to a spill
+/// file in `spill_dir`. The caller names the rootfs in its context ("reading
+/// rootfs PATH"); errors from here say only what went wrong inside it, so the
+/// path appears once.
+pub fn read_rootfs(path: &Path, spill_dir: &Path) -> Result<Tree> {
     let md = fs::metadata(path)?;
     if md.is_dir() {
         read_dir_tree(path)
     } else {
         let file = fs::File::open(path)?;
-        read_tar(io::BufReader::with_capacity(1 << 16, file))
+        read_tar(io::BufReader::with_capacity(1 << 16, file), spill_dir)
+    }
+}
+
+/// Where an archive's file data goes once decompressed: written once, front to
+/// back, then read by range. Unlinked from the start, so it disappears with
+/// the last `Content` that refers to it, whatever happens.
+struct Spill {
+    file: Arc<fs::File>,
+    end: u64,
+    buf: Vec<u8>,
+}
+
+impl Spill {
+    fn new(dir: &Path) -> Result<Self> {
+        let file = tempfile::tempfile_in(dir)
+            .with_context(|| format!("creating a spill file in {}", dir.display()))?;
+        Ok(Spill {
+            file: Arc::new(file),
+            end: 0,
+            buf: vec![0u8; 256 * 1024],
+        })
+    }
+
+    /// Copies exactly `len` bytes of `r` to the end of the spill file.
+    fn append(&mut self, r: &mut impl Read, len: u64) -> Result<Content> {
+        let start = self.end;
+        let mut left = len;
+        while left > 0 {
+            let want = left.min(self.buf.len() as u64) as usize;
+            let n = match r.read(&mut self.buf[..want]) {
+                Ok(0) => bail!("unexpected end of file (got {} of {len} bytes)", len - left),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            self.file
+                .write_all_at(&self.buf[..n], self.end)
+                .context("writing the spill file")?;
+            self.end += n as u64;
+            left -= n as u64;
+        }
+        Ok(Content::from_range(self.file.clone(), start, len))
     }
 }
 
@@ -100,9 +148,7 @@ fn walk_dir(
             match links.get(&id) {
                 Some(d) if md.nlink() > 1 => Kind::File(d.clone()),
                 _ => {
-                    let data: Data = Arc::new(
-                        fs::read(&full).with_context(|| format!("reading {}", full.display()))?,
-                    );
+                    let data: Data = Arc::new(Content::from_path(&full, md.len()));
                     if md.nlink() > 1 {
                         links.insert(id, data.clone());
                     }
@@ -181,12 +227,13 @@ impl<R: Read> Read for EofWatch<R> {
     }
 }
 
-/// Reads a tar archive (plain or compressed) from a stream.
+/// Reads a tar archive (plain or compressed) from a stream; file data goes to
+/// a spill file in `spill_dir`.
 ///
 /// The tar crate's errors quote raw header bytes, line breaks included; the
 /// error returned here is always one line (control characters escaped).
-pub fn read_tar<R: Read>(input: R) -> Result<Tree> {
-    read_tar_inner(input).map_err(|e| anyhow!("{}", one_line(&format!("{e:#}"))))
+pub fn read_tar<R: Read>(input: R, spill_dir: &Path) -> Result<Tree> {
+    read_tar_inner(input, spill_dir).map_err(|e| anyhow!("{}", one_line(&format!("{e:#}"))))
 }
 
 /// `s` with line breaks and other control characters escaped.
@@ -202,7 +249,8 @@ fn one_line(s: &str) -> String {
         .collect()
 }
 
-fn read_tar_inner<R: Read>(mut input: R) -> Result<Tree> {
+fn read_tar_inner<R: Read>(mut input: R, spill_dir: &Path) -> Result<Tree> {
+    let spill = Spill::new(spill_dir)?;
     let mut magic = Vec::with_capacity(6);
     (&mut input)
         .take(6)
@@ -210,15 +258,17 @@ fn read_tar_inner<R: Read>(mut input: R) -> Result<Tree> {
         .context("reading the archive's first bytes")?;
     let stream = io::Cursor::new(magic.clone()).chain(input);
     match detect(&magic) {
-        Compression::None => read_tar_stream(stream),
-        Compression::Gzip => read_tar_stream(flate2::read::MultiGzDecoder::new(stream))
+        Compression::None => read_tar_stream(stream, spill),
+        Compression::Gzip => read_tar_stream(flate2::read::MultiGzDecoder::new(stream), spill)
             .context("gzip-compressed tar"),
         Compression::Zstd => {
             let dec = zstd::stream::read::Decoder::new(stream).context("zstd decoder")?;
-            read_tar_stream(dec).context("zstd-compressed tar")
+            read_tar_stream(dec, spill).context("zstd-compressed tar")
         }
-        Compression::Xz => read_tar_stream(liblzma::read::XzDecoder::new_multi_decoder(stream))
-            .context("xz-compressed tar"),
+        Compression::Xz => {
+            read_tar_stream(liblzma::read::XzDecoder::new_multi_decoder(stream), spill)
+                .context("xz-compressed tar")
+        }
     }
 }
 
@@ -268,7 +318,7 @@ fn pax_number(value: &[u8]) -> Option<u64> {
     int.parse().ok()
 }
 
-fn read_tar_stream<R: Read>(reader: R) -> Result<Tree> {
+fn read_tar_stream<R: Read>(reader: R, mut spill: Spill) -> Result<Tree> {
     let mut archive = tar::Archive::new(EofWatch {
         inner: reader,
         hit_eof: false,
@@ -290,7 +340,7 @@ fn read_tar_stream<R: Read>(reader: R) -> Result<Tree> {
                 continue;
             }
             let path = check_entry_path(&tree, &name)?;
-            add_tar_entry(&mut tree, &mut entry, &path)
+            add_tar_entry(&mut tree, &mut entry, &path, &mut spill)
                 .with_context(|| format!("entry {name:?}"))?;
             last = Some(name);
         }
@@ -322,6 +372,7 @@ fn add_tar_entry<R: Read>(
     tree: &mut Tree,
     entry: &mut tar::Entry<'_, R>,
     path: &str,
+    spill: &mut Spill,
 ) -> Result<()> {
     let et = entry.header().entry_type();
 
@@ -353,18 +404,7 @@ fn add_tar_entry<R: Read>(
     let kind = match et {
         tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
             let size = entry.size();
-            // Cap the up-front reservation: a corrupt header may claim anything.
-            let cap = usize::try_from(size.min(1 << 28)).unwrap_or(1 << 28);
-            let mut data = Vec::with_capacity(cap);
-            entry.read_to_end(&mut data)?;
-            if data.len() as u64 != size {
-                bail!(
-                    "unexpected end of file (got {} of {} bytes)",
-                    data.len(),
-                    size
-                );
-            }
-            Kind::File(Arc::new(data))
+            Kind::File(Arc::new(spill.append(entry, size)?))
         }
         tar::EntryType::Link => {
             let raw = entry
@@ -518,7 +558,7 @@ mod tests {
     }
 
     fn read_bytes(bytes: &[u8]) -> Result<Tree> {
-        read_tar(bytes)
+        read_tar(bytes, &std::env::temp_dir())
     }
 
     fn err_of(bytes: &[u8]) -> String {
@@ -566,7 +606,7 @@ mod tests {
         ] {
             let t = read_bytes(&bytes).unwrap_or_else(|e| panic!("{what}: {e:#}"));
             assert_eq!(
-                file_data(&t, "usr/bin/hello").as_slice(),
+                &*file_data(&t, "usr/bin/hello").bytes().unwrap(),
                 b"#!/bin/sh\necho hi\n",
                 "{what}"
             );
@@ -589,7 +629,7 @@ mod tests {
         let p2 = dir.path().join("rootfs.tar.zst");
         fs::write(&p2, sample()).unwrap();
         for p in [p1, p2] {
-            let t = read_rootfs(&p).unwrap();
+            let t = read_rootfs(&p, &std::env::temp_dir()).unwrap();
             assert!(t.contains("usr/bin/hello"), "{}", p.display());
         }
     }
@@ -672,7 +712,7 @@ mod tests {
         });
         let t = read_bytes(&bytes).unwrap();
         assert_eq!(t.root_meta(), Meta::root(0o700, 42));
-        assert_eq!(file_data(&t, "etc/motd").as_slice(), b"new");
+        assert_eq!(&*file_data(&t, "etc/motd").bytes().unwrap(), b"new");
         // The repeated directory entry updated etc's meta but kept its child.
         assert_eq!(t.get("etc").unwrap().meta, Meta::root(0o750, 7));
         assert!(t.contains("etc/motd"));
@@ -684,7 +724,7 @@ mod tests {
         // GNU long name.
         let gnu = tar_with(|b| add_file(b, &format!("./{long}"), b"x"));
         let t = read_bytes(&gnu).unwrap();
-        assert_eq!(file_data(&t, &long).as_slice(), b"x");
+        assert_eq!(&*file_data(&t, &long).bytes().unwrap(), b"x");
         // PAX path, uid and mtime records override the ustar header.
         let mut pax = Vec::new();
         {
@@ -877,7 +917,7 @@ mod tests {
         let mut out = Vec::new();
         raw_entry(&mut out, "../../etc/passwd", b'0', "", b"");
         fs::write(&p, finish(out)).unwrap();
-        let e = format!("{:#}", read_rootfs(&p).unwrap_err());
+        let e = format!("{:#}", read_rootfs(&p, &std::env::temp_dir()).unwrap_err());
         // The build says "reading rootfs PATH: " before this (tests/build_images.rs).
         assert!(
             e.starts_with(r#"entry "../../etc/passwd" escapes the root"#),
@@ -885,7 +925,7 @@ mod tests {
         );
         let e = format!(
             "{:#}",
-            read_rootfs(&dir.path().join("missing")).unwrap_err()
+            read_rootfs(&dir.path().join("missing"), &std::env::temp_dir()).unwrap_err()
         );
         assert_eq!(e, "No such file or directory (os error 2)");
     }
@@ -906,7 +946,7 @@ mod tests {
             .status()
             .unwrap();
         assert!(fifo.success());
-        let t = read_rootfs(r).unwrap();
+        let t = read_rootfs(r, &std::env::temp_dir()).unwrap();
         assert!(Arc::ptr_eq(
             file_data(&t, "usr/bin/a"),
             file_data(&t, "usr/bin/b")

@@ -399,7 +399,7 @@ mod tests {
 
     fn data(t: &Tree, p: &str) -> Vec<u8> {
         match &t.get(p).unwrap_or_else(|| panic!("{p} missing")).kind {
-            Kind::File(d) => d.to_vec(),
+            Kind::File(d) => d.to_vec().unwrap(),
             k => panic!("{p} is {k:?}"),
         }
     }
