@@ -104,13 +104,17 @@ fn boot_test(dir: &Path, image: &Path) -> Run {
     let marker = dir.join("qemu-was-started");
     let _ = std::fs::remove_file(&marker);
     let fake = bin.join("qemu-system-aarch64");
-    std::fs::write(
-        &fake,
-        format!("#!/bin/sh\ntouch '{}'\nexit 1\n", marker.display()),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Written by a child process: a file this process held open for writing
+    // would be inherited by children other test threads fork meanwhile, and
+    // executing it could then fail with ETXTBSY.
+    let script = format!("#!/bin/sh\ntouch '{}'\nexit 1\n", marker.display());
+    let wrote = Command::new("sh")
+        .args(["-c", "printf '%s' \"$1\" > \"$0\" && chmod 755 \"$0\""])
+        .arg(&fake)
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(wrote.success(), "writing the stand-in QEMU");
     let path = format!(
         "{}:{}",
         bin.display(),
