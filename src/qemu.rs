@@ -5,7 +5,7 @@
 //! failed check can show what the console said.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -240,9 +240,4 @@ pub fn find_qemu() -> Result<PathBuf> {
                 "qemu-system-aarch64 not found on PATH (Debian: apt-get install qemu-system-arm)"
             )
         })
-}
-
-/// Copies a (possibly sparse) image, keeping holes (see `disk::sparse`).
-pub fn sparse_copy(from: &Path, to: &Path) -> Result<u64> {
-    crate::disk::sparse::copy_file(from, to)
 }

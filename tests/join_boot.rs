@@ -105,7 +105,7 @@ fn k3s_starts_with_the_baked_config_and_picks_up_edits_on_the_boot_partition() {
     );
     assert!(res.status.success(), "{}", stderr(&res));
     let img = dir.join("disk.img");
-    qemu::sparse_copy(&out.join("qemu-aarch64/qemu-aarch64.img"), &img).unwrap();
+    nodeimg::disk::sparse::copy_file(&out.join("qemu-aarch64/qemu-aarch64.img"), &img).unwrap();
     let files = BootFiles::extract(&img, &dir).unwrap();
     let spec = VmSpec {
         qemu: qemu::find_qemu().unwrap(),
