@@ -555,6 +555,12 @@ mod tests {
         }
     }
 
+    /// The error of a fetch that must fail, with its causes, as printed.
+    fn fetch_err(spec: &K3sSpec, cache: &Path) -> String {
+        let err = fetch(spec, "arm64", cache, &Progress::hidden()).unwrap_err();
+        format!("{err:#}")
+    }
+
     /// Names in the version's cache directory, temporary files included.
     fn cache_listing(cache: &Path) -> Vec<String> {
         let dir = cache.join("k3s").join(VERSION);
@@ -653,16 +659,9 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let listed = sha(b"the real k3s");
         let server = Server::start(release_files(FAKE_K3S, &listed));
-        let err = fetch(
-            &release_spec(&server),
-            "arm64",
-            cache.path(),
-            &Progress::hidden(),
-        )
-        .unwrap_err();
-        let msg = format!("{err:#}");
+        let err = fetch_err(&release_spec(&server), cache.path());
         assert_eq!(
-            msg,
+            err,
             format!(
                 "checksum mismatch for {}/v1.31.4%2Bk3s1/k3s-arm64: sha256sum-arm64.txt says sha256 {listed}, \
                  the download has {}; nothing was cached",
@@ -677,15 +676,9 @@ mod tests {
     fn missing_release_names_the_url() {
         let cache = tempfile::tempdir().unwrap();
         let server = Server::start(HashMap::new());
-        let err = fetch(
-            &release_spec(&server),
-            "arm64",
-            cache.path(),
-            &Progress::hidden(),
-        )
-        .unwrap_err();
+        let err = fetch_err(&release_spec(&server), cache.path());
         assert_eq!(
-            format!("{err:#}"),
+            err,
             format!(
                 "downloading {}/v1.31.4%2Bk3s1/sha256sum-arm64.txt: HTTP status 404",
                 server.base
@@ -712,21 +705,11 @@ mod tests {
             },
             ..release_spec(server)
         };
-        let fetch_err = |server: &Server| {
-            let err = fetch(
-                &with_credentials(server),
-                "arm64",
-                cache.path(),
-                &Progress::hidden(),
-            )
-            .unwrap_err();
-            format!("{err:#}")
-        };
         let redacted = |server: &Server| server.base.replace("http://", "http://<redacted>@");
 
         // The hash list is missing: the HTTP error names its URL.
         let server = Server::start(HashMap::new());
-        let msg = fetch_err(&server);
+        let msg = fetch_err(&with_credentials(&server), cache.path());
         assert!(!msg.contains(secret), "{msg}");
         assert_eq!(
             msg,
@@ -740,7 +723,7 @@ mod tests {
 
         // Both downloaded, the hash differs: the mismatch names the binary's URL.
         let server = Server::start(release_files(FAKE_K3S, &sha(b"the real k3s")));
-        let msg = fetch_err(&server);
+        let msg = fetch_err(&with_credentials(&server), cache.path());
         assert!(!msg.contains(secret), "{msg}");
         assert!(
             msg.starts_with(&format!(
@@ -763,10 +746,7 @@ mod tests {
             },
             airgap_images: None,
         };
-        let msg = format!(
-            "{:#}",
-            fetch(&spec, "arm64", cache.path(), &Progress::hidden()).unwrap_err()
-        );
+        let msg = fetch_err(&spec, cache.path());
         assert!(!msg.contains(secret), "{msg}");
         assert!(
             msg.starts_with(&format!("downloading http://<redacted>@{addr}/releases/")),
@@ -780,15 +760,9 @@ mod tests {
         let mut files = release_files(FAKE_K3S, &sha(FAKE_K3S));
         files.remove("/releases/v1.31.4%2Bk3s1/k3s-arm64");
         let server = Server::start(files);
-        let err = fetch(
-            &release_spec(&server),
-            "arm64",
-            cache.path(),
-            &Progress::hidden(),
-        )
-        .unwrap_err();
+        let err = fetch_err(&release_spec(&server), cache.path());
         assert_eq!(
-            format!("{err:#}"),
+            err,
             format!(
                 "downloading {}/v1.31.4%2Bk3s1/k3s-arm64: HTTP status 404",
                 server.base
@@ -806,15 +780,9 @@ mod tests {
             format!("{}  k3s\n", sha(b"x")).into_bytes(),
         );
         let server = Server::start(files);
-        let err = fetch(
-            &release_spec(&server),
-            "arm64",
-            cache.path(),
-            &Progress::hidden(),
-        )
-        .unwrap_err();
+        let err = fetch_err(&release_spec(&server), cache.path());
         assert_eq!(
-            format!("{err:#}"),
+            err,
             format!(
                 "{}/v1.31.4%2Bk3s1/sha256sum-arm64.txt lists no sha256 for k3s-arm64",
                 server.base
@@ -887,18 +855,12 @@ mod tests {
         let text = dir.path().join("notes.txt");
         fs::write(&text, "hello").unwrap();
         assert_eq!(
-            format!(
-                "{:#}",
-                fetch(&spec(&text), "arm64", &cache, &Progress::hidden()).unwrap_err()
-            ),
+            fetch_err(&spec(&text), &cache),
             format!("k3s binary {}: not an ELF executable", text.display())
         );
 
         let missing = dir.path().join("nope");
-        let msg = format!(
-            "{:#}",
-            fetch(&spec(&missing), "arm64", &cache, &Progress::hidden()).unwrap_err()
-        );
+        let msg = fetch_err(&spec(&missing), &cache);
         assert!(
             msg.starts_with(&format!("k3s binary {}: ", missing.display())),
             "{msg}"

@@ -317,3 +317,28 @@ pub fn extract_initramfs(image: &Path, dir: &Path) -> PathBuf {
     );
     x
 }
+
+/// A zeroed disk image of `total` bytes with the primary and backup GPT of
+/// `placed` (sector size `sector`); partition GUIDs repeat the partition number.
+pub fn gpt_image(
+    disk_guid: [u8; 16],
+    sector: u64,
+    total: u64,
+    placed: &[nodeimg::disk::layout::Placed],
+) -> Vec<u8> {
+    use nodeimg::disk::gpt::{self, GptPart};
+    let parts: Vec<GptPart> = placed
+        .iter()
+        .map(|p| GptPart {
+            placed: p,
+            type_guid: gpt::default_type(p.kind),
+            unique_guid: [p.number as u8; 16],
+        })
+        .collect();
+    let t = gpt::tables(disk_guid, sector, total, &parts).unwrap();
+    let mut img = vec![0u8; total as usize];
+    img[..t.primary.len()].copy_from_slice(&t.primary);
+    let b = t.backup_offset as usize;
+    img[b..b + t.backup.len()].copy_from_slice(&t.backup);
+    img
+}
