@@ -110,6 +110,19 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `nodeimg build BOARD --rootfs <the test rootfs> -o DIR/out --join CFG EXTRA...`:
+/// the output directory and what the run gave.
+pub fn build_joined(board: &str, dir: &Path, cfg: &Path, extra: &[&str]) -> (PathBuf, Output) {
+    let out = dir.join("out");
+    let cfg = cfg.to_str().expect("a UTF-8 test path");
+    let args: Vec<&str> = ["--join", cfg]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let res = build(board, &test_rootfs(), &out, &args);
+    (out, res)
+}
+
 /// Builds `board` from `rootfs` into `out` with a fixed SOURCE_DATE_EPOCH.
 pub fn build(board: &str, rootfs: &Path, out: &Path, extra: &[&str]) -> Output {
     run(nodeimg()
