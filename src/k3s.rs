@@ -40,12 +40,26 @@ pub struct K3sSpec {
     pub airgap_images: Option<PathBuf>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Debug output shows `url_base` without its user information, as the
+/// errors do (a cluster config's Debug form reaches logs and test output).
+#[derive(Clone, PartialEq, Eq)]
 pub enum K3sSource {
     /// Download from `url_base` (no trailing slash needed).
     Release { url_base: String },
     /// Use this local binary as is.
     File { path: PathBuf },
+}
+
+impl std::fmt::Debug for K3sSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            K3sSource::Release { url_base } => f
+                .debug_struct("Release")
+                .field("url_base", &hide_url_credentials(url_base))
+                .finish(),
+            K3sSource::File { path } => f.debug_struct("File").field("path", path).finish(),
+        }
+    }
 }
 
 /// k3s's name for an architecture (`arm64`, `amd64`, `arm`), from either its
@@ -752,6 +766,21 @@ mod tests {
             msg.starts_with(&format!("downloading http://<redacted>@{addr}/releases/")),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn debug_output_hides_url_base_credentials() {
+        let spec = K3sSpec {
+            version: Some(VERSION.into()),
+            source: K3sSource::Release {
+                url_base: "https://k3s:pw-s3cret-123@mirror.lan/k3s".into(),
+            },
+            airgap_images: None,
+        };
+        for text in [format!("{spec:?}"), format!("{spec:#?}")] {
+            assert!(!text.contains("pw-s3cret-123"), "{text}");
+            assert!(text.contains("https://<redacted>@mirror.lan/k3s"), "{text}");
+        }
     }
 
     #[test]
