@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::disk::layout::Role;
+use crate::disk::sparse;
 use crate::fs::fat;
 use crate::inspect;
 use crate::qemu::{self, Vm, VmSpec};
@@ -111,7 +113,7 @@ pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {
     let boot = BootFiles::extract(&opts.image, &opts.work_dir)?;
     let qemu = qemu::find_qemu()?;
     let disk = opts.work_dir.join("disk.img");
-    let original = qemu::sparse_copy(&opts.image, &disk)?;
+    let original = sparse::copy_file(&opts.image, &disk)?;
     let grown = original + opts.grow_by;
     std::fs::OpenOptions::new()
         .write(true)
@@ -151,7 +153,7 @@ pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {
         });
     }
     record(check_mounts(&mut vm));
-    record(check_grown(&mut vm, grown));
+    record(check_grown(&mut vm, grown, boot.parts.number(Role::Data)));
     let id1 = identity(&mut vm);
     let wrote = vm.sh(
         "echo gone > /etc/nodeimg-boottest && for d in /root /var/lib /home; do echo kept > $d/nodeimg-boottest || exit 1; done; \
@@ -194,12 +196,13 @@ pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {
             opts.boot_timeout,
         ));
         let no_data = opts.work_dir.join("no-data.img");
-        qemu::sparse_copy(&opts.image, &no_data)?;
-        remove_partition(&no_data, 4)?;
+        sparse::copy_file(&opts.image, &no_data)?;
+        let data = boot.parts.number(Role::Data);
+        remove_partition(&no_data, data)?;
         record(check_rescue(
             "missing data partition ends at the rescue shell",
             &spec("52:54:00:00:00:04", 1, 512, &boot.cmdline, &no_data),
-            "partition 4",
+            &format!("partition {data}"),
             opts.boot_timeout,
         ));
         let _ = std::fs::remove_file(&no_data);
@@ -211,19 +214,66 @@ pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {
     })
 }
 
+/// Which partition of an image plays each [`Role`]: the numbers its kernel
+/// cmdline gives the init (`nodeimg.boot=`, `nodeimg.system=`, `nodeimg.data=`),
+/// and the layout's [`Role::number`] for a role the cmdline does not name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partitions {
+    /// Indexed by [`Role::index`].
+    numbers: [u32; 4],
+}
+
+impl Partitions {
+    /// The nodeimg layout's numbers.
+    pub fn layout() -> Partitions {
+        Partitions {
+            numbers: Role::ALL.map(Role::number),
+        }
+    }
+
+    /// The numbers `cmdline` names, the layout's for the others. A value that
+    /// is not a partition number is an error: the init would refuse it too.
+    pub fn from_cmdline(cmdline: &str) -> Result<Partitions> {
+        let mut parts = Partitions::layout();
+        for word in cmdline.split_whitespace() {
+            let Some((key, value)) = word.split_once('=') else {
+                continue;
+            };
+            let Some(role) = Role::ALL.into_iter().find(|r| r.cmdline_key() == Some(key)) else {
+                continue;
+            };
+            let n: u32 = value
+                .parse()
+                .ok()
+                .filter(|n| *n >= 1)
+                .with_context(|| format!("the cmdline's {word}: not a partition number"))?;
+            parts.numbers[role.index()] = n;
+        }
+        Ok(parts)
+    }
+
+    /// The partition number of `role`.
+    pub fn number(&self, role: Role) -> u32 {
+        self.numbers[role.index()]
+    }
+}
+
 /// Kernel, initramfs and cmdline taken from the image's boot partition.
 pub struct BootFiles {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     /// The image's cmdline plus `console=ttyAMA0` for the VM's serial port.
     pub cmdline: String,
+    /// The partitions by role, as the image's cmdline names them.
+    pub parts: Partitions,
 }
 
 impl BootFiles {
-    /// Extracts them from partition 1 of `image` into `dir`.
+    /// Extracts them from the boot partition of `image` (the layout's
+    /// [`Role::Boot`] number) into `dir`.
     pub fn extract(image: &Path, dir: &Path) -> Result<BootFiles> {
         let part = dir.join("boot.vfat");
-        inspect::extract_partition(image, 1, &part)?;
+        inspect::extract_partition(image, Role::Boot.number(), &part)?;
         let read = |name: &str| {
             fat::read_file(&part, name).with_context(|| {
                 format!(
@@ -234,21 +284,27 @@ impl BootFiles {
         };
         let cmdline =
             String::from_utf8(read("cmdline.txt")?).context("cmdline.txt is not UTF-8")?;
+        let parts = Partitions::from_cmdline(&cmdline)
+            .with_context(|| format!("cmdline.txt of {}", image.display()))?;
         // The kernel and initramfs names are on the cmdline's board; take the
         // names from config.txt when present, else the defaults.
         let (kname, iname) = match read("config.txt") {
             Ok(cfg) => names_from_config_txt(&String::from_utf8_lossy(&cfg)),
             Err(_) => ("vmlinuz".to_string(), "initrd.img".to_string()),
         };
-        let kernel = dir.join("kernel");
-        std::fs::write(&kernel, read(&kname)?)?;
-        let initrd = dir.join("initrd");
-        std::fs::write(&initrd, read(&iname)?)?;
+        let write = |to: PathBuf, name: &str| -> Result<PathBuf> {
+            std::fs::write(&to, read(name)?)
+                .with_context(|| format!("writing {}", to.display()))?;
+            Ok(to)
+        };
+        let kernel = write(dir.join("kernel"), &kname)?;
+        let initrd = write(dir.join("initrd"), &iname)?;
         let _ = std::fs::remove_file(&part);
         Ok(BootFiles {
             kernel,
             initrd,
             cmdline: format!("{} console=ttyAMA0", cmdline.trim()),
+            parts,
         })
     }
 }
@@ -350,12 +406,20 @@ fn check_mounts(vm: &mut Vm) -> Check {
     outcome(name, r)
 }
 
-/// The data partition and its filesystem fill the enlarged disk.
-fn check_grown(vm: &mut Vm, disk_bytes: u64) -> Check {
+/// The data partition (number `data` on the disk) is `/`, and it and its
+/// filesystem fill the enlarged disk.
+fn check_grown(vm: &mut Vm, disk_bytes: u64, data: u32) -> Check {
     let name = "data partition and filesystem grew to fill the enlarged disk";
     let r = (|| -> Result<String> {
         let dev = sh(vm, "awk '$2==\"/\"{print $1}' /proc/mounts | tail -n1")?;
         let part = dev.trim().trim_start_matches("/dev/").to_string();
+        let number = sh(vm, &format!("cat /sys/class/block/{part}/partition"))?;
+        if number.trim() != data.to_string() {
+            bail!(
+                "/ is /dev/{part}, partition {}, not the data partition {data}",
+                number.trim()
+            );
+        }
         let disk = sh(
             vm,
             &format!("basename $(dirname $(readlink -f /sys/class/block/{part}))"),
@@ -560,8 +624,12 @@ pub fn remove_partition(image: &Path, number: u32) -> Result<()> {
         let mut arr = vec![0u8; gpt.entry_count as usize * entry];
         f.seek(SeekFrom::Start(gpt.entries_offset))?;
         f.read_exact(&mut arr)?;
-        let at = (number - 1) as usize * entry;
-        arr[at..at + entry].fill(0);
+        // The reader found the partition in this array, so its entry is there.
+        let slot = usize::try_from(index)
+            .ok()
+            .and_then(|i| arr.chunks_mut(entry).nth(i))
+            .ok_or_else(|| std::io::Error::other("the entry is outside the GPT entry array"))?;
+        slot.fill(0);
         hdr[88..92].copy_from_slice(&crc32fast::hash(&arr).to_le_bytes());
         let crc = crate::disk::read::header_crc(&hdr);
         hdr[16..20].copy_from_slice(&crc.to_le_bytes());
@@ -609,15 +677,15 @@ mod tests {
     fn image(dir: &Path, gpt: bool) -> PathBuf {
         use crate::disk::layout::{PartKind, Placed, MIB};
         use crate::disk::{gpt as g, mbr};
-        let placed: Vec<Placed> = (1..=4)
-            .map(|n| Placed {
-                number: n,
-                name: format!("p{n}"),
-                start: u64::from(n) * MIB,
+        let placed: Vec<Placed> = Role::ALL
+            .map(|r| Placed {
+                number: r.number(),
+                name: r.name().to_string(),
+                start: u64::from(r.number()) * MIB,
                 size: MIB,
                 kind: PartKind::LinuxData,
             })
-            .collect();
+            .to_vec();
         let mut img = vec![0u8; 8 * MIB as usize];
         if gpt {
             let parts: Vec<g::GptPart> = placed
@@ -645,14 +713,54 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for gpt in [true, false] {
             let img = image(dir.path(), gpt);
-            remove_partition(&img, 4).unwrap();
+            let data = Role::Data.number();
+            remove_partition(&img, data).unwrap();
             // The checked reader accepts the edited table (CRCs recomputed).
             let t = inspect::read_table(&img).unwrap();
             let numbers: Vec<u32> = t.partitions.iter().map(|p| p.number).collect();
-            assert_eq!(numbers, [1, 2, 3], "gpt: {gpt}");
-            let err = format!("{:#}", remove_partition(&img, 4).unwrap_err());
-            assert!(err.ends_with("no partition 4"), "{err}");
+            let others: Vec<u32> = Role::ALL
+                .into_iter()
+                .filter(|r| *r != Role::Data)
+                .map(Role::number)
+                .collect();
+            assert_eq!(numbers, others, "gpt: {gpt}");
+            let err = format!("{:#}", remove_partition(&img, data).unwrap_err());
+            assert!(err.ends_with(&format!("no partition {data}")), "{err}");
             assert!(remove_partition(&img, 0).is_err());
+        }
+    }
+
+    #[test]
+    fn partitions_by_role_come_from_the_cmdline_else_the_layout() {
+        let layout = Partitions::layout();
+        for role in Role::ALL {
+            assert_eq!(layout.number(role), role.number(), "{role:?}");
+        }
+        // What a build writes: the same numbers.
+        let built = Partitions::from_cmdline(
+            "console=ttyS1 nodeimg.disk=mbr:12345678 nodeimg.boot=1 nodeimg.system=2 nodeimg.data=4",
+        )
+        .unwrap();
+        assert_eq!(built, layout);
+        // An image whose cmdline names other partitions is followed; roles it
+        // does not name (slot B has no key; boot left out here) keep the layout's.
+        let moved =
+            Partitions::from_cmdline("nodeimg.data=7 nodeimg.system=5 nodeimg.datax=9").unwrap();
+        assert_eq!(moved.number(Role::Data), 7);
+        assert_eq!(moved.number(Role::SystemA), 5);
+        assert_eq!(moved.number(Role::Boot), Role::Boot.number());
+        assert_eq!(moved.number(Role::SystemB), Role::SystemB.number());
+        for bad in [
+            "nodeimg.data=",
+            "nodeimg.data=0",
+            "nodeimg.data=x4",
+            "nodeimg.boot=-1",
+        ] {
+            let err = format!("{:#}", Partitions::from_cmdline(bad).unwrap_err());
+            assert!(
+                err.contains(bad) && err.contains("not a partition number"),
+                "{err}"
+            );
         }
     }
 

@@ -20,6 +20,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+use crate::join::hide_url_credentials;
 use crate::manifest::K3sInfo;
 use crate::progress::Progress;
 use crate::service;
@@ -39,12 +40,26 @@ pub struct K3sSpec {
     pub airgap_images: Option<PathBuf>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Debug output shows `url_base` without its user information, as the
+/// errors do (a cluster config's Debug form reaches logs and test output).
+#[derive(Clone, PartialEq, Eq)]
 pub enum K3sSource {
     /// Download from `url_base` (no trailing slash needed).
     Release { url_base: String },
     /// Use this local binary as is.
     File { path: PathBuf },
+}
+
+impl std::fmt::Debug for K3sSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            K3sSource::Release { url_base } => f
+                .debug_struct("Release")
+                .field("url_base", &hide_url_credentials(url_base))
+                .finish(),
+            K3sSource::File { path } => f.debug_struct("File").field("path", path).finish(),
+        }
+    }
 }
 
 /// k3s's name for an architecture (`arm64`, `amd64`, `arm`), from either its
@@ -229,6 +244,11 @@ fn fetch_release(
     let release = format!("{base}/{}", version.replace('+', "%2B"));
     let sums_url = format!("{release}/{sums_name}");
     let bin_url = format!("{release}/{asset}");
+    // What messages show: `url_base` may carry `user:password@`.
+    let (sums_shown, bin_shown) = (
+        hide_url_credentials(&sums_url),
+        hide_url_credentials(&bin_url),
+    );
 
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(30)))
@@ -237,9 +257,9 @@ fn fetch_release(
 
     let sums = download_small(&agent, &sums_url)?;
     let sums_text = String::from_utf8(sums.clone())
-        .map_err(|_| anyhow!("downloading {sums_url}: not a text file"))?;
+        .map_err(|_| anyhow!("downloading {sums_shown}: not a text file"))?;
     let expected = expected_hash(&sums_text, asset)
-        .ok_or_else(|| anyhow!("{sums_url} lists no sha256 for {asset}"))?;
+        .ok_or_else(|| anyhow!("{sums_shown} lists no sha256 for {asset}"))?;
 
     fs::create_dir_all(&dir).with_context(|| format!("creating cache {}", dir.display()))?;
     let mut tmp = tempfile::Builder::new()
@@ -250,7 +270,7 @@ fn fetch_release(
     if actual != expected {
         // `tmp` is deleted when dropped: nothing reaches the cache.
         bail!(
-            "checksum mismatch for {bin_url}: {sums_name} says sha256 {expected}, \
+            "checksum mismatch for {bin_shown}: {sums_name} says sha256 {expected}, \
              the download has {actual}; nothing was cached"
         );
     }
@@ -298,10 +318,17 @@ fn set_executable(_: &fs::File) -> Result<()> {
     Ok(())
 }
 
+/// The error for a failed request; `url` is shown without its user
+/// information (`user:password@`), as everywhere a URL is shown.
 fn http_error(url: &str, e: ureq::Error) -> anyhow::Error {
+    let url = hide_url_credentials(url);
     match e {
         ureq::Error::StatusCode(code) => anyhow!("downloading {url}: HTTP status {code}"),
-        other => anyhow!("downloading {url}: {other}"),
+        // Some ureq errors quote the URL themselves.
+        other => anyhow!(
+            "downloading {url}: {}",
+            hide_url_credentials(&other.to_string())
+        ),
     }
 }
 
@@ -313,7 +340,7 @@ fn download_small(agent: &ureq::Agent, url: &str) -> Result<Vec<u8>> {
         .into_reader()
         .take(1 << 20)
         .read_to_end(&mut out)
-        .with_context(|| format!("downloading {url}"))?;
+        .with_context(|| format!("downloading {}", hide_url_credentials(url)))?;
     Ok(out)
 }
 
@@ -325,6 +352,7 @@ fn download_to(
     progress: &Progress,
 ) -> Result<String> {
     let resp = agent.get(url).call().map_err(|e| http_error(url, e))?;
+    let url = hide_url_credentials(url);
     let body = resp.into_body();
     let bar = progress.transfer(body.content_length(), format!("downloading {url}"));
     let mut reader = body.into_reader();
@@ -335,7 +363,10 @@ fn download_to(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(anyhow!("downloading {url}: {e}")),
+            Err(e) => {
+                let e = hide_url_credentials(&e.to_string());
+                return Err(anyhow!("downloading {url}: {e}"));
+            }
         };
         hasher.update(&buf[..n]);
         out.write_all(&buf[..n])
@@ -538,6 +569,12 @@ mod tests {
         }
     }
 
+    /// The error of a fetch that must fail, with its causes, as printed.
+    fn fetch_err(spec: &K3sSpec, cache: &Path) -> String {
+        let err = fetch(spec, "arm64", cache, &Progress::hidden()).unwrap_err();
+        format!("{err:#}")
+    }
+
     /// Names in the version's cache directory, temporary files included.
     fn cache_listing(cache: &Path) -> Vec<String> {
         let dir = cache.join("k3s").join(VERSION);
@@ -636,16 +673,9 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let listed = sha(b"the real k3s");
         let server = Server::start(release_files(FAKE_K3S, &listed));
-        let err = fetch(
-            &release_spec(&server),
-            "arm64",
-            cache.path(),
-            &Progress::hidden(),
-        )
-        .unwrap_err();
-        let msg = format!("{err:#}");
+        let err = fetch_err(&release_spec(&server), cache.path());
         assert_eq!(
-            msg,
+            err,
             format!(
                 "checksum mismatch for {}/v1.31.4%2Bk3s1/k3s-arm64: sha256sum-arm64.txt says sha256 {listed}, \
                  the download has {}; nothing was cached",
@@ -660,15 +690,9 @@ mod tests {
     fn missing_release_names_the_url() {
         let cache = tempfile::tempdir().unwrap();
         let server = Server::start(HashMap::new());
-        let err = fetch(
-            &release_spec(&server),
-            "arm64",
-            cache.path(),
-            &Progress::hidden(),
-        )
-        .unwrap_err();
+        let err = fetch_err(&release_spec(&server), cache.path());
         assert_eq!(
-            format!("{err:#}"),
+            err,
             format!(
                 "downloading {}/v1.31.4%2Bk3s1/sha256sum-arm64.txt: HTTP status 404",
                 server.base
@@ -682,21 +706,92 @@ mod tests {
             .exists());
     }
 
+    /// A `url_base` with `user:password@`: the errors name the URL without them.
+    #[test]
+    fn errors_never_show_url_base_credentials() {
+        let cache = tempfile::tempdir().unwrap();
+        let secret = "pw-s3cret-123";
+        let with_credentials = |server: &Server| K3sSpec {
+            source: K3sSource::Release {
+                url_base: server
+                    .base
+                    .replace("http://", &format!("http://k3s:{secret}@")),
+            },
+            ..release_spec(server)
+        };
+        let redacted = |server: &Server| server.base.replace("http://", "http://<redacted>@");
+
+        // The hash list is missing: the HTTP error names its URL.
+        let server = Server::start(HashMap::new());
+        let msg = fetch_err(&with_credentials(&server), cache.path());
+        assert!(!msg.contains(secret), "{msg}");
+        assert_eq!(
+            msg,
+            format!(
+                "downloading {}/v1.31.4%2Bk3s1/sha256sum-arm64.txt: HTTP status 404",
+                redacted(&server)
+            )
+        );
+        assert_eq!(server.hits(), 1, "the request was made");
+        drop(server);
+
+        // Both downloaded, the hash differs: the mismatch names the binary's URL.
+        let server = Server::start(release_files(FAKE_K3S, &sha(b"the real k3s")));
+        let msg = fetch_err(&with_credentials(&server), cache.path());
+        assert!(!msg.contains(secret), "{msg}");
+        assert!(
+            msg.starts_with(&format!(
+                "checksum mismatch for {}/v1.31.4%2Bk3s1/k3s-arm64:",
+                redacted(&server)
+            )),
+            "{msg}"
+        );
+        drop(server);
+
+        // Nothing listens: the connection error names the URL too.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let spec = K3sSpec {
+            version: Some(VERSION.into()),
+            source: K3sSource::Release {
+                url_base: format!("http://k3s:{secret}@{addr}/releases"),
+            },
+            airgap_images: None,
+        };
+        let msg = fetch_err(&spec, cache.path());
+        assert!(!msg.contains(secret), "{msg}");
+        assert!(
+            msg.starts_with(&format!("downloading http://<redacted>@{addr}/releases/")),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_url_base_credentials() {
+        let spec = K3sSpec {
+            version: Some(VERSION.into()),
+            source: K3sSource::Release {
+                url_base: "https://k3s:pw-s3cret-123@mirror.lan/k3s".into(),
+            },
+            airgap_images: None,
+        };
+        for text in [format!("{spec:?}"), format!("{spec:#?}")] {
+            assert!(!text.contains("pw-s3cret-123"), "{text}");
+            assert!(text.contains("https://<redacted>@mirror.lan/k3s"), "{text}");
+        }
+    }
+
     #[test]
     fn binary_404_after_checksums_names_the_binary_url() {
         let cache = tempfile::tempdir().unwrap();
         let mut files = release_files(FAKE_K3S, &sha(FAKE_K3S));
         files.remove("/releases/v1.31.4%2Bk3s1/k3s-arm64");
         let server = Server::start(files);
-        let err = fetch(
-            &release_spec(&server),
-            "arm64",
-            cache.path(),
-            &Progress::hidden(),
-        )
-        .unwrap_err();
+        let err = fetch_err(&release_spec(&server), cache.path());
         assert_eq!(
-            format!("{err:#}"),
+            err,
             format!(
                 "downloading {}/v1.31.4%2Bk3s1/k3s-arm64: HTTP status 404",
                 server.base
@@ -714,15 +809,9 @@ mod tests {
             format!("{}  k3s\n", sha(b"x")).into_bytes(),
         );
         let server = Server::start(files);
-        let err = fetch(
-            &release_spec(&server),
-            "arm64",
-            cache.path(),
-            &Progress::hidden(),
-        )
-        .unwrap_err();
+        let err = fetch_err(&release_spec(&server), cache.path());
         assert_eq!(
-            format!("{err:#}"),
+            err,
             format!(
                 "{}/v1.31.4%2Bk3s1/sha256sum-arm64.txt lists no sha256 for k3s-arm64",
                 server.base
@@ -795,18 +884,12 @@ mod tests {
         let text = dir.path().join("notes.txt");
         fs::write(&text, "hello").unwrap();
         assert_eq!(
-            format!(
-                "{:#}",
-                fetch(&spec(&text), "arm64", &cache, &Progress::hidden()).unwrap_err()
-            ),
+            fetch_err(&spec(&text), &cache),
             format!("k3s binary {}: not an ELF executable", text.display())
         );
 
         let missing = dir.path().join("nope");
-        let msg = format!(
-            "{:#}",
-            fetch(&spec(&missing), "arm64", &cache, &Progress::hidden()).unwrap_err()
-        );
+        let msg = fetch_err(&spec(&missing), &cache);
         assert!(
             msg.starts_with(&format!("k3s binary {}: ", missing.display())),
             "{msg}"

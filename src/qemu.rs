@@ -5,7 +5,7 @@
 //! failed check can show what the console said.
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -116,14 +116,9 @@ impl Vm {
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
-            {
-                let buf = lock(&self.console);
-                let text = String::from_utf8_lossy(&buf[self.seen.min(buf.len())..]).into_owned();
-                if let Some(i) = text.find(needle) {
-                    let upto = i + needle.len();
-                    self.seen += text[..upto].len();
-                    return Ok(text[..upto].to_string());
-                }
+            if let Some((seen, text)) = take_through(&lock(&self.console), self.seen, needle) {
+                self.seen = seen;
+                return Ok(text);
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 bail!(
@@ -212,6 +207,26 @@ impl Drop for Vm {
     }
 }
 
+/// Finds `needle` in `console` from byte `seen` on; returns the byte offset
+/// just past it and the text up to there. The search is on bytes, so what the
+/// guest prints that is not UTF-8 cannot shift the offset (a lossy decoding
+/// changes lengths).
+fn take_through(console: &[u8], seen: usize, needle: &str) -> Option<(usize, String)> {
+    let start = seen.min(console.len());
+    let rest = &console[start..];
+    let needle = needle.as_bytes();
+    let at = if needle.is_empty() {
+        0
+    } else {
+        rest.windows(needle.len()).position(|w| w == needle)?
+    };
+    let end = at + needle.len();
+    Some((
+        start + end,
+        String::from_utf8_lossy(&rest[..end]).into_owned(),
+    ))
+}
+
 fn lock(m: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -242,7 +257,27 @@ pub fn find_qemu() -> Result<PathBuf> {
         })
 }
 
-/// Copies a (possibly sparse) image, keeping holes (see `disk::sparse`).
-pub fn sparse_copy(from: &Path, to: &Path) -> Result<u64> {
-    crate::disk::sparse::copy_file(from, to)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_consume_bytes_even_when_the_console_is_not_utf8() {
+        // Two bytes that are not UTF-8 become two 3-byte replacement
+        // characters when decoded: offsets must come from the bytes.
+        let console = b"\xff\xfeboot OK\r\n@@E1:0\nnext @@E2:1\n";
+        let (seen, text) = take_through(console, 0, "OK").unwrap();
+        assert_eq!(seen, 9);
+        assert_eq!(text, "\u{fffd}\u{fffd}boot OK");
+        let (seen, text) = take_through(console, seen, "@@E1:").unwrap();
+        assert_eq!(text, "\r\n@@E1:");
+        let (seen, text) = take_through(console, seen, "\n").unwrap();
+        assert_eq!(text, "0\n");
+        let (seen, text) = take_through(console, seen, "@@E2:").unwrap();
+        assert_eq!(text, "next @@E2:");
+        assert_eq!(&console[seen..], b"1\n");
+        // Not there (yet), or past the end: nothing is consumed.
+        assert_eq!(take_through(console, seen, "@@E3:"), None);
+        assert_eq!(take_through(console, 1000, "x"), None);
+    }
 }

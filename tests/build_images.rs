@@ -4,7 +4,7 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
@@ -432,13 +432,13 @@ fn medium_too_small_for_the_layout_is_refused() {
     assert_clean_failure(&res, &dir, &["--size"]);
 }
 
-#[test]
-fn truncated_tarball_names_the_entry() {
-    let dir = scratch("err-truncated");
-    // Uncompressed, cut in the middle of the kernel image's data.
-    let tar = dir.join("rootfs.tar");
+/// The first half of a tarball of the test rootfs's `/boot` (`tar_args` pick
+/// the compression), written to `dir/name`.
+fn half_a_boot_tarball(dir: &Path, name: &str, tar_args: &[&str]) -> PathBuf {
+    let tar = dir.join(format!("whole-{name}"));
     run_ok(
         Command::new("tar")
+            .args(tar_args)
             .arg("-cf")
             .arg(&tar)
             .arg("--numeric-owner")
@@ -447,8 +447,16 @@ fn truncated_tarball_names_the_entry() {
             .arg("boot"),
     );
     let bytes = fs::read(&tar).unwrap();
-    let cut = dir.join("cut.tar");
+    let cut = dir.join(name);
     fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    cut
+}
+
+#[test]
+fn truncated_tarball_names_the_entry() {
+    let dir = scratch("err-truncated");
+    // Uncompressed, cut in the middle of the kernel image's data.
+    let cut = half_a_boot_tarball(&dir, "cut.tar", &[]);
     let out = dir.join("out");
     fs::create_dir(&out).unwrap();
     let res = build("rpi4", &cut, &out, &[]);
@@ -461,20 +469,7 @@ fn truncated_tarball_names_the_entry() {
 #[test]
 fn truncated_zstd_tarball_is_one_line_naming_the_rootfs_once() {
     let dir = scratch("err-truncated-zst");
-    let tar = dir.join("rootfs.tar.zst");
-    run_ok(
-        Command::new("tar")
-            .arg("--zstd")
-            .arg("-cf")
-            .arg(&tar)
-            .arg("--numeric-owner")
-            .arg("-C")
-            .arg(unpacked_rootfs())
-            .arg("boot"),
-    );
-    let bytes = fs::read(&tar).unwrap();
-    let cut = dir.join("trunc.tar.zst");
-    fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let cut = half_a_boot_tarball(&dir, "trunc.tar.zst", &["--zstd"]);
     let out = dir.join("out");
     fs::create_dir(&out).unwrap();
     let res = build("rpi4", &cut, &out, &[]);

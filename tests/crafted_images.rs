@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::scratch;
-use nodeimg::disk::gpt::{self, GptPart};
 use nodeimg::disk::layout::{PartKind, Placed, MIB};
 use nodeimg::disk::{mbr, read};
 
@@ -45,21 +44,7 @@ fn layout() -> Vec<Placed> {
 }
 
 fn gpt_image() -> Vec<u8> {
-    let placed = layout();
-    let parts: Vec<GptPart> = placed
-        .iter()
-        .map(|p| GptPart {
-            placed: p,
-            type_guid: gpt::default_type(p.kind),
-            unique_guid: [p.number as u8; 16],
-        })
-        .collect();
-    let t = gpt::tables([9; 16], 512, TOTAL, &parts).unwrap();
-    let mut img = vec![0u8; TOTAL as usize];
-    img[..t.primary.len()].copy_from_slice(&t.primary);
-    let b = t.backup_offset as usize;
-    img[b..b + t.backup.len()].copy_from_slice(&t.backup);
-    img
+    common::gpt_image([9; 16], 512, TOTAL, &layout())
 }
 
 fn mbr_image() -> Vec<u8> {

@@ -21,7 +21,8 @@ use std::io::{Cursor, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
-use nodeimg::disk::gpt::{self, GptPart};
+mod common;
+
 use nodeimg::disk::layout::{PartKind, Placed};
 use nodeimg::disk::{mbr, read};
 
@@ -295,21 +296,7 @@ fn gpt_seed(sector: u64) -> Vec<u8> {
         .zip(bounds)
         .map(|(i, (f, l))| placed(i, f, l, sector))
         .collect();
-    let parts: Vec<GptPart> = placed
-        .iter()
-        .map(|p| GptPart {
-            placed: p,
-            type_guid: gpt::default_type(p.kind),
-            unique_guid: [p.number as u8; 16],
-        })
-        .collect();
-    let total = n * sector;
-    let t = gpt::tables([7; 16], sector, total, &parts).unwrap();
-    let mut img = vec![0u8; total as usize];
-    img[..t.primary.len()].copy_from_slice(&t.primary);
-    let b = t.backup_offset as usize;
-    img[b..b + t.backup.len()].copy_from_slice(&t.backup);
-    img
+    common::gpt_image([7; 16], sector, n * sector, &placed)
 }
 
 fn mbr_seed() -> Vec<u8> {

@@ -272,13 +272,7 @@ fn the_token_is_only_in_the_node_files_and_every_file_holding_it_is_0600() {
     let dir = scratch("join-secret");
     let k3s = fake_k3s(&dir);
     let cfg = cluster_yaml(&dir, &k3s, "node_name: pi-1\n");
-    let out = dir.join("out");
-    let res = build(
-        "rpi4",
-        &test_rootfs(),
-        &out,
-        &["--join", cfg.to_str().unwrap()],
-    );
+    let (out, res) = build_joined("rpi4", &dir, &cfg, &[]);
     assert!(res.status.success(), "{}", stderr(&res));
     let printed = format!("{}{}", stdout(&res), stderr(&res));
     assert!(!printed.contains(PASSWORD), "printed: {printed}");
@@ -333,13 +327,7 @@ fn bad_cluster_yaml_gets_one_line_with_the_line_number_and_no_token() {
         ),
     )
     .unwrap();
-    let out = dir.join("out");
-    let res = build(
-        "rpi4",
-        &test_rootfs(),
-        &out,
-        &["--join", cfg.to_str().unwrap()],
-    );
+    let (out, res) = build_joined("rpi4", &dir, &cfg, &[]);
     let err = stderr(&res);
     assert_eq!(res.status.code(), Some(1), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
@@ -356,13 +344,7 @@ fn k3s_binary_and_its_service_are_in_the_system_image() {
     let dir = scratch("join-k3s");
     let k3s = fake_k3s(&dir);
     let cfg = cluster_yaml(&dir, &k3s, "");
-    let out = dir.join("out");
-    let res = build(
-        "qemu-aarch64",
-        &test_rootfs(),
-        &out,
-        &["--join", cfg.to_str().unwrap()],
-    );
+    let (out, res) = build_joined("qemu-aarch64", &dir, &cfg, &[]);
     assert!(res.status.success(), "{}", stderr(&res));
     let img = out.join("qemu-aarch64/qemu-aarch64.img");
     let p2 = extract_partition(&img, 2, &dir.join("p2"));
@@ -401,13 +383,7 @@ fn an_inventory_gives_one_image_per_node_differing_only_in_node_config_and_ids()
         &k3s,
         "nodes:\n  - name: n1\n  - name: n2\n    labels: {gpu: \"true\"}\n",
     );
-    let out = dir.join("out");
-    let res = build(
-        "qemu-aarch64",
-        &test_rootfs(),
-        &out,
-        &["--join", cfg.to_str().unwrap(), "--all-nodes"],
-    );
+    let (out, res) = build_joined("qemu-aarch64", &dir, &cfg, &["--all-nodes"]);
     assert!(res.status.success(), "{}", stderr(&res));
     assert_eq!(dir_names(&out), ["qemu-aarch64-n1", "qemu-aarch64-n2"]);
     let img = |n: &str| out.join(format!("qemu-aarch64-{n}/qemu-aarch64-{n}.img"));

@@ -96,16 +96,10 @@ fn k3s_starts_with_the_baked_config_and_picks_up_edits_on_the_boot_partition() {
         ),
     )
     .unwrap();
-    let out = dir.join("out");
-    let res = build(
-        "qemu-aarch64",
-        &test_rootfs(),
-        &out,
-        &["--join", cfg.to_str().unwrap(), "--size", "1500M"],
-    );
+    let (out, res) = build_joined("qemu-aarch64", &dir, &cfg, &["--size", "1500M"]);
     assert!(res.status.success(), "{}", stderr(&res));
     let img = dir.join("disk.img");
-    qemu::sparse_copy(&out.join("qemu-aarch64/qemu-aarch64.img"), &img).unwrap();
+    nodeimg::disk::sparse::copy_file(&out.join("qemu-aarch64/qemu-aarch64.img"), &img).unwrap();
     let files = BootFiles::extract(&img, &dir).unwrap();
     let spec = VmSpec {
         qemu: qemu::find_qemu().unwrap(),

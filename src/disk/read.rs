@@ -467,11 +467,7 @@ fn read_at<R: Read + Seek>(
 
 /// GPT's mixed-endian GUID bytes as lowercase text.
 fn guid_text(b: &[u8; 16]) -> String {
-    format!(
-        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-        b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
-        b[14], b[15]
-    )
+    crate::ids::uuid_to_string(&crate::disk::gpt::guid_from_disk(b))
 }
 
 #[cfg(test)]

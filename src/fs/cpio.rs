@@ -18,27 +18,21 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use flate2::{Compression, GzBuilder};
 
-use crate::tree::{Content, Kind, Tree};
+use crate::tree::links::HardLinks;
+use crate::tree::{Kind, Tree};
 
 const MAGIC: &[u8; 6] = b"070701";
 const TRAILER: &str = "TRAILER!!!";
 
 /// Writes `tree` as a newc cpio archive to `w` and returns `w`.
 pub fn write<W: Write>(tree: &Tree, mut w: W) -> Result<W> {
-    // Hard link groups: first inode number, names seen so far, total names.
-    let mut links: HashMap<*const Content, usize> = HashMap::new();
-    for (_, e) in tree.iter() {
-        if let Kind::File(d) = &e.kind {
-            *links.entry(Arc::as_ptr(d)).or_default() += 1;
-        }
-    }
-    // For each group: (inode, names written so far).
-    let mut groups: HashMap<*const Content, (u32, usize)> = HashMap::new();
+    let links = HardLinks::of(tree);
+    // Per hard-linked file, keyed by its first name: (inode, names written so far).
+    let mut written: HashMap<&str, (u32, u32)> = HashMap::new();
 
     let mut next_ino: u32 = 1;
     for (path, e) in tree.iter().filter(|(p, _)| !p.is_empty()) {
@@ -64,13 +58,12 @@ pub fn write<W: Write>(tree: &Tree, mut w: W) -> Result<W> {
         match &e.kind {
             Kind::Dir => h.nlink = 2,
             Kind::File(d) => {
-                let key = Arc::as_ptr(d);
-                let count = links.get(&key).copied().unwrap_or(1);
-                let (ino, seen) = groups.entry(key).or_insert((next_ino, 0));
+                let count = links.count(d).max(1);
+                let first = links.first(d).unwrap_or(path.as_str());
+                let (ino, seen) = written.entry(first).or_insert((next_ino, 0));
                 *seen += 1;
                 h.ino = *ino;
-                h.nlink = u32::try_from(count)
-                    .with_context(|| format!("cpio: /{path}: too many hard links"))?;
+                h.nlink = count;
                 // newc stores a hard-linked file's data with its last name only.
                 if *seen == count {
                     owned = d
@@ -193,10 +186,11 @@ mod tests {
     use crate::fs::squashfs::tests::{
         assert_extracted_matches, civil, mode_string, running_as_root, sample_tree,
     };
-    use crate::tree::{Entry, Meta};
+    use crate::tree::{Content, Entry, Meta};
     use std::io::Read;
     use std::os::unix::fs::MetadataExt;
     use std::process::{Command, Stdio};
+    use std::sync::Arc;
 
     fn archive(tree: &Tree) -> Vec<u8> {
         write(tree, Vec::new()).unwrap()

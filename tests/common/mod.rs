@@ -110,6 +110,19 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `nodeimg build BOARD --rootfs <the test rootfs> -o DIR/out --join CFG EXTRA...`:
+/// the output directory and what the run gave.
+pub fn build_joined(board: &str, dir: &Path, cfg: &Path, extra: &[&str]) -> (PathBuf, Output) {
+    let out = dir.join("out");
+    let cfg = cfg.to_str().expect("a UTF-8 test path");
+    let args: Vec<&str> = ["--join", cfg]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let res = build(board, &test_rootfs(), &out, &args);
+    (out, res)
+}
+
 /// Builds `board` from `rootfs` into `out` with a fixed SOURCE_DATE_EPOCH.
 pub fn build(board: &str, rootfs: &Path, out: &Path, extra: &[&str]) -> Output {
     run(nodeimg()
@@ -316,4 +329,29 @@ pub fn extract_initramfs(image: &Path, dir: &Path) -> PathBuf {
             .current_dir(&x),
     );
     x
+}
+
+/// A zeroed disk image of `total` bytes with the primary and backup GPT of
+/// `placed` (sector size `sector`); partition GUIDs repeat the partition number.
+pub fn gpt_image(
+    disk_guid: [u8; 16],
+    sector: u64,
+    total: u64,
+    placed: &[nodeimg::disk::layout::Placed],
+) -> Vec<u8> {
+    use nodeimg::disk::gpt::{self, GptPart};
+    let parts: Vec<GptPart> = placed
+        .iter()
+        .map(|p| GptPart {
+            placed: p,
+            type_guid: gpt::default_type(p.kind),
+            unique_guid: [p.number as u8; 16],
+        })
+        .collect();
+    let t = gpt::tables(disk_guid, sector, total, &parts).unwrap();
+    let mut img = vec![0u8; total as usize];
+    img[..t.primary.len()].copy_from_slice(&t.primary);
+    let b = t.backup_offset as usize;
+    img[b..b + t.backup.len()].copy_from_slice(&t.backup);
+    img
 }
