@@ -179,9 +179,24 @@ fn prepare_system(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
 
+    // The key's inputs are the build's own (an error there is the build's
+    // error), except this executable, which only the cache needs.
+    let exe_sha256 = if args.no_cache {
+        None
+    } else {
+        let exe = std::env::current_exe().context("locating the nodeimg executable");
+        match exe.and_then(|p| output::sha256_file(&p)) {
+            Ok(sha) => Some(sha),
+            Err(e) => {
+                eprintln!("nodeimg: warning: not using the system cache: {e:#}");
+                None
+            }
+        }
+    };
     let mut cached = None;
-    if !args.no_cache {
+    if let Some(exe_sha256) = exe_sha256 {
         let key = system_key(
+            &exe_sha256,
             data,
             board,
             board_bytes,
@@ -192,11 +207,8 @@ fn prepare_system(
             k3s_spec,
             airgap.as_ref(),
             progress,
-        );
-        match key {
-            Ok(key) => cached = Some((cache::Store::default_location(), key)),
-            Err(e) => eprintln!("nodeimg: warning: not using the system cache: {e:#}"),
-        }
+        )?;
+        cached = Some((cache::Store::default_location(), key));
     }
     if let Some((store, key)) = &cached {
         match store.load(key) {
@@ -419,6 +431,7 @@ fn add_airgap(data_tree: &mut Tree, images: k3s::AirgapImages, epoch: u64) -> Re
 /// config goes to the boot partition only.
 #[allow(clippy::too_many_arguments)]
 fn system_key(
+    exe_sha256: &str,
     data: &DataDir,
     board: &Board,
     board_bytes: &[u8],
@@ -430,8 +443,6 @@ fn system_key(
     airgap: Option<&k3s::AirgapImages>,
     progress: &Progress,
 ) -> Result<cache::Key> {
-    let exe = std::env::current_exe().context("locating the nodeimg executable")?;
-    let exe_sha256 = output::sha256_file(&exe)?;
     let mut overlays = Vec::new();
     for name in board
         .overlays
@@ -472,7 +483,7 @@ fn system_key(
         None => "none".to_string(),
     };
     Ok(cache::Key::new(
-        &exe_sha256,
+        exe_sha256,
         &[
             ("board", board_bytes),
             ("overlays", &overlays),

@@ -18,7 +18,8 @@
 //! An entry is written into a temporary directory beside the entries,
 //! synced, and renamed into place, so it is either whole or absent. One that
 //! fails its checks is removed and rebuilt. The cache keeps the [`KEEP`]
-//! most recently used entries (a hit refreshes an entry's time).
+//! most recently used entries (a hit refreshes an entry's time), and any
+//! used within the last hour, which a build running alongside may be reading.
 //! Nothing secret goes in: node config lives only on the boot partition.
 
 use std::collections::{BTreeMap, HashMap};
@@ -49,6 +50,10 @@ const BLOBS: &str = "blobs";
 
 /// Temporary directories older than this are left-overs of a build that died.
 const STALE_TMP: Duration = Duration::from_secs(24 * 3600);
+
+/// Entries used more recently than this are kept whatever their number: a
+/// build running alongside may still be reading one.
+const IN_USE: Duration = Duration::from_secs(3600);
 
 /// The hex SHA-256 naming a cache entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,8 +210,9 @@ impl Store {
         Ok(target)
     }
 
-    /// Keeps the [`KEEP`] most recently used entries (and `keep`, whatever
-    /// its time); removes left-over temporary directories older than a day.
+    /// Keeps the [`KEEP`] most recently used entries (counting `keep`, kept
+    /// whatever its time) and those used within [`IN_USE`]; removes
+    /// left-over temporary directories older than a day.
     pub fn prune(&self, keep: &Key) -> Result<()> {
         let ctx = || format!("reading {}", self.root.display());
         let mut entries = Vec::new();
@@ -230,7 +236,11 @@ impl Store {
             }
         }
         entries.sort_by(|a, b| b.0.cmp(&a.0));
-        for (_, p) in entries.into_iter().skip(KEEP.saturating_sub(1)) {
+        let now = SystemTime::now();
+        for (mtime, p) in entries.into_iter().skip(KEEP.saturating_sub(1)) {
+            if now.duration_since(mtime).unwrap_or_default() < IN_USE {
+                continue;
+            }
             fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
         }
         Ok(())
@@ -781,7 +791,7 @@ mod tests {
         let (t, found) = sample(&dir.path().join("spill"));
         let store = Store::at(dir.path().join("systems"));
         let keys: Vec<Key> = (0..6u8).map(|i| Key::new("exe", &[("i", &[i])])).collect();
-        let base = SystemTime::now() - Duration::from_secs(3600);
+        let base = SystemTime::now() - Duration::from_secs(3 * 3600);
         for (i, k) in keys.iter().enumerate() {
             let e = store_one(&store, k, &t, &found);
             let when = base + Duration::from_secs(60 * i as u64);
@@ -791,5 +801,24 @@ mod tests {
         store.prune(&keys[0]).unwrap();
         let kept: Vec<bool> = keys.iter().map(|k| store.entry(k).exists()).collect();
         assert_eq!(kept, [true, false, false, true, true, true]);
+        // Entries used within the hour stay beyond the count: a build
+        // running alongside may be reading one.
+        for k in [&keys[1], &keys[2]] {
+            store_one(&store, k, &t, &found);
+        }
+        store.prune(&keys[5]).unwrap();
+        let kept: Vec<bool> = keys.iter().map(|k| store.entry(k).exists()).collect();
+        assert_eq!(kept, [false, true, true, false, true, true]);
+        // Five entries, all used just now: none goes.
+        for k in [&keys[4], &keys[5]] {
+            File::open(store.entry(k))
+                .unwrap()
+                .set_modified(SystemTime::now())
+                .unwrap();
+        }
+        store_one(&store, &keys[0], &t, &found);
+        store.prune(&keys[0]).unwrap();
+        let kept: Vec<bool> = keys.iter().map(|k| store.entry(k).exists()).collect();
+        assert_eq!(kept, [true, true, true, false, true, true]);
     }
 }
