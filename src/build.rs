@@ -157,10 +157,19 @@ fn prepare_system(
     } else {
         None
     };
-    let read = || {
+    // The rootfs as the build uses it: mtimes clamped to the epoch, and
+    // its digest (for build.json, and the cache key of a directory).
+    let read = || -> Result<(Tree, u64, [u8; 32])> {
         progress.step(format!("reading rootfs {}", args.rootfs.display()));
-        reader::read_rootfs(&args.rootfs, work.path())
-            .with_context(|| format!("reading rootfs {}", args.rootfs.display()))
+        let mut rootfs = reader::read_rootfs(&args.rootfs, work.path())
+            .with_context(|| format!("reading rootfs {}", args.rootfs.display()))?;
+        let epoch = match ids::source_date_epoch()? {
+            Some(e) => e,
+            None => rootfs.newest_mtime(),
+        };
+        rootfs.clamp_mtimes(epoch);
+        let digest = ids::tree_digest(&rootfs)?;
+        Ok((rootfs, epoch, digest))
     };
     // A directory's cache key is its content, so it is read first (once).
     let mut read_already = match rootfs_file_sha256 {
@@ -202,7 +211,7 @@ fn prepare_system(
             board_bytes,
             args,
             rootfs_file_sha256.as_deref(),
-            read_already.as_ref(),
+            read_already.as_ref().map(|r| &r.2),
             joined,
             k3s_spec,
             airgap.as_ref(),
@@ -271,16 +280,10 @@ fn prepare_system(
         .map_or(work.path(), |p| p.path())
         .to_path_buf();
 
-    let mut rootfs = match read_already.take() {
-        Some(t) => t,
+    let (mut rootfs, epoch, rootfs_digest) = match read_already.take() {
+        Some(r) => r,
         None => read()?,
     };
-    let epoch = match ids::source_date_epoch()? {
-        Some(e) => e,
-        None => rootfs.newest_mtime(),
-    };
-    rootfs.clamp_mtimes(epoch);
-    let rootfs_digest = ids::tree_digest(&rootfs)?;
 
     progress.step("finding kernel, modules and boot files");
     let found = bootfiles::locate(board, &rootfs)?;
@@ -368,6 +371,7 @@ fn prepare_system(
             key,
             p,
             &cache::ToStore {
+                squashfs_sha256: &squashfs_sha256,
                 data_tree: &base_data_tree,
                 found: &found,
                 scalars: &scalars,
@@ -437,7 +441,7 @@ fn system_key(
     board_bytes: &[u8],
     args: &BuildArgs,
     rootfs_file_sha256: Option<&str>,
-    rootfs_dir: Option<&Tree>,
+    rootfs_dir_digest: Option<&[u8; 32]>,
     joined: bool,
     k3s_spec: Option<&k3s::K3sSpec>,
     airgap: Option<&k3s::AirgapImages>,
@@ -455,9 +459,12 @@ fn system_key(
         overlays.push(0);
         overlays.extend_from_slice(&ids::tree_digest(&o.tree)?);
     }
-    let rootfs = match (rootfs_file_sha256, rootfs_dir) {
+    // A directory's digest is taken with its mtimes clamped to the epoch:
+    // that is all the build sees of them (and, SOURCE_DATE_EPOCH unset, the
+    // epoch is the newest mtime, which clamping keeps).
+    let rootfs = match (rootfs_file_sha256, rootfs_dir_digest) {
         (Some(sha), _) => format!("archive {sha}"),
-        (None, Some(t)) => format!("directory {}", hex::encode(ids::tree_digest(t)?)),
+        (None, Some(d)) => format!("directory {}", hex::encode(d)),
         (None, None) => bail!("the rootfs is neither an archive nor a directory"),
     };
     let epoch = match ids::source_date_epoch()? {

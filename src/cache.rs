@@ -109,6 +109,8 @@ pub struct Cached {
 /// What goes into an entry; the squashfs and initramfs are already files in
 /// the [`Pending`] directory.
 pub struct ToStore<'a> {
+    /// Already computed by the build: not read again.
+    pub squashfs_sha256: &'a str,
     pub data_tree: &'a Tree,
     pub found: &'a Found,
     pub scalars: &'a Scalars,
@@ -425,8 +427,8 @@ fn write_entry(dir: &Path, key: &Key, what: &ToStore) -> Result<()> {
         format: FORMAT,
         key: key.as_str().to_string(),
         scalars: what.scalars.clone(),
-        squashfs: sum_and_sync(&dir.join(SQUASHFS))?,
-        initramfs: sum_and_sync(&dir.join(INITRAMFS))?,
+        squashfs: sum_and_sync(&dir.join(SQUASHFS), Some(what.squashfs_sha256))?,
+        initramfs: sum_and_sync(&dir.join(INITRAMFS), None)?,
         blobs: FileSum {
             size: end,
             sha256: hex::encode(hash.finalize()),
@@ -440,15 +442,17 @@ fn write_entry(dir: &Path, key: &Key, what: &ToStore) -> Result<()> {
     sync_dir(dir)
 }
 
-fn sum_and_sync(path: &Path) -> Result<FileSum> {
+/// Syncs a file and records its size and SHA-256 (`sha256` when known).
+fn sum_and_sync(path: &Path, sha256: Option<&str>) -> Result<FileSum> {
     crate::output::sync(path)?;
     let size = fs::metadata(path)
         .with_context(|| format!("reading {}", path.display()))?
         .len();
-    Ok(FileSum {
-        size,
-        sha256: crate::output::sha256_file(path)?,
-    })
+    let sha256 = match sha256 {
+        Some(s) => s.to_string(),
+        None => crate::output::sha256_file(path)?,
+    };
+    Ok(FileSum { size, sha256 })
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -690,6 +694,7 @@ mod tests {
                 key,
                 &p,
                 &ToStore {
+                    squashfs_sha256: &hex::encode(Sha256::digest(vec![7u8; 4096])),
                     data_tree: t,
                     found,
                     scalars: &scalars(),
