@@ -237,7 +237,7 @@ impl Store {
                 entries.push((mtime, e.path()));
             }
         }
-        entries.sort_by(|a, b| b.0.cmp(&a.0));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.0));
         let now = SystemTime::now();
         for (mtime, p) in entries.into_iter().skip(KEEP.saturating_sub(1)) {
             if now.duration_since(mtime).unwrap_or_default() < IN_USE {
@@ -751,7 +751,8 @@ mod tests {
         let (t, found) = sample(&dir.path().join("spill"));
         let store = Store::at(dir.path().join("systems"));
         let key = Key::new("exe", &[]);
-        let damage: [(&str, fn(&Path)); 6] = [
+        type Damage = (&'static str, fn(&Path));
+        let damage: [Damage; 6] = [
             (SQUASHFS, |p| fs::write(p, vec![7u8; 100]).unwrap()),
             (SQUASHFS, |p| fs::write(p, vec![8u8; 4096]).unwrap()),
             (BLOBS, |p| {
