@@ -378,7 +378,8 @@ fn prepare_system(
             },
         );
         match stored {
-            Ok(entry) => {
+            Ok(None) => {}
+            Ok(Some(entry)) => {
                 squashfs = entry.join(cache::SQUASHFS);
                 if let Err(e) = store.prune(key) {
                     eprintln!("nodeimg: warning: pruning the system cache: {e:#}");

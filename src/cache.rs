@@ -193,23 +193,24 @@ impl Store {
     }
 
     /// Completes `pending` (its squashfs and initramfs written) as the entry
-    /// for `key` and returns the entry's directory. On an error `pending`
-    /// still holds the files (and removes them when dropped).
-    pub fn commit(&self, key: &Key, pending: &Pending, what: &ToStore) -> Result<PathBuf> {
+    /// for `key`; returns the entry's directory, or `None` when one was
+    /// there already (another build's, or one that could not be removed):
+    /// then `pending` keeps the files this build made, which it uses. On an
+    /// error too `pending` still holds them (and removes them when dropped).
+    pub fn commit(&self, key: &Key, pending: &Pending, what: &ToStore) -> Result<Option<PathBuf>> {
         let tmp = pending.path();
         write_entry(tmp, key, what)
             .with_context(|| format!("writing system cache entry {}", tmp.display()))?;
         let target = self.entry(key);
         if let Err(e) = fs::rename(tmp, &target) {
-            // Another build stored the same entry meanwhile: that one serves.
-            if !target.join(INDEX).is_file() {
-                return Err(e).with_context(|| {
-                    format!("renaming {} to {}", tmp.display(), target.display())
-                });
+            if target.exists() {
+                return Ok(None);
             }
+            return Err(e)
+                .with_context(|| format!("renaming {} to {}", tmp.display(), target.display()));
         }
         sync_dir(&self.root)?;
-        Ok(target)
+        Ok(Some(target))
     }
 
     /// Keeps the [`KEEP`] most recently used entries (counting `keep`, kept
@@ -701,6 +702,7 @@ mod tests {
                 },
             )
             .unwrap()
+            .expect("stored")
     }
 
     #[test]
@@ -777,6 +779,28 @@ mod tests {
             store.remove(&key).unwrap();
             assert!(store.load(&key).unwrap().is_none());
         }
+    }
+
+    #[test]
+    fn an_entry_already_there_is_not_replaced_and_the_pending_files_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (t, found) = sample(&dir.path().join("spill"));
+        let store = Store::at(dir.path().join("systems"));
+        let key = Key::new("exe", &[]);
+        let entry = store_one(&store, &key, &t, &found);
+        // A damaged entry that could not be removed: never taken for ours.
+        fs::write(entry.join(SQUASHFS), b"damaged").unwrap();
+        let p = store.begin().unwrap();
+        fs::write(p.squashfs(), vec![7u8; 4096]).unwrap();
+        fs::write(p.initramfs(), b"initramfs").unwrap();
+        let what = ToStore {
+            squashfs_sha256: &hex::encode(Sha256::digest(vec![7u8; 4096])),
+            data_tree: &t,
+            found: &found,
+            scalars: &scalars(),
+        };
+        assert_eq!(store.commit(&key, &p, &what).unwrap(), None);
+        assert_eq!(fs::read(p.squashfs()).unwrap(), vec![7u8; 4096]);
     }
 
     #[test]
