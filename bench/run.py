@@ -467,18 +467,20 @@ def main():
                 if which == "reference" and args.nodeimg_only:
                     continue
                 if which == "nodeimg":
+                    # Every run builds the system image: none reuses another's.
                     m, facts = nodeimg_build(nodeimg, rootfs, os.path.join(args.work, "out-nodeimg"),
-                                             level if has_level else None, data_dir)
+                                             level if has_level else None, data_dir,
+                                             ("--no-cache",) if "--no-cache" in help_text else ())
                 else:
                     m, facts = reference_build(rootfs, os.path.join(args.work, "out-reference"), level, layout)
                 r = {"wall": m.wall, "cpu": m.cpu, "rss": m.rss, **facts}
                 runs[which].append(r)
                 print(f"  run {i + 1} {which:9}: {m.wall:7.2f} s wall, {m.cpu:7.2f} s CPU, "
                       f"{human(m.rss):>10} RSS, squashfs {human(facts['squashfs'])}", flush=True)
-        if args.nodeimg_only:
-            continue
-        med = report(label, runs)
-        entry = {k: {"nodeimg": v[0], "reference": v[1]} for k, v in med.items()}
+        entry = {}
+        if not args.nodeimg_only:
+            med = report(label, runs)
+            entry = {k: {"nodeimg": v[0], "reference": v[1]} for k, v in med.items()}
         if args.second_node:
             entry["second_node"] = second_node(nodeimg, rootfs, args.work, level if has_level else None, data_dir)
         summary[label] = entry
@@ -488,12 +490,16 @@ def main():
 
 
 def second_node(nodeimg, rootfs, work, level, data_dir):
-    """Two nodes of one cluster built one after another: the second's wall time over the first's."""
+    """Two nodes of one cluster built one after another, each its own
+    `nodeimg build --join cluster.yaml --node N` with one fresh system cache
+    (XDG_CACHE_HOME): the first fills it, the second reuses the system image.
+    The second's wall time over the first's."""
     d = os.path.join(work, "cluster")
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d)
     standin = os.path.join(REPO, "test-images/k3s-standin")
-    open(os.path.join(d, "token"), "w").write("K10bench::server:benchtoken\n")
+    # A token of k3s's short form (the K10 form must be K10<64 hex>::user:password).
+    open(os.path.join(d, "token"), "w").write("bench-cluster-secret-0123456789\n")
     open(os.path.join(d, "cluster.yaml"), "w").write(
         "server: https://10.0.0.1:6443\ntoken_file: token\n"
         f"k3s:\n  source: file\n  path: {standin}\n"
@@ -501,14 +507,27 @@ def second_node(nodeimg, rootfs, work, level, data_dir):
     cache = os.path.join(work, "cache")
     shutil.rmtree(cache, ignore_errors=True)
     env_extra = ("--join", os.path.join(d, "cluster.yaml"))
+    saved = os.environ.get("XDG_CACHE_HOME")
     os.environ["XDG_CACHE_HOME"] = cache
-    first, _ = nodeimg_build(nodeimg, rootfs, os.path.join(work, "out-a"), level, data_dir,
-                             env_extra + ("--node", "node-a"))
-    second, _ = nodeimg_build(nodeimg, rootfs, os.path.join(work, "out-b"), level, data_dir,
-                              env_extra + ("--node", "node-b"))
+    try:
+        first, _ = nodeimg_build(nodeimg, rootfs, os.path.join(work, "out-a"), level, data_dir,
+                                 env_extra + ("--node", "node-a"))
+        second, _ = nodeimg_build(nodeimg, rootfs, os.path.join(work, "out-b"), level, data_dir,
+                                  env_extra + ("--node", "node-b"))
+    finally:
+        if saved is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = saved
+    states = []
+    for out, node in [("out-a", "node-a"), ("out-b", "node-b")]:
+        manifest = os.path.join(work, out, f"rpi4-{node}", "build.json")
+        states.append(json.load(open(manifest)).get("system_cache", "?"))
     ratio = second.wall / first.wall
-    print(f"second node: first {first.wall:.2f} s, second {second.wall:.2f} s, ratio {ratio:.3f}")
-    return {"first": first.wall, "second": second.wall, "ratio": ratio}
+    print(f"second node: first {first.wall:.2f} s ({states[0]}), second {second.wall:.2f} s "
+          f"({states[1]}), ratio {ratio:.3f}")
+    return {"first": first.wall, "second": second.wall, "ratio": ratio,
+            "system_cache": states}
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::board::{Board, DataDir};
 use crate::bootfiles::{self, Found};
+use crate::cache;
 use crate::cli::BuildArgs;
 use crate::disk::image;
 use crate::disk::layout::{human, Role};
@@ -113,10 +114,15 @@ fn output_name(board: &Board, node: Option<&NodeConfig>, args: &BuildArgs) -> St
 }
 
 /// Everything the nodes of one build share: the system image, the initramfs,
-/// the data partition's initial content and what describes them.
+/// the data partition's initial content and what describes them. It does not
+/// depend on which node is built (node config goes to the boot partition
+/// only), so it is cached between builds (`cache`).
 struct System {
     /// Holds the shared intermediate files; removed when dropped.
     _work: tempfile::TempDir,
+    /// A cache entry that could not be stored, still holding the squashfs.
+    _pending: Option<cache::Pending>,
+    /// In the work directory, the cache entry or `_pending`.
     squashfs: std::path::PathBuf,
     squashfs_size: u64,
     initramfs: Vec<u8>,
@@ -128,6 +134,8 @@ struct System {
     board_sha256: String,
     rootfs: RootfsInput,
     k3s: Option<K3sInfo>,
+    /// For build.json: "hit", "miss" or "off".
+    cache: &'static str,
 }
 
 fn prepare_system(
@@ -144,20 +152,138 @@ fn prepare_system(
         .prefix(".nodeimg-work")
         .tempdir_in(&args.output)
         .with_context(|| format!("creating a work directory in {}", args.output.display()))?;
-    progress.step(format!("reading rootfs {}", args.rootfs.display()));
     let rootfs_file_sha256 = if args.rootfs.is_file() {
         Some(output::sha256_file(&args.rootfs)?)
     } else {
         None
     };
-    let mut rootfs = reader::read_rootfs(&args.rootfs, work.path())
-        .with_context(|| format!("reading rootfs {}", args.rootfs.display()))?;
-    let epoch = match ids::source_date_epoch()? {
-        Some(e) => e,
-        None => rootfs.newest_mtime(),
+    // The rootfs as the build uses it: mtimes clamped to the epoch, and
+    // its digest (for build.json, and the cache key of a directory).
+    let read = || -> Result<(Tree, u64, [u8; 32])> {
+        progress.step(format!("reading rootfs {}", args.rootfs.display()));
+        let mut rootfs = reader::read_rootfs(&args.rootfs, work.path())
+            .with_context(|| format!("reading rootfs {}", args.rootfs.display()))?;
+        let epoch = match ids::source_date_epoch()? {
+            Some(e) => e,
+            None => rootfs.newest_mtime(),
+        };
+        rootfs.clamp_mtimes(epoch);
+        let digest = ids::tree_digest(&rootfs)?;
+        Ok((rootfs, epoch, digest))
     };
-    rootfs.clamp_mtimes(epoch);
-    let rootfs_digest = ids::tree_digest(&rootfs)?;
+    // A directory's cache key is its content, so it is read first (once).
+    let mut read_already = match rootfs_file_sha256 {
+        Some(_) => None,
+        None => Some(read()?),
+    };
+    let joined = nodes.first().is_some_and(|n| n.is_some());
+    let k3s_spec = nodes.first().and_then(|n| n.as_ref()?.k3s.as_ref());
+    let airgap = match k3s_spec {
+        Some(spec) => k3s::airgap(spec)?,
+        None => None,
+    };
+    let rootfs_name = args
+        .rootfs
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+
+    // The key's inputs are the build's own (an error there is the build's
+    // error), except this executable, which only the cache needs.
+    let exe_sha256 = if args.no_cache {
+        None
+    } else {
+        let exe = std::env::current_exe().context("locating the nodeimg executable");
+        match exe.and_then(|p| output::sha256_file(&p)) {
+            Ok(sha) => Some(sha),
+            Err(e) => {
+                eprintln!("nodeimg: warning: not using the system cache: {e:#}");
+                None
+            }
+        }
+    };
+    let mut cached = None;
+    if let Some(exe_sha256) = exe_sha256 {
+        let key = system_key(
+            &exe_sha256,
+            data,
+            board,
+            board_bytes,
+            args,
+            rootfs_file_sha256.as_deref(),
+            read_already.as_ref().map(|r| &r.2),
+            joined,
+            k3s_spec,
+            airgap.as_ref(),
+            progress,
+        )?;
+        cached = Some((cache::Store::default_location(), key));
+    }
+    if let Some((store, key)) = &cached {
+        match store.load(key) {
+            Ok(Some(c)) => {
+                progress.step(format!(
+                    "reusing the system image from the cache ({})",
+                    c.dir.display()
+                ));
+                if let Err(e) = store.prune(key) {
+                    eprintln!("nodeimg: warning: pruning the system cache: {e:#}");
+                }
+                let mut data_tree = c.data_tree;
+                if let Some(images) = airgap {
+                    add_airgap(&mut data_tree, images, c.scalars.epoch)?;
+                }
+                let seed = hex::decode(&c.scalars.seed).context("the cached seed")?;
+                return Ok(System {
+                    _work: work,
+                    _pending: None,
+                    squashfs: c.squashfs,
+                    squashfs_size: c.scalars.squashfs_size,
+                    initramfs: c.initramfs,
+                    data_tree,
+                    found: c.found,
+                    epoch: c.scalars.epoch,
+                    seed,
+                    board_sha256: hex::encode(Sha256::digest(board_bytes)),
+                    rootfs: RootfsInput {
+                        name: rootfs_name,
+                        sha256: rootfs_file_sha256,
+                        tree_sha256: c.scalars.rootfs_tree_sha256,
+                    },
+                    k3s: c.scalars.k3s,
+                    cache: "hit",
+                });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("nodeimg: warning: {e:#}; building the system image again");
+                if let Err(e) = store.remove(key) {
+                    eprintln!("nodeimg: warning: {e:#}");
+                }
+            }
+        }
+    }
+    // Where the squashfs and initramfs go: straight into a new cache entry
+    // when there is a cache, else the work directory.
+    let pending = match &cached {
+        Some((store, _)) => match store.begin() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("nodeimg: warning: not storing the system in the cache: {e:#}");
+                None
+            }
+        },
+        None => None,
+    };
+    let out_dir = pending
+        .as_ref()
+        .map_or(work.path(), |p| p.path())
+        .to_path_buf();
+
+    let (mut rootfs, epoch, rootfs_digest) = match read_already.take() {
+        Some(r) => r,
+        None => read()?,
+    };
 
     progress.step("finding kernel, modules and boot files");
     let found = bootfiles::locate(board, &rootfs)?;
@@ -179,42 +305,35 @@ fn prepare_system(
     .context("composing the initramfs")?;
 
     let mut airgap = None;
-    let k3s = match nodes.first().and_then(|n| n.as_ref()) {
-        Some(node) => {
-            progress.step("installing k3s and its service");
-            let (info, images) =
-                k3s::install(node.k3s.as_ref(), &board.arch, &mut rootfs, epoch, progress)?;
-            airgap = images;
-            Some(info)
-        }
-        None => None,
+    let k3s = if joined {
+        progress.step("installing k3s and its service");
+        let (info, images) = k3s::install(k3s_spec, &board.arch, &mut rootfs, epoch, progress)?;
+        airgap = images;
+        Some(info)
+    } else {
+        None
     };
 
     progress.step("composing the system tree");
-    let (usr, mut data_tree) = system::compose(data, board, rootfs, epoch)?;
+    let (usr, base_data_tree) = system::compose(data, board, rootfs, epoch)?;
+    // The cache keeps the data tree without the air-gap images (they can be
+    // large, and are the user's file anyway): a hit adds them again.
+    let mut data_tree = base_data_tree.clone();
     if let Some(images) = airgap {
-        // k3s imports archives from here on start.
-        data_tree.insert_with_parents(
-            &format!("var/lib/rancher/k3s/agent/images/{}", images.name),
-            tree::Entry {
-                meta: tree::Meta::root(0o644, epoch),
-                kind: tree::Kind::File(images.data),
-            },
-            tree::Meta::root(0o755, epoch),
-        )?;
+        add_airgap(&mut data_tree, images, epoch)?;
     }
 
     progress.step(format!(
         "writing the initramfs ({} files)",
         initramfs_tree.len()
     ));
-    let initrd_path = work.path().join("initramfs.cpio.gz");
+    let initrd_path = out_dir.join(cache::INITRAMFS);
     cpio::write_gzip(&initramfs_tree, &initrd_path).context("writing the initramfs")?;
     let initramfs = std::fs::read(&initrd_path)
         .with_context(|| format!("reading {}", initrd_path.display()))?;
 
     progress.step(format!("writing the system squashfs ({} files)", usr.len()));
-    let squashfs = work.path().join("system.squashfs");
+    let mut squashfs = out_dir.join(cache::SQUASHFS);
     let squashfs_mtime = u32::try_from(epoch).map_err(|_| {
         anyhow!("SOURCE_DATE_EPOCH {epoch} is past 2106, beyond squashfs timestamps")
     })?;
@@ -237,8 +356,43 @@ fn prepare_system(
         ("boot-files", &found.digest()?),
         ("data", &ids::tree_digest(&data_tree)?),
     ]);
+    let rootfs_tree_sha256 = hex::encode(rootfs_digest);
+    let mut state = "off";
+    if let (Some((store, key)), Some(p)) = (&cached, &pending) {
+        state = "miss";
+        let scalars = cache::Scalars {
+            epoch,
+            seed: hex::encode(&seed),
+            squashfs_size,
+            rootfs_tree_sha256: rootfs_tree_sha256.clone(),
+            k3s: k3s.clone(),
+        };
+        let stored = store.commit(
+            key,
+            p,
+            &cache::ToStore {
+                squashfs_sha256: &squashfs_sha256,
+                data_tree: &base_data_tree,
+                found: &found,
+                scalars: &scalars,
+            },
+        );
+        match stored {
+            Ok(None) => {}
+            Ok(Some(entry)) => {
+                squashfs = entry.join(cache::SQUASHFS);
+                if let Err(e) = store.prune(key) {
+                    eprintln!("nodeimg: warning: pruning the system cache: {e:#}");
+                }
+            }
+            Err(e) => eprintln!("nodeimg: warning: not storing the system in the cache: {e:#}"),
+        }
+    } else if cached.is_some() {
+        state = "miss";
+    }
     Ok(System {
         _work: work,
+        _pending: pending,
         squashfs,
         squashfs_size,
         initramfs,
@@ -248,16 +402,110 @@ fn prepare_system(
         seed,
         board_sha256: hex::encode(Sha256::digest(board_bytes)),
         rootfs: RootfsInput {
-            name: args
-                .rootfs
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+            name: rootfs_name,
             sha256: rootfs_file_sha256,
-            tree_sha256: hex::encode(rootfs_digest),
+            tree_sha256: rootfs_tree_sha256,
         },
         k3s,
+        cache: state,
     })
+}
+
+/// The air-gap images where k3s imports them from on start.
+fn add_airgap(data_tree: &mut Tree, images: k3s::AirgapImages, epoch: u64) -> Result<()> {
+    data_tree.insert_with_parents(
+        &format!("var/lib/rancher/k3s/agent/images/{}", images.name),
+        tree::Entry {
+            meta: tree::Meta::root(0o644, epoch),
+            kind: tree::Kind::File(images.data),
+        },
+        tree::Meta::root(0o755, epoch),
+    )
+}
+
+/// The system cache's key: a SHA-256 over everything `prepare_system`'s
+/// result depends on. This nodeimg (version and executable: another build of
+/// the code may write other bytes); the board file; the overlays it lays
+/// and the initramfs overlay (built in or from --data-dir); the rootfs (an
+/// archive's SHA-256, which is cheap; a directory's content, which means
+/// reading it); SOURCE_DATE_EPOCH or its absence; the squashfs compression
+/// level; whether there is a cluster config, and its `k3s:` section with
+/// the binary's and air-gap images' SHA-256; and
+/// --allow-missing-kernel-options (a system built with it must not let a
+/// build without it skip the kernel check). Nothing node-specific: the node
+/// config goes to the boot partition only.
+#[allow(clippy::too_many_arguments)]
+fn system_key(
+    exe_sha256: &str,
+    data: &DataDir,
+    board: &Board,
+    board_bytes: &[u8],
+    args: &BuildArgs,
+    rootfs_file_sha256: Option<&str>,
+    rootfs_dir_digest: Option<&[u8; 32]>,
+    joined: bool,
+    k3s_spec: Option<&k3s::K3sSpec>,
+    airgap: Option<&k3s::AirgapImages>,
+    progress: &Progress,
+) -> Result<cache::Key> {
+    let mut overlays = Vec::new();
+    for name in board
+        .overlays
+        .iter()
+        .map(String::as_str)
+        .chain(["initramfs"])
+    {
+        let o = data.overlay(name)?;
+        overlays.extend_from_slice(name.as_bytes());
+        overlays.push(0);
+        overlays.extend_from_slice(&ids::tree_digest(&o.tree)?);
+    }
+    // A directory's digest is taken with its mtimes clamped to the epoch:
+    // that is all the build sees of them (and, SOURCE_DATE_EPOCH unset, the
+    // epoch is the newest mtime, which clamping keeps).
+    let rootfs = match (rootfs_file_sha256, rootfs_dir_digest) {
+        (Some(sha), _) => format!("archive {sha}"),
+        (None, Some(d)) => format!("directory {}", hex::encode(d)),
+        (None, None) => bail!("the rootfs is neither an archive nor a directory"),
+    };
+    let epoch = match ids::source_date_epoch()? {
+        Some(e) => format!("{e}"),
+        None => "unset".to_string(),
+    };
+    let k3s = match (joined, k3s_spec) {
+        (false, _) => "no cluster config".to_string(),
+        (true, None) => "the rootfs's k3s".to_string(),
+        (true, Some(spec)) => {
+            let path = k3s::fetch(spec, &board.arch, &k3s::default_cache_dir(), progress)
+                .context("getting the k3s binary")?;
+            format!("{spec:?} sha256 {}", output::sha256_file(&path)?)
+        }
+    };
+    let airgap = match airgap {
+        Some(a) => {
+            let mut h = Sha256::new();
+            let mut r = a.data.reader().context("reading the k3s air-gap images")?;
+            std::io::copy(&mut r, &mut h).context("reading the k3s air-gap images")?;
+            format!("{} sha256 {}", a.name, hex::encode(h.finalize()))
+        }
+        None => "none".to_string(),
+    };
+    Ok(cache::Key::new(
+        exe_sha256,
+        &[
+            ("board", board_bytes),
+            ("overlays", &overlays),
+            ("rootfs", rootfs.as_bytes()),
+            ("source-date-epoch", epoch.as_bytes()),
+            ("compression-level", &args.compression_level.to_le_bytes()),
+            ("k3s", k3s.as_bytes()),
+            ("airgap-images", airgap.as_bytes()),
+            (
+                "allow-missing-kernel-options",
+                &[u8::from(args.allow_missing_kernel_options)],
+            ),
+        ],
+    ))
 }
 
 /// Writes one node's disk image, manifest and checksums; returns the output directory.
@@ -358,6 +606,7 @@ fn write_node_image(
         k3s: sys.k3s.clone(),
         disk: DiskInfo::new(plan, disk_id),
         system_image_size: sys.squashfs_size,
+        system_cache: sys.cache,
         outputs: vec![OutputInfo {
             file: image_name.clone(),
             size: total,

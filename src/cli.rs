@@ -105,6 +105,11 @@ pub struct BuildArgs {
     #[arg(long, value_name = "N", default_value_t = crate::fs::squashfs::DEFAULT_LEVEL,
           value_parser = clap::value_parser!(i32).range(1..=22))]
     pub compression_level: i32,
+
+    /// Neither reuse nor store the system image in the cache
+    /// ($XDG_CACHE_HOME/nodeimg/systems, else ~/.cache/nodeimg/systems).
+    #[arg(long)]
+    pub no_cache: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -385,6 +385,22 @@ pub struct AirgapImages {
     pub data: crate::tree::Data,
 }
 
+/// The air-gap images of `spec`, if it names any.
+pub fn airgap(spec: &K3sSpec) -> Result<Option<AirgapImages>> {
+    let Some(p) = airgap_images(spec)? else {
+        return Ok(None);
+    };
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "airgap-images.tar".to_string());
+    let len = std::fs::metadata(&p)
+        .with_context(|| format!("reading {}", p.display()))?
+        .len();
+    let data = std::sync::Arc::new(crate::tree::Content::from_path(&p, len));
+    Ok(Some(AirgapImages { name, data }))
+}
+
 /// Installs k3s into the rootfs: the binary (from cluster.yaml's `k3s:`
 /// section `spec`, else the rootfs's own) and the service that starts it.
 /// Returns what to record in the manifest and the air-gap images, if any.
@@ -422,17 +438,9 @@ pub fn install(
         };
         let binary = std::sync::Arc::new(crate::tree::Content::from_path(&path, len));
         service::install_k3s_binary(rootfs, binary, epoch)?;
-        if let Some(p) = airgap_images(spec)? {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "airgap-images.tar".to_string());
-            let len = std::fs::metadata(&p)
-                .with_context(|| format!("reading {}", p.display()))?
-                .len();
-            let data = std::sync::Arc::new(crate::tree::Content::from_path(&p, len));
-            info.airgap_images = Some(name.clone());
-            images = Some(AirgapImages { name, data });
+        if let Some(a) = airgap(spec)? {
+            info.airgap_images = Some(a.name.clone());
+            images = Some(a);
         }
     } else if !service::has_k3s(rootfs) {
         bail!(

@@ -9,6 +9,7 @@ pub mod board;
 pub mod bootfiles;
 pub mod boottest;
 pub mod build;
+pub mod cache;
 pub mod cli;
 pub mod disk;
 pub mod elf;

@@ -2,7 +2,7 @@
 //! (board, inputs and their hashes, kernel, node, k3s, partitions, outputs).
 //! Never the join token.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::disk::plan::DiskPlan;
 
@@ -19,6 +19,9 @@ pub struct Manifest {
     pub k3s: Option<K3sInfo>,
     pub disk: DiskInfo,
     pub system_image_size: u64,
+    /// Whether the system image came from the cache: "hit", "miss" or
+    /// "off" (`--no-cache`, or the cache could not be used).
+    pub system_cache: &'static str,
     pub outputs: Vec<OutputInfo>,
 }
 
@@ -30,7 +33,7 @@ pub struct NodeInfo {
     pub boot_partition_files: Vec<String>,
 }
 
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct K3sInfo {
     /// "release", "file <name>" or "rootfs".
     pub source: String,

@@ -30,6 +30,7 @@ fn lone(bin: &Path, cwd: &Path) -> Command {
     let mut c = Command::new(bin);
     c.current_dir(cwd)
         .env_remove("NODEIMG_DATA_DIR")
+        .env("XDG_CACHE_HOME", cwd.join(".cache"))
         .env("SOURCE_DATE_EPOCH", "1700000000");
     c
 }

@@ -82,6 +82,9 @@ pub fn scratch(name: &str) -> PathBuf {
 pub fn nodeimg() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_nodeimg"));
     c.env_remove("NODEIMG_DATA_DIR");
+    // The system and k3s caches of this test process, not the user's.
+    static CACHE: OnceLock<PathBuf> = OnceLock::new();
+    c.env("XDG_CACHE_HOME", CACHE.get_or_init(|| scratch("xdg-cache")));
     c
 }
 
