@@ -157,7 +157,7 @@ fn prepare_system(
         None => rootfs.newest_mtime(),
     };
     rootfs.clamp_mtimes(epoch);
-    let rootfs_digest = ids::tree_digest(&rootfs)?;
+    let rootfs_digest = ids::tree_digest_in_background(rootfs.clone())?;
 
     progress.step("finding kernel, modules and boot files");
     let found = bootfiles::locate(board, &rootfs)?;
@@ -254,7 +254,7 @@ fn prepare_system(
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             sha256: rootfs_file_sha256,
-            tree_sha256: hex::encode(rootfs_digest),
+            tree_sha256: hex::encode(rootfs_digest.wait()?),
         },
         k3s,
     })
