@@ -310,6 +310,8 @@ fn write_node_image(
         (boot.start, boot.size, boot_path.as_path()),
         (system.start, system.size, sys.squashfs.as_path()),
     ];
+    let image_sha256 =
+        image::sha256_in_background(total, &blobs, &parts, plan.part(Role::Data).start)?;
     image::assemble(&image_path, total, &blobs, &parts).context("assembling the disk image")?;
 
     // Made in its place in the image, not in a temporary file: nothing is
@@ -336,7 +338,7 @@ fn write_node_image(
     }
 
     progress.step(format!("{name}: computing the image's SHA-256"));
-    let image_sha256 = output::sha256_file(&image_path)?;
+    let image_sha256 = image_sha256.finish(&image_path)?;
     let manifest = Manifest {
         nodeimg_version: env!("CARGO_PKG_VERSION"),
         board: board.name.clone(),
