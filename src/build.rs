@@ -19,7 +19,7 @@ use crate::cli::BuildArgs;
 use crate::disk::image;
 use crate::disk::layout::{human, Role};
 use crate::disk::plan::DiskPlan;
-use crate::fs::{cpio, ext4, fat, squashfs};
+use crate::fs::{ext4, fat, squashfs};
 use crate::ids;
 use crate::initramfs;
 use crate::join::{self, ClusterConfig, NodeConfig};
@@ -209,9 +209,7 @@ fn prepare_system(
         initramfs_tree.len()
     ));
     let initrd_path = work.path().join("initramfs.cpio.gz");
-    cpio::write_gzip(&initramfs_tree, &initrd_path).context("writing the initramfs")?;
-    let initramfs = std::fs::read(&initrd_path)
-        .with_context(|| format!("reading {}", initrd_path.display()))?;
+    let initramfs = initramfs::write_in_background(initramfs_tree, initrd_path)?;
 
     progress.step(format!("writing the system squashfs ({} files)", usr.len()));
     let squashfs = work.path().join("system.squashfs");
@@ -226,6 +224,7 @@ fn prepare_system(
         .context("writing the system squashfs")?;
     let squashfs_sha256 = output::sha256_file(&squashfs)?;
 
+    let initramfs = initramfs.wait()?;
     // Identifiers follow from what goes into the image, not from how the
     // rootfs was packed: two rootfs archives that give the same filesystems
     // give the same disk identifiers, cmdline and data filesystem.
