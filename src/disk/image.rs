@@ -255,7 +255,15 @@ mod tests {
         let tail = pattern(100, 2);
         let blobs: Vec<(u64, &[u8])> = vec![(0, &blob), (total - 100, &tail)];
         let parts: Vec<(u64, u64, &Path)> = vec![(65536, 1 << 20, &a), (2 << 20, 4 << 20, &b)];
-        for upto in [0, 1000, 65536 + 500, 2 << 20, (2 << 20) + 4096, 6 << 20, total] {
+        for upto in [
+            0,
+            1000,
+            65536 + 500,
+            2 << 20,
+            (2 << 20) + 4096,
+            6 << 20,
+            total,
+        ] {
             let out = dir.path().join("disk.img");
             let pending = sha256_in_background(total, &blobs, &parts, upto).unwrap();
             assemble(&out, total, &blobs, &parts).unwrap();

@@ -898,7 +898,11 @@ mod tests {
             let n = (x >> 40) as usize % 3000 + 1;
             let pos = (x >> 8) % (len - n as u64);
             // Mostly near the start (like a FAT), sometimes anywhere.
-            let pos = if step % 3 == 0 { pos } else { pos % (4 * PAGE as u64) };
+            let pos = if step % 3 == 0 {
+                pos
+            } else {
+                pos % (4 * PAGE as u64)
+            };
             if x & 1 == 0 {
                 let data = &r[..n];
                 fa.seek(SeekFrom::Start(pos)).unwrap();

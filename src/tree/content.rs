@@ -116,7 +116,7 @@ impl Content {
     /// backing file that is shorter than recorded is an error.
     pub fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let end = offset.checked_add(buf.len() as u64);
-        if end.is_none_or(|e| e > self.len) {
+        if end.map_or(true, |e| e > self.len) {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!("read past the end of a {}-byte file", self.len),
