@@ -20,7 +20,7 @@ use crate::cli::BuildArgs;
 use crate::disk::image;
 use crate::disk::layout::{human, Role};
 use crate::disk::plan::DiskPlan;
-use crate::fs::{cpio, ext4, fat, squashfs};
+use crate::fs::{ext4, fat, squashfs};
 use crate::ids;
 use crate::initramfs;
 use crate::join::{self, ClusterConfig, NodeConfig};
@@ -159,7 +159,7 @@ fn prepare_system(
     };
     // The rootfs as the build uses it: mtimes clamped to the epoch, and
     // its digest (for build.json, and the cache key of a directory).
-    let read = || -> Result<(Tree, u64, [u8; 32])> {
+    let read = || -> Result<(Tree, u64)> {
         progress.step(format!("reading rootfs {}", args.rootfs.display()));
         let mut rootfs = reader::read_rootfs(&args.rootfs, work.path())
             .with_context(|| format!("reading rootfs {}", args.rootfs.display()))?;
@@ -168,13 +168,18 @@ fn prepare_system(
             None => rootfs.newest_mtime(),
         };
         rootfs.clamp_mtimes(epoch);
-        let digest = ids::tree_digest(&rootfs)?;
-        Ok((rootfs, epoch, digest))
+        Ok((rootfs, epoch))
     };
-    // A directory's cache key is its content, so it is read first (once).
+    // A directory's cache key is its content, so it is read and hashed first
+    // (once); an archive's is its file hash, so its tree is hashed later, on a
+    // thread of its own beside the rest of the build.
     let mut read_already = match rootfs_file_sha256 {
         Some(_) => None,
-        None => Some(read()?),
+        None => {
+            let (rootfs, epoch) = read()?;
+            let digest = ids::tree_digest(&rootfs)?;
+            Some((rootfs, epoch, digest))
+        }
     };
     let joined = nodes.first().is_some_and(|n| n.is_some());
     let k3s_spec = nodes.first().and_then(|n| n.as_ref()?.k3s.as_ref());
@@ -281,8 +286,12 @@ fn prepare_system(
         .to_path_buf();
 
     let (mut rootfs, epoch, rootfs_digest) = match read_already.take() {
-        Some(r) => r,
-        None => read()?,
+        Some((rootfs, epoch, digest)) => (rootfs, epoch, ids::PendingDigest::ready(digest)),
+        None => {
+            let (rootfs, epoch) = read()?;
+            let digest = ids::tree_digest_in_background(rootfs.clone())?;
+            (rootfs, epoch, digest)
+        }
     };
 
     progress.step("finding kernel, modules and boot files");
@@ -328,9 +337,7 @@ fn prepare_system(
         initramfs_tree.len()
     ));
     let initrd_path = out_dir.join(cache::INITRAMFS);
-    cpio::write_gzip(&initramfs_tree, &initrd_path).context("writing the initramfs")?;
-    let initramfs = std::fs::read(&initrd_path)
-        .with_context(|| format!("reading {}", initrd_path.display()))?;
+    let initramfs = initramfs::write_in_background(initramfs_tree, initrd_path)?;
 
     progress.step(format!("writing the system squashfs ({} files)", usr.len()));
     let mut squashfs = out_dir.join(cache::SQUASHFS);
@@ -345,6 +352,7 @@ fn prepare_system(
         .context("writing the system squashfs")?;
     let squashfs_sha256 = output::sha256_file(&squashfs)?;
 
+    let initramfs = initramfs.wait()?;
     // Identifiers follow from what goes into the image, not from how the
     // rootfs was packed: two rootfs archives that give the same filesystems
     // give the same disk identifiers, cmdline and data filesystem.
@@ -356,7 +364,7 @@ fn prepare_system(
         ("boot-files", &found.digest()?),
         ("data", &ids::tree_digest(&data_tree)?),
     ]);
-    let rootfs_tree_sha256 = hex::encode(rootfs_digest);
+    let rootfs_tree_sha256 = hex::encode(rootfs_digest.wait()?);
     let mut state = "off";
     if let (Some((store, key)), Some(p)) = (&cached, &pending) {
         state = "miss";
@@ -558,6 +566,8 @@ fn write_node_image(
         (boot.start, boot.size, boot_path.as_path()),
         (system.start, system.size, sys.squashfs.as_path()),
     ];
+    let image_sha256 =
+        image::sha256_in_background(total, &blobs, &parts, plan.part(Role::Data).start)?;
     image::assemble(&image_path, total, &blobs, &parts).context("assembling the disk image")?;
 
     // Made in its place in the image, not in a temporary file: nothing is
@@ -584,7 +594,7 @@ fn write_node_image(
     }
 
     progress.step(format!("{name}: computing the image's SHA-256"));
-    let image_sha256 = output::sha256_file(&image_path)?;
+    let image_sha256 = image_sha256.finish(&image_path)?;
     let manifest = Manifest {
         nodeimg_version: env!("CARGO_PKG_VERSION"),
         board: board.name.clone(),

@@ -69,6 +69,8 @@ pub fn source_date_epoch() -> Result<Option<u64>> {
 pub fn tree_digest(t: &Tree) -> anyhow::Result<[u8; 32]> {
     use anyhow::Context as _;
     let mut h = Sha256::new();
+    // Larger than `io::copy`'s 8 KiB: a rootfs is read through it whole.
+    let mut buf = vec![0u8; 256 * 1024];
     for (path, e) in t.iter() {
         h.update(path.as_bytes());
         h.update([0]);
@@ -80,7 +82,14 @@ pub fn tree_digest(t: &Tree) -> anyhow::Result<[u8; 32]> {
             Kind::File(d) => {
                 h.update(d.len().to_le_bytes());
                 let mut r = d.reader().with_context(|| format!("reading /{path}"))?;
-                std::io::copy(&mut r, &mut h).with_context(|| format!("reading /{path}"))?;
+                loop {
+                    let n = crate::io::read_full(&mut r, &mut buf)
+                        .with_context(|| format!("reading /{path}"))?;
+                    h.update(&buf[..n]);
+                    if n < buf.len() {
+                        break;
+                    }
+                }
             }
             Kind::Symlink(target) => h.update(target.as_bytes()),
             Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
@@ -92,6 +101,43 @@ pub fn tree_digest(t: &Tree) -> anyhow::Result<[u8; 32]> {
         h.update([0xff]);
     }
     Ok(h.finalize().into())
+}
+
+/// A [`tree_digest`] being computed on a thread of its own.
+pub struct PendingDigest(Pending);
+
+enum Pending {
+    Ready([u8; 32]),
+    Thread(std::thread::JoinHandle<Result<[u8; 32]>>),
+}
+
+impl PendingDigest {
+    /// A digest already computed.
+    pub fn ready(digest: [u8; 32]) -> Self {
+        PendingDigest(Pending::Ready(digest))
+    }
+
+    /// The digest, once the thread is done.
+    pub fn wait(self) -> Result<[u8; 32]> {
+        match self.0 {
+            Pending::Ready(d) => Ok(d),
+            Pending::Thread(t) => t
+                .join()
+                .map_err(|_| anyhow!("the thread computing a tree digest panicked"))?,
+        }
+    }
+}
+
+/// [`tree_digest`] of `t` as it is now, on a thread of its own: hashing a
+/// whole rootfs takes a core for a while (0.4 s for 500 MB), and the build's
+/// next steps (the initramfs's gzip) use one. Pass a clone of a tree the
+/// caller goes on to change; file contents are shared, not copied.
+pub fn tree_digest_in_background(t: Tree) -> Result<PendingDigest> {
+    let handle = std::thread::Builder::new()
+        .name("tree-digest".into())
+        .spawn(move || tree_digest(&t))
+        .map_err(|e| anyhow!("starting a thread to hash the rootfs: {e}"))?;
+    Ok(PendingDigest(Pending::Thread(handle)))
 }
 
 /// The seed every identifier of an image derives from: a hash over what goes
@@ -132,6 +178,21 @@ mod tests {
             seed(&[("a", b"x"), ("b", b"y")])
         );
         assert_ne!(seed(&[("a", b"x")]), seed(&[("b", b"x")]));
+    }
+
+    #[test]
+    fn background_digest_is_the_digest_of_the_tree_when_started() {
+        use crate::tree::{Entry, Meta};
+        let mut t = Tree::new(Meta::root(0o755, 1));
+        t.insert("big", Entry::file(Meta::root(0o644, 2), vec![7u8; 600_000]))
+            .unwrap();
+        t.insert("small", Entry::file(Meta::root(0o644, 2), b"x".to_vec()))
+            .unwrap();
+        let want = tree_digest(&t).unwrap();
+        let pending = tree_digest_in_background(t.clone()).unwrap();
+        t.remove("small");
+        assert_eq!(pending.wait().unwrap(), want);
+        assert_ne!(tree_digest(&t).unwrap(), want);
     }
 
     #[test]

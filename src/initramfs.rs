@@ -24,6 +24,34 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::elf;
 use crate::tree::{self, lookup, Entry, Kind, Meta, Tree};
 
+/// The initramfs being written ([`write_in_background`]).
+pub struct PendingWrite(std::thread::JoinHandle<Result<Vec<u8>>>);
+
+impl PendingWrite {
+    /// The gzip'd archive's bytes, once written.
+    pub fn wait(self) -> Result<Vec<u8>> {
+        self.0
+            .join()
+            .map_err(|_| anyhow!("the thread writing the initramfs panicked"))?
+    }
+}
+
+/// Writes `tree` as a gzip'd newc archive to `path` ([`crate::fs::cpio::write_gzip`])
+/// on a thread of its own and hands back its bytes: gzip at level 9 keeps a
+/// core busy for about half a second, which the system image's compression
+/// (on every core) would otherwise wait for.
+pub fn write_in_background(tree: Tree, path: std::path::PathBuf) -> Result<PendingWrite> {
+    let work = move || -> Result<Vec<u8>> {
+        crate::fs::cpio::write_gzip(&tree, &path).context("writing the initramfs")?;
+        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let handle = std::thread::Builder::new()
+        .name("initramfs".into())
+        .spawn(work)
+        .context("starting a thread to write the initramfs")?;
+    Ok(PendingWrite(handle))
+}
+
 /// The kernel's module dependency graph, from `modules.dep` and `modules.builtin`.
 #[derive(Debug, Default)]
 pub struct ModuleIndex {

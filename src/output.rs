@@ -7,11 +7,11 @@
 //! temporary directories are removed and any earlier `<out>/<name>/` is untouched.
 
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 pub struct Staging {
@@ -127,29 +127,10 @@ pub fn sync(path: &Path) -> Result<()> {
 /// as the zeros they read as, without reading them.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let ctx = || format!("reading {}", path.display());
-    let mut f = File::open(path).with_context(ctx)?;
+    let f = File::open(path).with_context(ctx)?;
     let len = f.metadata().with_context(ctx)?.len();
-    let zeros = vec![0u8; 1 << 20];
     let mut h = Sha256::new();
-    let hash_zeros = |h: &mut Sha256, mut n: u64| {
-        while n > 0 {
-            let k = n.min(zeros.len() as u64);
-            // k <= 1 MiB: the cast cannot truncate.
-            h.update(&zeros[..k as usize]);
-            n -= k;
-        }
-    };
-    let mut pos = 0u64;
-    for (start, end) in crate::disk::sparse::data_regions(&f, len).with_context(ctx)? {
-        hash_zeros(&mut h, start - pos);
-        f.seek(SeekFrom::Start(start)).with_context(ctx)?;
-        let copied = std::io::copy(&mut (&mut f).take(end - start), &mut h).with_context(ctx)?;
-        if copied != end - start {
-            bail!("{} shrank while being hashed", path.display());
-        }
-        pos = end;
-    }
-    hash_zeros(&mut h, len - pos);
+    crate::disk::sparse::hash_range(&mut h, &f, 0, len).with_context(ctx)?;
     Ok(hex::encode(h.finalize()))
 }
 

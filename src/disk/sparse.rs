@@ -7,11 +7,13 @@
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use rustix::fs::SeekFrom as RawSeek;
 use rustix::io::Errno;
+use sha2::{Digest, Sha256};
 
 use crate::io::read_full;
 
@@ -24,8 +26,13 @@ const READ_BUF: usize = 16 * CHUNK;
 /// data, from `SEEK_DATA`/`SEEK_HOLE`. A filesystem that cannot tell reports
 /// the whole file as data.
 pub fn data_regions(f: &File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    data_regions_in(f, 0, len)
+}
+
+/// [`data_regions`] of the bytes `[from, len)`.
+pub fn data_regions_in(f: &File, from: u64, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
     let mut out = Vec::new();
-    let mut pos = 0;
+    let mut pos = from;
     while pos < len {
         let start = match rustix::fs::seek(f, RawSeek::Data(pos)) {
             Ok(s) => s,
@@ -49,6 +56,42 @@ pub fn data_regions(f: &File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
         pos = end;
     }
     Ok(out)
+}
+
+/// Zeros to hash from: small enough to stay in the CPU's caches.
+static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
+
+/// Feeds `n` zero bytes to `h`.
+pub fn hash_zeros(h: &mut Sha256, mut n: u64) {
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64);
+        // k <= 64 KiB: the cast cannot truncate.
+        h.update(&ZEROS[..k as usize]);
+        n -= k;
+    }
+}
+
+/// Feeds the bytes `[from, to)` of `f` to `h`, reading only its data regions
+/// (holes are hashed as the zeros they read as). A file that ends before
+/// `to` is an error.
+pub fn hash_range(h: &mut Sha256, f: &File, from: u64, to: u64) -> Result<()> {
+    let mut buf = vec![0u8; READ_BUF];
+    let mut pos = from;
+    for (start, end) in data_regions_in(f, from, to)? {
+        hash_zeros(h, start - pos);
+        pos = start;
+        while pos < end {
+            let want = usize::try_from(end - pos).unwrap_or(READ_BUF).min(READ_BUF);
+            let n = f.read_at(&mut buf[..want], pos)?;
+            if n == 0 {
+                bail!("the file ends at {pos} bytes, before {to} (shrank while being hashed?)");
+            }
+            h.update(&buf[..n]);
+            pos += n as u64;
+        }
+    }
+    hash_zeros(h, to - pos);
+    Ok(())
 }
 
 /// Copies the file at `src` into `dst` at offset `off`, writing only its

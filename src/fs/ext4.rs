@@ -156,7 +156,7 @@ fn needed(tree: &Tree) -> (u64, u64) {
             Kind::File(d) => {
                 if links.is_first(path, d) {
                     inodes += 1;
-                    let b = (d.len() as u64).div_ceil(BLOCK);
+                    let b = d.len().div_ceil(BLOCK);
                     // An extent maps at most 32768 blocks; an inode holds 4.
                     let extents = b.div_ceil(32768);
                     blocks += b + if extents > 4 {
