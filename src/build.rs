@@ -173,9 +173,9 @@ fn prepare_system(
     // A directory's cache key is its content, so it is read and hashed first
     // (once); an archive's is its file hash, so its tree is hashed later, on a
     // thread of its own beside the rest of the build.
-    let mut read_already = match rootfs_file_sha256 {
-        Some(_) => None,
-        None => {
+    let mut read_already = match (&rootfs_file_sha256, args.no_cache) {
+        (Some(_), _) | (None, true) => None,
+        (None, false) => {
             let (rootfs, epoch) = read()?;
             let digest = ids::tree_digest(&rootfs)?;
             Some((rootfs, epoch, digest))
