@@ -44,8 +44,9 @@
 //! per thread, if more) are in flight, so memory does not grow with the tree's
 //! content size.
 //!
-//! File contents are read only through `read_content`, 128 KiB at a time:
-//! when `Data` becomes a handle to bytes on disk, only that function changes.
+//! File contents are read only through `read_content`, 128 KiB at a time,
+//! from wherever the tree says they are (`tree::Content`: memory, a rootfs
+//! file's path, or a range of the spill file).
 //!
 //! Default level, measured with `perf::levels_on_test_rootfs` (ours vs
 //! `mksquashfs -comp zstd -Xcompression-level L -b 131072 -noappend`, both on
