@@ -193,80 +193,34 @@ fn prepare_system(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
 
-    // The key's inputs are the build's own (an error there is the build's
-    // error), except this executable, which only the cache needs.
-    let exe_sha256 = if args.no_cache {
+    let cached = if args.no_cache {
         None
     } else {
-        let exe = std::env::current_exe().context("locating the nodeimg executable");
-        match exe.and_then(|p| output::sha256_file(&p)) {
-            Ok(sha) => Some(sha),
-            Err(e) => {
-                eprintln!("nodeimg: warning: not using the system cache: {e:#}");
-                None
-            }
-        }
-    };
-    let mut cached = None;
-    if let Some(exe_sha256) = exe_sha256 {
-        let key = system_key(
-            &exe_sha256,
+        cache::key_for(&cache::KeyInputs {
             data,
             board,
             board_bytes,
             args,
-            rootfs_file_sha256.as_deref(),
-            read_already.as_ref().map(|r| &r.2),
+            rootfs_file_sha256: rootfs_file_sha256.as_deref(),
+            rootfs_dir_digest: read_already.as_ref().map(|r| &r.2),
             joined,
             k3s_spec,
-            airgap.as_ref(),
+            airgap: airgap.as_ref(),
             progress,
-        )?;
-        cached = Some((cache::Store::default_location(), key));
-    }
-    if let Some((store, key)) = &cached {
-        match store.load(key) {
-            Ok(Some(c)) => {
-                progress.step(format!(
-                    "reusing the system image from the cache ({})",
-                    c.dir.display()
-                ));
-                if let Err(e) = store.prune(key) {
-                    eprintln!("nodeimg: warning: pruning the system cache: {e:#}");
-                }
-                let mut data_tree = c.data_tree;
-                if let Some(images) = airgap {
-                    add_airgap(&mut data_tree, images, c.scalars.epoch)?;
-                }
-                let seed = hex::decode(&c.scalars.seed).context("the cached seed")?;
-                return Ok(System {
-                    _work: work,
-                    _pending: None,
-                    squashfs: c.squashfs,
-                    squashfs_size: c.scalars.squashfs_size,
-                    initramfs: c.initramfs,
-                    data_tree,
-                    found: c.found,
-                    epoch: c.scalars.epoch,
-                    seed,
-                    board_sha256: hex::encode(Sha256::digest(board_bytes)),
-                    rootfs: RootfsInput {
-                        name: rootfs_name,
-                        sha256: rootfs_file_sha256,
-                        tree_sha256: c.scalars.rootfs_tree_sha256,
-                    },
-                    k3s: c.scalars.k3s,
-                    cache: "hit",
-                });
-            }
-            Ok(None) => {}
-            Err(e) => {
-                eprintln!("nodeimg: warning: {e:#}; building the system image again");
-                if let Err(e) = store.remove(key) {
-                    eprintln!("nodeimg: warning: {e:#}");
-                }
-            }
-        }
+        })?
+        .map(|key| (cache::Store::default_location(), key))
+    };
+    if let Some(c) = cached.as_ref().and_then(|(store, key)| store.lookup(key)) {
+        progress.step(format!(
+            "reusing the system image from the cache ({})",
+            c.dir.display()
+        ));
+        let rootfs = RootfsInput {
+            name: rootfs_name,
+            sha256: rootfs_file_sha256,
+            tree_sha256: c.scalars.rootfs_tree_sha256.clone(),
+        };
+        return System::from_cache(c, work, airgap, board_bytes, rootfs);
     }
     // Where the squashfs and initramfs go: straight into a new cache entry
     // when there is a cache, else the work directory.
@@ -366,37 +320,26 @@ fn prepare_system(
     ]);
     let rootfs_tree_sha256 = hex::encode(rootfs_digest.wait()?);
     let mut state = "off";
-    if let (Some((store, key)), Some(p)) = (&cached, &pending) {
+    if let Some((store, key)) = &cached {
         state = "miss";
-        let scalars = cache::Scalars {
-            epoch,
-            seed: hex::encode(&seed),
-            squashfs_size,
-            rootfs_tree_sha256: rootfs_tree_sha256.clone(),
-            k3s: k3s.clone(),
-        };
-        let stored = store.commit(
-            key,
-            p,
-            &cache::ToStore {
+        if let Some(p) = &pending {
+            let scalars = cache::Scalars {
+                epoch,
+                seed: hex::encode(&seed),
+                squashfs_size,
+                rootfs_tree_sha256: rootfs_tree_sha256.clone(),
+                k3s: k3s.clone(),
+            };
+            let what = cache::ToStore {
                 squashfs_sha256: &squashfs_sha256,
                 data_tree: &base_data_tree,
                 found: &found,
                 scalars: &scalars,
-            },
-        );
-        match stored {
-            Ok(None) => {}
-            Ok(Some(entry)) => {
+            };
+            if let Some(entry) = store.keep(key, p, &what) {
                 squashfs = entry.join(cache::SQUASHFS);
-                if let Err(e) = store.prune(key) {
-                    eprintln!("nodeimg: warning: pruning the system cache: {e:#}");
-                }
             }
-            Err(e) => eprintln!("nodeimg: warning: not storing the system in the cache: {e:#}"),
         }
-    } else if cached.is_some() {
-        state = "miss";
     }
     Ok(System {
         _work: work,
@@ -419,6 +362,38 @@ fn prepare_system(
     })
 }
 
+impl System {
+    /// The shared system of an earlier build, from the cache.
+    fn from_cache(
+        c: cache::Cached,
+        work: tempfile::TempDir,
+        airgap: Option<k3s::AirgapImages>,
+        board_bytes: &[u8],
+        rootfs: RootfsInput,
+    ) -> Result<System> {
+        let mut data_tree = c.data_tree;
+        if let Some(images) = airgap {
+            add_airgap(&mut data_tree, images, c.scalars.epoch)?;
+        }
+        let seed = hex::decode(&c.scalars.seed).context("the cached seed")?;
+        Ok(System {
+            _work: work,
+            _pending: None,
+            squashfs: c.squashfs,
+            squashfs_size: c.scalars.squashfs_size,
+            initramfs: c.initramfs,
+            data_tree,
+            found: c.found,
+            epoch: c.scalars.epoch,
+            seed,
+            board_sha256: hex::encode(Sha256::digest(board_bytes)),
+            rootfs,
+            k3s: c.scalars.k3s,
+            cache: "hit",
+        })
+    }
+}
+
 /// The air-gap images where k3s imports them from on start.
 fn add_airgap(data_tree: &mut Tree, images: k3s::AirgapImages, epoch: u64) -> Result<()> {
     data_tree.insert_with_parents(
@@ -429,91 +404,6 @@ fn add_airgap(data_tree: &mut Tree, images: k3s::AirgapImages, epoch: u64) -> Re
         },
         tree::Meta::root(0o755, epoch),
     )
-}
-
-/// The system cache's key: a SHA-256 over everything `prepare_system`'s
-/// result depends on. This nodeimg (version and executable: another build of
-/// the code may write other bytes); the board file; the overlays it lays
-/// and the initramfs overlay (built in or from --data-dir); the rootfs (an
-/// archive's SHA-256, which is cheap; a directory's content, which means
-/// reading it); SOURCE_DATE_EPOCH or its absence; the squashfs compression
-/// level; whether there is a cluster config, and its `k3s:` section with
-/// the binary's and air-gap images' SHA-256; and
-/// --allow-missing-kernel-options (a system built with it must not let a
-/// build without it skip the kernel check). Nothing node-specific: the node
-/// config goes to the boot partition only.
-#[allow(clippy::too_many_arguments)]
-fn system_key(
-    exe_sha256: &str,
-    data: &DataDir,
-    board: &Board,
-    board_bytes: &[u8],
-    args: &BuildArgs,
-    rootfs_file_sha256: Option<&str>,
-    rootfs_dir_digest: Option<&[u8; 32]>,
-    joined: bool,
-    k3s_spec: Option<&k3s::K3sSpec>,
-    airgap: Option<&k3s::AirgapImages>,
-    progress: &Progress,
-) -> Result<cache::Key> {
-    let mut overlays = Vec::new();
-    for name in board
-        .overlays
-        .iter()
-        .map(String::as_str)
-        .chain(["initramfs"])
-    {
-        let o = data.overlay(name)?;
-        overlays.extend_from_slice(name.as_bytes());
-        overlays.push(0);
-        overlays.extend_from_slice(&ids::tree_digest(&o.tree)?);
-    }
-    // A directory's digest is taken with its mtimes clamped to the epoch:
-    // that is all the build sees of them (and, SOURCE_DATE_EPOCH unset, the
-    // epoch is the newest mtime, which clamping keeps).
-    let rootfs = match (rootfs_file_sha256, rootfs_dir_digest) {
-        (Some(sha), _) => format!("archive {sha}"),
-        (None, Some(d)) => format!("directory {}", hex::encode(d)),
-        (None, None) => bail!("the rootfs is neither an archive nor a directory"),
-    };
-    let epoch = match ids::source_date_epoch()? {
-        Some(e) => format!("{e}"),
-        None => "unset".to_string(),
-    };
-    let k3s = match (joined, k3s_spec) {
-        (false, _) => "no cluster config".to_string(),
-        (true, None) => "the rootfs's k3s".to_string(),
-        (true, Some(spec)) => {
-            let path = k3s::fetch(spec, &board.arch, &k3s::default_cache_dir(), progress)
-                .context("getting the k3s binary")?;
-            format!("{spec:?} sha256 {}", output::sha256_file(&path)?)
-        }
-    };
-    let airgap = match airgap {
-        Some(a) => {
-            let mut h = Sha256::new();
-            let mut r = a.data.reader().context("reading the k3s air-gap images")?;
-            std::io::copy(&mut r, &mut h).context("reading the k3s air-gap images")?;
-            format!("{} sha256 {}", a.name, hex::encode(h.finalize()))
-        }
-        None => "none".to_string(),
-    };
-    Ok(cache::Key::new(
-        exe_sha256,
-        &[
-            ("board", board_bytes),
-            ("overlays", &overlays),
-            ("rootfs", rootfs.as_bytes()),
-            ("source-date-epoch", epoch.as_bytes()),
-            ("compression-level", &args.compression_level.to_le_bytes()),
-            ("k3s", k3s.as_bytes()),
-            ("airgap-images", airgap.as_bytes()),
-            (
-                "allow-missing-kernel-options",
-                &[u8::from(args.allow_missing_kernel_options)],
-            ),
-        ],
-    ))
 }
 
 /// Writes one node's disk image, manifest and checksums; returns the output directory.

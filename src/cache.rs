@@ -6,7 +6,7 @@
 //!
 //! Entries live in `$XDG_CACHE_HOME/nodeimg/systems/<key>/` (else
 //! `~/.cache/nodeimg/systems/`), keyed by a SHA-256 over everything the
-//! system depends on (see `build::system_key`). An entry holds:
+//! system depends on (see `system_key`). An entry holds:
 //!
 //! - `system.squashfs`, `initramfs.cpio.gz`;
 //! - `blobs`: the bytes of every boot file and data-tree file, each once
@@ -33,9 +33,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::board::{Board, DataDir};
 use crate::bootfiles::Found;
+use crate::cli::BuildArgs;
 use crate::manifest::K3sInfo;
+use crate::progress::Progress;
 use crate::tree::{self, Content, Data, Entry, Kind, Meta, Tree};
+use crate::{ids, k3s, output};
 
 /// How many entries the cache keeps (the most recently used ones).
 pub const KEEP: usize = 4;
@@ -54,6 +58,123 @@ const STALE_TMP: Duration = Duration::from_secs(24 * 3600);
 /// Entries used more recently than this are kept whatever their number: a
 /// build running alongside may still be reading one.
 const IN_USE: Duration = Duration::from_secs(3600);
+
+/// What a build knows when it looks for its system in the cache.
+#[derive(Clone, Copy)]
+pub struct KeyInputs<'a> {
+    pub data: &'a DataDir,
+    pub board: &'a Board,
+    pub board_bytes: &'a [u8],
+    pub args: &'a BuildArgs,
+    /// An archive rootfs's SHA-256.
+    pub rootfs_file_sha256: Option<&'a str>,
+    /// A directory rootfs's `ids::tree_digest`, mtimes clamped.
+    pub rootfs_dir_digest: Option<&'a [u8; 32]>,
+    /// Whether the build has a cluster config.
+    pub joined: bool,
+    pub k3s_spec: Option<&'a k3s::K3sSpec>,
+    pub airgap: Option<&'a k3s::AirgapImages>,
+    pub progress: &'a Progress,
+}
+
+/// The cache key of this build's system, or `None` (with a warning) when
+/// the cache cannot be used because this executable cannot be read. An error
+/// in one of the build's own inputs is the build's error.
+pub fn key_for(inputs: &KeyInputs) -> Result<Option<Key>> {
+    let exe = std::env::current_exe().context("locating the nodeimg executable");
+    let exe_sha256 = match exe.and_then(|p| output::sha256_file(&p)) {
+        Ok(sha) => sha,
+        Err(e) => {
+            eprintln!("nodeimg: warning: not using the system cache: {e:#}");
+            return Ok(None);
+        }
+    };
+    system_key(&exe_sha256, inputs).map(Some)
+}
+
+/// The system cache's key: a SHA-256 over everything `prepare_system`'s
+/// result depends on. This nodeimg (version and executable: another build of
+/// the code may write other bytes); the board file; the overlays it lays
+/// and the initramfs overlay (built in or from --data-dir); the rootfs (an
+/// archive's SHA-256, which is cheap; a directory's content, which means
+/// reading it); SOURCE_DATE_EPOCH or its absence; the squashfs compression
+/// level; whether there is a cluster config, and its `k3s:` section with
+/// the binary's and air-gap images' SHA-256; and
+/// --allow-missing-kernel-options (a system built with it must not let a
+/// build without it skip the kernel check). Nothing node-specific: the node
+/// config goes to the boot partition only.
+fn system_key(exe_sha256: &str, i: &KeyInputs) -> Result<Key> {
+    let KeyInputs {
+        data,
+        board,
+        board_bytes,
+        args,
+        rootfs_file_sha256,
+        rootfs_dir_digest,
+        joined,
+        k3s_spec,
+        airgap,
+        progress,
+    } = *i;
+    let mut overlays = Vec::new();
+    for name in board
+        .overlays
+        .iter()
+        .map(String::as_str)
+        .chain(["initramfs"])
+    {
+        let o = data.overlay(name)?;
+        overlays.extend_from_slice(name.as_bytes());
+        overlays.push(0);
+        overlays.extend_from_slice(&ids::tree_digest(&o.tree)?);
+    }
+    // A directory's digest is taken with its mtimes clamped to the epoch:
+    // that is all the build sees of them (and, SOURCE_DATE_EPOCH unset, the
+    // epoch is the newest mtime, which clamping keeps).
+    let rootfs = match (rootfs_file_sha256, rootfs_dir_digest) {
+        (Some(sha), _) => format!("archive {sha}"),
+        (None, Some(d)) => format!("directory {}", hex::encode(d)),
+        (None, None) => bail!("the rootfs is neither an archive nor a directory"),
+    };
+    let epoch = match ids::source_date_epoch()? {
+        Some(e) => format!("{e}"),
+        None => "unset".to_string(),
+    };
+    let k3s = match (joined, k3s_spec) {
+        (false, _) => "no cluster config".to_string(),
+        (true, None) => "the rootfs's k3s".to_string(),
+        (true, Some(spec)) => {
+            let path = k3s::fetch(spec, &board.arch, &k3s::default_cache_dir(), progress)
+                .context("getting the k3s binary")?;
+            format!("{spec:?} sha256 {}", output::sha256_file(&path)?)
+        }
+    };
+    let airgap = match airgap {
+        Some(a) => {
+            let mut h = Sha256::new();
+            let mut r = a.data.reader().context("reading the k3s air-gap images")?;
+            std::io::copy(&mut r, &mut h).context("reading the k3s air-gap images")?;
+            format!("{} sha256 {}", a.name, hex::encode(h.finalize()))
+        }
+        None => "none".to_string(),
+    };
+    Ok(Key::new(
+        exe_sha256,
+        &[
+            ("board", board_bytes),
+            ("overlays", &overlays),
+            ("rootfs", rootfs.as_bytes()),
+            ("source-date-epoch", epoch.as_bytes()),
+            ("compression-level", &args.compression_level.to_le_bytes()),
+            ("k3s", k3s.as_bytes()),
+            ("airgap-images", airgap.as_bytes()),
+            (
+                "allow-missing-kernel-options",
+                &[u8::from(args.allow_missing_kernel_options)],
+            ),
+        ],
+    ))
+}
 
 /// The hex SHA-256 naming a cache entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,6 +289,47 @@ impl Store {
         // Most recently used: the last to go when the cache is pruned.
         let _ = File::open(&dir).and_then(|d| d.set_modified(SystemTime::now()));
         Ok(Some(cached))
+    }
+
+    /// A usable entry for `key` (then the cache is pruned around it), or
+    /// `None`: there is none, or it is damaged, which is said, and it is
+    /// removed so the build makes it again.
+    pub fn lookup(&self, key: &Key) -> Option<Cached> {
+        match self.load(key) {
+            Ok(Some(c)) => {
+                if let Err(e) = self.prune(key) {
+                    eprintln!("nodeimg: warning: pruning the system cache: {e:#}");
+                }
+                Some(c)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                eprintln!("nodeimg: warning: {e:#}; building the system image again");
+                if let Err(e) = self.remove(key) {
+                    eprintln!("nodeimg: warning: {e:#}");
+                }
+                None
+            }
+        }
+    }
+
+    /// Stores `pending` as the entry for `key` (see `commit`) and prunes;
+    /// returns the entry's directory when it was stored. A failure to store
+    /// is a warning, never the build's error: the build has its files.
+    pub fn keep(&self, key: &Key, pending: &Pending, what: &ToStore) -> Option<PathBuf> {
+        match self.commit(key, pending, what) {
+            Ok(None) => None,
+            Ok(Some(entry)) => {
+                if let Err(e) = self.prune(key) {
+                    eprintln!("nodeimg: warning: pruning the system cache: {e:#}");
+                }
+                Some(entry)
+            }
+            Err(e) => {
+                eprintln!("nodeimg: warning: not storing the system in the cache: {e:#}");
+                None
+            }
+        }
     }
 
     /// Removes an unusable entry (moved aside first, so a half-removed entry
