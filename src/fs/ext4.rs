@@ -240,11 +240,21 @@ fn cd_lines(script: &mut Vec<String>, dir: &str) {
     }
 }
 
-/// A file's data and where it is staged for `debugfs write`.
+/// A rootfs file's own path, when `debugfs write` can read it from there:
+/// absolute, UTF-8, and without characters a script line cannot hold.
+fn direct_source(d: &Data) -> Option<PathBuf> {
+    let p = std::path::absolute(d.path()?).ok()?;
+    let s = p.to_str()?;
+    (!s.contains(['\n', '\r', '\0'])).then_some(p)
+}
+
+/// A file's data and where `debugfs write` reads it: a staged copy, or the
+/// rootfs file itself (see `direct_source`).
 type Staged = (PathBuf, Data);
 
 /// The debugfs script for `tree`, and the files to stage: file contents are
-/// written to `staging/<n>` and copied in from there.
+/// written to `staging/<n>` and copied in from there, except rootfs files on
+/// disk, which are copied in from where they are.
 fn plan(tree: &Tree, staging: &Path) -> Result<(Vec<String>, Vec<Staged>)> {
     let mut script = Vec::new();
     let mut staged: Vec<Staged> = Vec::new();
@@ -275,7 +285,12 @@ fn plan(tree: &Tree, staging: &Path) -> Result<(Vec<String>, Vec<Staged>)> {
                 Kind::File(d) => {
                     let first = links.first(d).unwrap_or(path.as_str());
                     if first == path {
-                        let src = staging.join(staged.len().to_string());
+                        // A rootfs file on disk is written from where it is;
+                        // other contents are staged to a file first.
+                        let src = match direct_source(d) {
+                            Some(p) => p,
+                            None => staging.join(staged.len().to_string()),
+                        };
                         let src_str = src
                             .to_str()
                             .context("the staging directory's path is not UTF-8")?
@@ -502,6 +517,21 @@ fn write_inner(out: &Path, offset: u64, size: u64, opts: &Ext4Options, tree: &Tr
     }
 
     for (path, data) in &staged {
+        if data.path() == Some(path.as_path()) {
+            // Read by debugfs from where it is: only check it is still the
+            // file the tree describes.
+            let len = std::fs::metadata(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .len();
+            if len != data.len() {
+                bail!(
+                    "{} changed during the build ({len} bytes, was {})",
+                    path.display(),
+                    data.len()
+                );
+            }
+            continue;
+        }
         let mut src = data
             .reader()
             .with_context(|| format!("reading the data of {}", path.display()))?;
@@ -884,6 +914,39 @@ mod tests {
         );
         let e = write_into(&image, 8 * MIB, 64 * MIB, &opts(T), &tree).unwrap_err();
         assert!(format!("{e:#}").contains("too short"), "{e:#}");
+    }
+
+    #[test]
+    fn files_of_a_rootfs_directory_are_written_from_where_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root \"q\"");
+        std::fs::create_dir_all(root.join("var/lib")).unwrap();
+        let big = crate::fs::test_noise(300_000, 3);
+        std::fs::write(root.join("var/lib/big"), &big).unwrap();
+        std::fs::write(root.join("var/lib/small"), b"hello").unwrap();
+        let tree = crate::tree::reader::read_dir_tree(&root).unwrap();
+        let Some(Kind::File(d)) = tree.get("var/lib/big").map(|e| &e.kind) else {
+            panic!("no /var/lib/big")
+        };
+        assert_eq!(direct_source(d), Some(root.join("var/lib/big")));
+        let staged_only = Arc::new(crate::tree::Content::from_vec(b"x".to_vec()));
+        assert_eq!(direct_source(&staged_only), None);
+        let img = dir.path().join("data.img");
+        write(&img, 64 * MIB, &opts(T), &tree).unwrap();
+        e2fsck(&img);
+        let out = dir.path().join("big.out");
+        debugfs(
+            &img,
+            &format!("dump /var/lib/big {}", q(out.to_str().unwrap())),
+        );
+        assert!(std::fs::read(&out).unwrap() == big, "/var/lib/big differs");
+        assert!(debugfs(&img, "cat /var/lib/small") == "hello");
+
+        // A file that changed since the tree was read is an error, not a
+        // filesystem that disagrees with the tree.
+        std::fs::write(root.join("var/lib/small"), b"hello, world").unwrap();
+        let e = format!("{:#}", write(&img, 64 * MIB, &opts(T), &tree).unwrap_err());
+        assert!(e.contains("small changed during the build"), "{e}");
     }
 
     #[test]
