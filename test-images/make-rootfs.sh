@@ -6,7 +6,8 @@
 #        test-images/make-rootfs.sh --mirror      (print the Debian mirror URI it would use)
 #
 # - Needs no root, mount or loop devices; uses apt-get (isolated configuration under
-#   test-images/cache/apt, host apt state untouched), dpkg-deb, depmod (kmod), tar, zstd.
+#   a temporary directory removed at exit, host apt state untouched), dpkg-deb, depmod
+#   (kmod), tar, zstd.
 # - Downloads are cached in test-images/cache/debs and reused while their SHA256 matches
 #   the lock. The output is rebuilt only when the lock, this script or SOURCE_DATE_EPOCH change.
 # - SOURCE_DATE_EPOCH sets every mtime in the tarball; without it the newest file date found
@@ -23,7 +24,6 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 OUT=${1:-$HERE/build}
 CACHE=${NODEIMG_TEST_CACHE:-$HERE/cache}
 LOCK=$HERE/packages.lock
-APTDIR=$CACHE/apt
 DEBS=$CACHE/debs
 
 log() { printf 'make-rootfs: %s\n' "$*" >&2; }
@@ -148,6 +148,11 @@ if [ -f "$OUT/rootfs.stamp" ] && [ "$(cat "$OUT/rootfs.stamp")" = "$stamp" ] &&
 fi
 
 # ---------------------------------------------------------------- fetch
+# apt's configuration and lists live only while this runs: they name the
+# machine's mirror, which has no place in the project's tree.
+APTDIR=$(mktemp -d "${TMPDIR:-/tmp}/nodeimg-apt.XXXXXX")
+WORK=
+trap 'rm -rf "$APTDIR" ${WORK:+"$WORK"}' EXIT
 APT_OPTS=(
     -oAPT::Architecture=arm64 -oAPT::Architectures=arm64
     -oDir::State::Lists="$APTDIR/lists" -oDir::State::status=/dev/null
@@ -197,7 +202,6 @@ done
 
 # ---------------------------------------------------------------- unpack
 WORK=$(mktemp -d "$OUT/.work.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
 ROOT=$WORK/root
 mkdir -p "$ROOT"
 for i in "${!PKGS[@]}"; do
