@@ -431,19 +431,7 @@ mod tests {
                 p.placed.name
             );
         }
-        let mut child = Command::new("sfdisk")
-            .arg("-q")
-            .arg(&img)
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success());
+        crate::disk::sfdisk_script(&img, &script);
         let theirs = std::fs::read(&img).unwrap();
         let diffs: Vec<(usize, u8, u8)> = (0..t.primary.len())
             .filter(|&i| theirs[i] != t.primary[i])

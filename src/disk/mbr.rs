@@ -324,20 +324,7 @@ mod tests {
                 if p.number == 1 { ", bootable" } else { "" }
             );
         }
-        let mut child = Command::new("sfdisk")
-            .arg("-q")
-            .arg(&img)
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success());
+        crate::disk::sfdisk_script(&img, &script);
         let mut theirs = [0u8; 512];
         std::io::Read::read_exact(&mut std::fs::File::open(&img).unwrap(), &mut theirs).unwrap();
         assert_eq!(theirs, ours);

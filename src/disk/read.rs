@@ -611,22 +611,10 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let img = dir.path().join("s.img");
             std::fs::write(&img, vec![0u8; TOTAL as usize]).unwrap();
-            let mut child = Command::new("sfdisk")
-                .arg("--quiet")
-                .arg(&img)
-                .stdin(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(
-                    format!("label: {label}\nstart=2048, size=4096\nsize=2048\n,\n").as_bytes(),
-                )
-                .unwrap();
-            assert!(child.wait().unwrap().success());
+            crate::disk::sfdisk_script(
+                &img,
+                &format!("label: {label}\nstart=2048, size=4096\nsize=2048\n,\n"),
+            );
             let json = Command::new("sfdisk")
                 .arg("--json")
                 .arg(&img)
