@@ -27,6 +27,12 @@ pub struct Board {
     /// Overlay directories under `overlays/`, applied to the rootfs in this order.
     #[serde(default)]
     pub overlays: Vec<String>,
+    /// Phones: how the bootloader takes boot.img and which partitions
+    /// fastboot writes. A board with it has no boot partition on its disk:
+    /// kernel, initramfs and cmdline go into boot.img, and the disk is the
+    /// image flashed to `android.rootfs_partition`.
+    #[serde(default)]
+    pub android: Option<crate::android::board::AndroidBoard>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -42,8 +48,9 @@ pub struct DiskSpec {
     pub table: Table,
     /// Medium size when `--size` is not given ("2G").
     pub default_size: String,
-    /// FAT32 boot partition (p1).
-    pub boot_size: String,
+    /// FAT32 boot partition (p1); absent on phones (boot.img instead).
+    #[serde(default)]
+    pub boot_size: Option<String>,
     /// Each system slot (p2 = A, p3 = B); the data partition (p4) takes the rest.
     pub system_size: String,
 }
@@ -56,6 +63,9 @@ pub enum BootMethod {
     /// The kernel, initramfs and cmdline sit on the FAT partition for a loader
     /// (QEMU `-kernel`, or a UEFI/extlinux stage) to pick up.
     DirectKernel,
+    /// Phones: kernel, initramfs (with the node config) and cmdline in an
+    /// Android boot.img, as the board's `[android]` section describes.
+    AndroidBootimg,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -63,8 +73,10 @@ pub enum BootMethod {
 pub struct BootSpec {
     pub method: BootMethod,
     /// Kernel file name on the boot partition.
+    #[serde(default = "default_kernel_name")]
     pub kernel_name: String,
     /// Initramfs file name on the boot partition.
+    #[serde(default = "default_initramfs_name")]
     pub initramfs_name: String,
     /// Kernel command line; the builder appends the `nodeimg.*` partition identifiers.
     pub cmdline: String,
@@ -115,11 +127,20 @@ pub struct InitramfsSpec {
     pub optional_tools: Vec<String>,
 }
 
+fn default_kernel_name() -> String {
+    "vmlinuz".to_string()
+}
+
+fn default_initramfs_name() -> String {
+    "initrd.img".to_string()
+}
+
 /// The sizes of a board's disk, parsed.
 #[derive(Debug, Clone, Copy)]
 pub struct DiskSizes {
     pub default_size: u64,
-    pub boot: u64,
+    /// None on phones, whose disk has no boot partition.
+    pub boot: Option<u64>,
     pub system: u64,
 }
 
@@ -170,6 +191,7 @@ impl Board {
         if board.boot.method != BootMethod::RpiFirmware && !board.boot.config_txt.is_empty() {
             bail!("boot.config_txt is only used with method = \"rpi-firmware\"");
         }
+        board.check_android()?;
         for o in &board.overlays {
             if o.is_empty() || o.contains('/') || o.starts_with('.') {
                 bail!("overlays: {o:?} is not an overlay directory name");
@@ -182,9 +204,48 @@ impl Board {
         let get = |key: &str, v: &str| parse_size(v).with_context(|| format!("disk.{key} = {v:?}"));
         Ok(DiskSizes {
             default_size: get("default_size", &self.disk.default_size)?,
-            boot: get("boot_size", &self.disk.boot_size)?,
+            boot: match &self.disk.boot_size {
+                Some(v) => Some(get("boot_size", v)?),
+                None => None,
+            },
             system: get("system_size", &self.disk.system_size)?,
         })
+    }
+
+    /// A phone board (`[android]`) boots from boot.img: method
+    /// "android-bootimg", no boot partition, a GPT disk (the userdata image);
+    /// every other board has a boot partition and no `[android]`.
+    fn check_android(&self) -> Result<()> {
+        let phone = self.boot.method == BootMethod::AndroidBootimg;
+        match &self.android {
+            Some(a) => {
+                if !phone {
+                    bail!("an [android] section needs boot.method = \"android-bootimg\"");
+                }
+                a.validate()?;
+                if self.disk.boot_size.is_some() {
+                    bail!("disk.boot_size: a phone's disk has no boot partition (boot.img takes kernel and initramfs)");
+                }
+                if self.disk.table != Table::Gpt {
+                    bail!("disk.table must be \"gpt\" on a phone (the userdata image is a GPT disk)");
+                }
+                if !self.sources.dtbs.is_empty() || !self.sources.firmware.is_empty() {
+                    bail!("sources.dtbs and sources.firmware are for boot partitions; a phone names its dtb in android.dtb");
+                }
+                if let Some(d) = &a.dtb {
+                    if d.is_empty() || d.starts_with('/') || d.split('/').any(|c| c.is_empty() || c == "..") {
+                        bail!("android.dtb {d:?} must be a relative path under /boot/dtbs (\"qcom/sdm845-oneplus-enchilada.dtb\")");
+                    }
+                }
+            }
+            None if phone => bail!("boot.method = \"android-bootimg\" needs an [android] section"),
+            None => {
+                if self.disk.boot_size.is_none() {
+                    bail!("disk.boot_size is missing (the size of the FAT boot partition)");
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -6,6 +6,12 @@
 //! Kernel, initramfs and cmdline come out of the image's own boot partition,
 //! and the image's bytes are the VM's virtio disk, so an rpi4 `.img` is booted
 //! as it is (only `console=ttyAMA0` is appended for the VM's serial port).
+//!
+//! A phone's outputs (the output directory, or its `boot.img`) are booted the
+//! same way: kernel, ramdisk and cmdline come out of `boot.img`
+//! (`android::bootimg::parse`), and the sparse `rootfs.img` (or its pieces),
+//! expanded, is the virtio disk: the disk the phone's userdata partition
+//! holds, found and mapped by the init as on the phone.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -113,7 +119,7 @@ pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {
     let boot = BootFiles::extract(&opts.image, &opts.work_dir)?;
     let qemu = qemu::find_qemu()?;
     let disk = opts.work_dir.join("disk.img");
-    let original = sparse::copy_file(&opts.image, &disk)?;
+    let original = boot.copy_disk(&opts.image, &disk)?;
     let grown = original + opts.grow_by;
     std::fs::OpenOptions::new()
         .write(true)
@@ -153,7 +159,11 @@ pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {
         });
     }
     record(check_mounts(&mut vm));
-    record(check_grown(&mut vm, grown, boot.parts.number(Role::Data)));
+    let data = boot.parts.number(Role::Data);
+    record(match boot.rootfs_pieces {
+        None => check_grown(&mut vm, grown, data),
+        Some(_) => check_inner_grown(&mut vm, &disk, grown, data),
+    });
     let id1 = identity(&mut vm);
     let wrote = vm.sh(
         "echo gone > /etc/nodeimg-boottest && for d in /root /var/lib /home; do echo kept > $d/nodeimg-boottest || exit 1; done; \
@@ -196,7 +206,7 @@ pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {
             opts.boot_timeout,
         ));
         let no_data = opts.work_dir.join("no-data.img");
-        sparse::copy_file(&opts.image, &no_data)?;
+        boot.copy_disk(&opts.image, &no_data)?;
         let data = boot.parts.number(Role::Data);
         remove_partition(&no_data, data)?;
         record(check_rescue(
@@ -258,7 +268,8 @@ impl Partitions {
     }
 }
 
-/// Kernel, initramfs and cmdline taken from the image's boot partition.
+/// Kernel, initramfs and cmdline taken from the image's boot partition (or
+/// a phone's boot.img).
 pub struct BootFiles {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
@@ -266,12 +277,78 @@ pub struct BootFiles {
     pub cmdline: String,
     /// The partitions by role, as the image's cmdline names them.
     pub parts: Partitions,
+    /// A phone's sparse rootfs image (or its pieces, in order); None for a disk image.
+    pub rootfs_pieces: Option<Vec<PathBuf>>,
 }
 
 impl BootFiles {
-    /// Extracts them from the boot partition of `image` (the layout's
-    /// [`Role::Boot`] number) into `dir`.
+    /// Extracts them into `dir`: from a phone's boot.img when `image` is one
+    /// (or an output directory holding one), else from the boot partition
+    /// of the disk image `image` (the layout's [`Role::Boot`] number).
     pub fn extract(image: &Path, dir: &Path) -> Result<BootFiles> {
+        match phone_boot_img(image)? {
+            Some(boot_img) => BootFiles::extract_phone(&boot_img, dir),
+            None => BootFiles::extract_disk(image, dir),
+        }
+    }
+
+    /// Copies the disk the VM boots from to `to` (a phone's rootfs pieces
+    /// expanded); returns its size.
+    pub fn copy_disk(&self, image: &Path, to: &Path) -> Result<u64> {
+        match &self.rootfs_pieces {
+            None => sparse::copy_file(image, to),
+            Some(pieces) => {
+                crate::android::sparse::expand(pieces, to)?;
+                Ok(std::fs::metadata(to)
+                    .with_context(|| format!("reading {}", to.display()))?
+                    .len())
+            }
+        }
+    }
+
+    /// Kernel, ramdisk and cmdline out of a phone's boot.img; the rootfs
+    /// image beside it.
+    fn extract_phone(boot_img: &Path, dir: &Path) -> Result<BootFiles> {
+        use crate::android::bootimg::{self, Parsed};
+        let bytes =
+            std::fs::read(boot_img).with_context(|| format!("reading {}", boot_img.display()))?;
+        let parsed = match bootimg::parse(&bytes).with_context(|| boot_img.display().to_string())? {
+            Parsed::Boot(b) => b,
+            Parsed::VendorBoot(_) => bail!(
+                "{} is a vendor_boot image; boot-test takes the boot.img",
+                boot_img.display()
+            ),
+        };
+        let section = |r: &std::ops::Range<usize>, what: &str| -> Result<Vec<u8>> {
+            bytes
+                .get(r.clone())
+                .map(<[u8]>::to_vec)
+                .with_context(|| format!("{}: the {what} lies outside the file", boot_img.display()))
+        };
+        let kernel = dir.join("kernel");
+        let initrd = dir.join("initrd");
+        for (path, range, what) in [
+            (&kernel, &parsed.kernel, "kernel"),
+            (&initrd, &parsed.ramdisk, "ramdisk"),
+        ] {
+            std::fs::write(path, section(range, what)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        let cmdline = parsed.cmdline.trim().to_string();
+        let parts = Partitions::from_cmdline(&cmdline)
+            .with_context(|| format!("the cmdline of {}", boot_img.display()))?;
+        let out_dir = boot_img.parent().unwrap_or(Path::new("."));
+        let pieces = rootfs_pieces(out_dir)?;
+        Ok(BootFiles {
+            kernel,
+            initrd,
+            cmdline: format!("{cmdline} console=ttyAMA0"),
+            parts,
+            rootfs_pieces: Some(pieces),
+        })
+    }
+
+    fn extract_disk(image: &Path, dir: &Path) -> Result<BootFiles> {
         let part = dir.join("boot.vfat");
         inspect::extract_partition(image, Role::Boot.number(), &part)?;
         let read = |name: &str| {
@@ -305,8 +382,55 @@ impl BootFiles {
             initrd,
             cmdline: format!("{} console=ttyAMA0", cmdline.trim()),
             parts,
+            rootfs_pieces: None,
         })
     }
+}
+
+/// The phone boot.img `image` names: `image` itself when it is a boot image,
+/// `image/boot.img` when `image` is an output directory; None for a disk image.
+fn phone_boot_img(image: &Path) -> Result<Option<PathBuf>> {
+    use std::io::Read;
+    let candidate = if image.is_dir() {
+        let p = image.join(crate::phone::BOOT_IMG);
+        if !p.is_file() {
+            bail!(
+                "{} is a directory without a {}: give a disk image or a phone's output directory",
+                image.display(),
+                crate::phone::BOOT_IMG
+            );
+        }
+        p
+    } else {
+        image.to_path_buf()
+    };
+    let mut magic = [0u8; 8];
+    let n = std::fs::File::open(&candidate)
+        .and_then(|mut f| f.read(&mut magic))
+        .with_context(|| format!("reading {}", candidate.display()))?;
+    Ok((n == 8 && &magic == crate::android::bootimg::BOOT_MAGIC).then_some(candidate))
+}
+
+/// A phone's rootfs image in `dir`: `rootfs.img`, or its pieces
+/// `rootfs.img.0`, `rootfs.img.1`, ... in order.
+fn rootfs_pieces(dir: &Path) -> Result<Vec<PathBuf>> {
+    let whole = dir.join(crate::phone::ROOTFS_IMG);
+    if whole.is_file() {
+        return Ok(vec![whole]);
+    }
+    let pieces: Vec<PathBuf> = (0..)
+        .map(|i| dir.join(format!("{}.{i}", crate::phone::ROOTFS_IMG)))
+        .take_while(|p| p.is_file())
+        .collect();
+    if pieces.is_empty() {
+        bail!(
+            "no {} (or {}.0, ...) beside the boot.img in {}",
+            crate::phone::ROOTFS_IMG,
+            crate::phone::ROOTFS_IMG,
+            dir.display()
+        );
+    }
+    Ok(pieces)
 }
 
 fn names_from_config_txt(cfg: &str) -> (String, String) {
@@ -457,6 +581,46 @@ fn check_grown(vm: &mut Vm, disk_bytes: u64, data: u32) -> Check {
             size >> 20,
             fs_bytes >> 20,
             disk_size >> 20
+        ))
+    })();
+    outcome(name, r)
+}
+
+/// A phone's data partition, inside the disk image: its GPT entry (read
+/// from the VM's disk on the host) reaches the end of the enlarged disk, and
+/// the filesystem mounted on `/` fills it.
+fn check_inner_grown(vm: &mut Vm, disk: &Path, disk_bytes: u64, data: u32) -> Check {
+    let name = "data partition and filesystem grew to fill the enlarged disk";
+    let r = (|| -> Result<String> {
+        let table = inspect::read_table(disk)?;
+        let part = table
+            .partitions
+            .iter()
+            .find(|p| p.number == data)
+            .with_context(|| format!("no partition {data} in the disk's table"))?;
+        let (start, size) = (part.start, part.size);
+        let end = start + size;
+        // The backup GPT (and alignment) stays at the end: allow 1 MiB.
+        if end + (1 << 20) < disk_bytes {
+            bail!("partition {data} ends at {end} of {disk_bytes} bytes: not grown");
+        }
+        let mounts = sh(vm, "awk '$2==\"/\"{print $1}' /proc/mounts | tail -n1")?;
+        let fs = sh(vm, "stat -f -c '%b %S' /")?;
+        let mut it = fs.split_whitespace().map(|s| s.parse::<u64>());
+        let fs_bytes = match (it.next(), it.next()) {
+            (Some(Ok(b)), Some(Ok(s))) => b * s,
+            _ => bail!("unreadable `stat -f` output {fs:?}"),
+        };
+        if fs_bytes * 100 < size * 95 || fs_bytes > size {
+            bail!("the filesystem holds {fs_bytes} bytes of a {size}-byte partition: not grown to it");
+        }
+        Ok(format!(
+            "{} (partition {data} of the inner GPT, {}-byte sectors): {} MiB partition, {} MiB filesystem on a {} MiB disk",
+            mounts.trim(),
+            table.gpt.as_ref().map_or(512, |g| g.sector),
+            size >> 20,
+            fs_bytes >> 20,
+            disk_bytes >> 20
         ))
     })();
     outcome(name, r)

@@ -3,8 +3,9 @@
 //! 1. load the board; read the rootfs into a tree
 //! 2. find the kernel, modules, device trees, firmware and busybox in it
 //! 3. compose the initramfs; compose the system tree (overlays, usr-merge, factory /etc)
-//! 4. make the filesystems: squashfs of /usr, FAT boot, ext4 data
-//! 5. assemble the disk image; write build.json and SHA256SUMS; publish
+//! 4. make the filesystems: squashfs of /usr, FAT boot (phones: boot.img), ext4 data
+//! 5. assemble the disk image (phones: as a sparse rootfs image); write
+//!    build.json and SHA256SUMS; publish
 //!
 //! Each stage takes plain data from the one before.
 
@@ -28,6 +29,7 @@ use crate::k3s;
 use crate::kernelconfig;
 use crate::manifest::{DiskInfo, K3sInfo, KernelInfo, Manifest, NodeInfo, OutputInfo, RootfsInput};
 use crate::output::{self, Staging};
+use crate::phone;
 use crate::progress::Progress;
 use crate::system;
 use crate::tree::{self, reader, Tree};
@@ -52,7 +54,7 @@ pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
     }
     let progress = Progress::new();
     let system = prepare_system(data, &board, &board_bytes, args, &nodes, &progress)?;
-    let slot = plan.part(Role::SystemA).size;
+    let slot = plan.part(Role::SystemA)?.size;
     if system.squashfs_size > slot {
         bail!(
             "the system image (/usr of the rootfs, compressed) is {} but the system partition holds {}; \
@@ -68,13 +70,14 @@ pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
     progress.finish();
     for node in &nodes {
         let name = output_name(&board, node.as_ref(), args);
-        println!(
-            "{}",
-            args.output
-                .join(&name)
-                .join(format!("{name}.img"))
-                .display()
-        );
+        let dir = args.output.join(&name);
+        // What to flash: the disk image, or a phone's boot.img (its rootfs
+        // image beside it).
+        let main = match board.android {
+            None => format!("{name}.img"),
+            Some(_) => phone::BOOT_IMG.to_string(),
+        };
+        println!("{}", dir.join(main).display());
     }
     Ok(())
 }
@@ -406,7 +409,10 @@ fn add_airgap(data_tree: &mut Tree, images: k3s::AirgapImages, epoch: u64) -> Re
     )
 }
 
-/// Writes one node's disk image, manifest and checksums; returns the output directory.
+/// Writes one node's outputs, manifest and checksums; returns the output
+/// directory. A board with a boot partition gets one disk image; a phone
+/// gets boot.img and the same disk (without a boot partition) as a sparse
+/// rootfs image (`phone`).
 fn write_node_image(
     board: &Board,
     plan: &DiskPlan,
@@ -423,47 +429,91 @@ fn write_node_image(
     let disk_id = plan.disk_id(&seed);
     let cmdline = bootfiles::kernel_cmdline(board, plan, &disk_id);
     let staging = Staging::create(&args.output, &name)?;
-
-    progress.step(format!("{name}: writing the boot partition"));
-    let mut files = bootfiles::boot_files(board, &sys.found, &sys.initramfs, &cmdline)?;
     let node_files = node.map(|n| n.files()).unwrap_or_default();
-    for (path, f) in &node_files {
-        files.insert(path.clone(), f.data.clone());
+
+    // Boot: a FAT partition on the disk, or a phone's boot.img.
+    let mut boot_parts = Vec::new();
+    let mut boot_images = Vec::new();
+    match &board.android {
+        None => {
+            progress.step(format!("{name}: writing the boot partition"));
+            let mut files = bootfiles::boot_files(board, &sys.found, &sys.initramfs, &cmdline)?;
+            for (path, f) in &node_files {
+                files.insert(path.clone(), f.data.clone());
+            }
+            let boot_path = staging.work("boot.vfat");
+            let boot = plan.part(Role::Boot)?;
+            fat::write(
+                &boot_path,
+                boot.size,
+                &fat::FatOptions {
+                    volume_id: ids::u32_id(&seed, "boot-volume-id"),
+                    label: "NODEIMGBOOT".to_string(),
+                },
+                &files,
+            )
+            .context("writing the boot partition")?;
+            boot_parts.push((boot.start, boot.size, boot_path));
+        }
+        Some(android) => {
+            progress.step(format!("{name}: writing boot.img"));
+            let dir = staging.output("");
+            boot_images = phone::write_boot_images(
+                &phone::BootInputs {
+                    android,
+                    found: &sys.found,
+                    initramfs: &sys.initramfs,
+                    node_files: &node_files,
+                    cmdline: &cmdline,
+                    mtime: sys.epoch,
+                },
+                &dir,
+            )
+            .context("writing boot.img")?;
+            if node.is_some() {
+                // boot.img carries the join token: owner-only.
+                for p in &boot_images {
+                    output::restrict(p)?;
+                }
+            }
+        }
     }
-    let boot_path = staging.work("boot.vfat");
-    fat::write(
-        &boot_path,
-        plan.part(Role::Boot).size,
-        &fat::FatOptions {
-            volume_id: ids::u32_id(&seed, "boot-volume-id"),
-            label: "NODEIMGBOOT".to_string(),
-        },
-        &files,
-    )
-    .context("writing the boot partition")?;
 
     let total = plan.total;
     progress.step(format!(
         "{name}: assembling the {} disk image",
         human(total)
     ));
+    // A phone's disk is an intermediate: its sparse form is the output.
     let image_name = format!("{name}.img");
-    let image_path = staging.output(&image_name);
+    let image_path = match board.android {
+        None => staging.output(&image_name),
+        Some(_) => staging.work("userdata.img"),
+    };
     let tables = plan.tables(&seed)?;
     let blobs: Vec<(u64, &[u8])> = tables.iter().map(|(o, b)| (*o, b.as_slice())).collect();
-    let (boot, system) = (plan.part(Role::Boot), plan.part(Role::SystemA));
-    let parts: Vec<(u64, u64, &Path)> = vec![
-        (boot.start, boot.size, boot_path.as_path()),
-        (system.start, system.size, sys.squashfs.as_path()),
-    ];
-    let image_sha256 =
-        image::sha256_in_background(total, &blobs, &parts, plan.part(Role::Data).start)?;
+    let system = plan.part(Role::SystemA)?;
+    let mut parts: Vec<(u64, u64, &Path)> = boot_parts
+        .iter()
+        .map(|(start, size, p)| (*start, *size, p.as_path()))
+        .collect();
+    parts.push((system.start, system.size, sys.squashfs.as_path()));
+    let data_part = plan.part(Role::Data)?;
+    // The image's SHA-256 for build.json (a phone's outputs are hashed as files).
+    let image_sha256 = match board.android {
+        None => Some(image::sha256_in_background(
+            total,
+            &blobs,
+            &parts,
+            data_part.start,
+        )?),
+        Some(_) => None,
+    };
     image::assemble(&image_path, total, &blobs, &parts).context("assembling the disk image")?;
 
     // Made in its place in the image, not in a temporary file: nothing is
     // copied, and the image stays sparse whatever the data partition's size.
     progress.step(format!("{name}: writing the data partition"));
-    let data_part = plan.part(Role::Data);
     ext4::write_into(
         &image_path,
         data_part.start,
@@ -478,13 +528,35 @@ fn write_node_image(
     )
     .context("writing the data partition")?;
     output::sync(&image_path)?;
-    if node.is_some() {
-        // The image carries the join token: owner-only, like every file holding it.
-        output::restrict(&image_path)?;
-    }
 
-    progress.step(format!("{name}: computing the image's SHA-256"));
-    let image_sha256 = image_sha256.finish(&image_path)?;
+    let outputs = match (&board.android, image_sha256) {
+        (None, Some(pending)) => {
+            progress.step(format!("{name}: computing the image's SHA-256"));
+            let image_sha256 = pending.finish(&image_path)?;
+            if node.is_some() {
+                // The image carries the join token: owner-only, like every file holding it.
+                output::restrict(&image_path)?;
+            }
+            vec![OutputInfo {
+                file: image_name.clone(),
+                size: total,
+                sha256: image_sha256,
+            }]
+        }
+        (Some(android), _) => {
+            progress.step(format!("{name}: writing the sparse rootfs image"));
+            let pieces = phone::write_rootfs(android, &image_path, &staging.output(""))
+                .context("writing the sparse rootfs image")?;
+            std::fs::remove_file(&image_path)
+                .with_context(|| format!("removing {}", image_path.display()))?;
+            boot_images
+                .iter()
+                .chain(pieces.iter())
+                .map(|p| output_info(p))
+                .collect::<Result<Vec<_>>>()?
+        }
+        (None, None) => bail!("internal: no SHA-256 was computed for the disk image"),
+    };
     let manifest = Manifest {
         nodeimg_version: env!("CARGO_PKG_VERSION"),
         board: board.name.clone(),
@@ -507,16 +579,30 @@ fn write_node_image(
         disk: DiskInfo::new(plan, disk_id),
         system_image_size: sys.squashfs_size,
         system_cache: sys.cache,
-        outputs: vec![OutputInfo {
-            file: image_name.clone(),
-            size: total,
-            sha256: image_sha256.clone(),
-        }],
+        outputs,
     };
     let json = serde_json::to_vec_pretty(&manifest).context("encoding build.json")?;
     output::write_synced(&staging.output("build.json"), &json)?;
-    staging.publish(&[
-        (image_name, image_sha256),
-        ("build.json".to_string(), hex::encode(Sha256::digest(&json))),
-    ])
+    let mut sums: Vec<(String, String)> = manifest
+        .outputs
+        .iter()
+        .map(|o| (o.file.clone(), o.sha256.clone()))
+        .collect();
+    sums.push(("build.json".to_string(), hex::encode(Sha256::digest(&json))));
+    staging.publish(&sums)
+}
+
+/// An output file's name, size and SHA-256.
+fn output_info(path: &Path) -> Result<OutputInfo> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    Ok(OutputInfo {
+        file: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        size,
+        sha256: output::sha256_file(path)?,
+    })
 }

@@ -41,7 +41,8 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct BootTestArgs {
-    /// The disk image (out/<board>/<board>.img).
+    /// The disk image (out/<board>/<board>.img), or a phone's output
+    /// directory (out/<board>/ with boot.img and rootfs.img) or its boot.img.
     pub image: PathBuf,
 
     /// Working directory for the copy, boot files and console.log [default: a new temporary directory].

@@ -16,6 +16,11 @@
 //! never replaced: where one is in the way, the requested library path gets
 //! an absolute symlink to the canonical file instead. `/etc/nodeimg/tools`
 //! lists the tools included, one canonical absolute path per line.
+//!
+//! On phones the node config travels inside boot.img: [`node_config_archive`]
+//! makes a second, small archive with `etc/nodeimg/boot/nodeimg/*` that is
+//! appended to the shared initramfs (the kernel unpacks concatenated archives
+//! in order), so the shared part stays the same for every node and cacheable.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -50,6 +55,41 @@ pub fn write_in_background(tree: Tree, path: std::path::PathBuf) -> Result<Pendi
         .spawn(work)
         .context("starting a thread to write the initramfs")?;
     Ok(PendingWrite(handle))
+}
+
+/// Where the init looks for the node config inside the initramfs (see
+/// `find_node_config` in `overlays/initramfs/init`).
+pub const NODE_CONFIG_DIR: &str = "etc/nodeimg/boot";
+
+/// A gzip'd newc archive holding the node's config files (`nodeimg/node.env`,
+/// ... as [`crate::join::NodeConfig::files`] names them) under
+/// [`NODE_CONFIG_DIR`], with their modes (the token's 0600) in directories
+/// only root can enter; appended to the initramfs of a phone's boot.img.
+pub fn node_config_archive(
+    files: &BTreeMap<String, crate::join::NodeFile>,
+    mtime: u64,
+) -> Result<Vec<u8>> {
+    let open = Meta::root(0o755, mtime);
+    let private = Meta::root(0o700, mtime);
+    let mut t = Tree::new(open);
+    t.insert("etc", Entry::dir(open))?;
+    t.insert("etc/nodeimg", Entry::dir(open))?;
+    t.insert(NODE_CONFIG_DIR, Entry::dir(private))?;
+    for (name, f) in files {
+        let path = tree::join(NODE_CONFIG_DIR, name);
+        t.insert_with_parents(
+            &path,
+            Entry::file(Meta::root(f.mode, mtime), f.data.clone()),
+            private,
+        )
+        .with_context(|| format!("the node config file {name}"))?;
+    }
+    let gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .operating_system(3)
+        .write(Vec::new(), flate2::Compression::new(9));
+    let gz = crate::fs::cpio::write(&t, gz).context("writing the node config archive")?;
+    gz.finish().context("compressing the node config archive")
 }
 
 /// The kernel's module dependency graph, from `modules.dep` and `modules.builtin`.

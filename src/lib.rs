@@ -23,6 +23,7 @@ pub mod k3s;
 pub mod kernelconfig;
 pub mod manifest;
 pub mod output;
+pub mod phone;
 pub mod progress;
 pub mod qemu;
 pub mod service;
