@@ -227,13 +227,18 @@ impl Board {
                     bail!("disk.boot_size: a phone's disk has no boot partition (boot.img takes kernel and initramfs)");
                 }
                 if self.disk.table != Table::Gpt {
-                    bail!("disk.table must be \"gpt\" on a phone (the userdata image is a GPT disk)");
+                    bail!(
+                        "disk.table must be \"gpt\" on a phone (the userdata image is a GPT disk)"
+                    );
                 }
                 if !self.sources.dtbs.is_empty() || !self.sources.firmware.is_empty() {
                     bail!("sources.dtbs and sources.firmware are for boot partitions; a phone names its dtb in android.dtb");
                 }
                 if let Some(d) = &a.dtb {
-                    if d.is_empty() || d.starts_with('/') || d.split('/').any(|c| c.is_empty() || c == "..") {
+                    if d.is_empty()
+                        || d.starts_with('/')
+                        || d.split('/').any(|c| c.is_empty() || c == "..")
+                    {
                         bail!("android.dtb {d:?} must be a relative path under /boot/dtbs (\"qcom/sdm845-oneplus-enchilada.dtb\")");
                     }
                 }

@@ -320,10 +320,9 @@ impl BootFiles {
             ),
         };
         let section = |r: &std::ops::Range<usize>, what: &str| -> Result<Vec<u8>> {
-            bytes
-                .get(r.clone())
-                .map(<[u8]>::to_vec)
-                .with_context(|| format!("{}: the {what} lies outside the file", boot_img.display()))
+            bytes.get(r.clone()).map(<[u8]>::to_vec).with_context(|| {
+                format!("{}: the {what} lies outside the file", boot_img.display())
+            })
         };
         let kernel = dir.join("kernel");
         let initrd = dir.join("initrd");
@@ -612,7 +611,9 @@ fn check_inner_grown(vm: &mut Vm, disk: &Path, disk_bytes: u64, data: u32) -> Ch
             _ => bail!("unreadable `stat -f` output {fs:?}"),
         };
         if fs_bytes * 100 < size * 95 || fs_bytes > size {
-            bail!("the filesystem holds {fs_bytes} bytes of a {size}-byte partition: not grown to it");
+            bail!(
+                "the filesystem holds {fs_bytes} bytes of a {size}-byte partition: not grown to it"
+            );
         }
         Ok(format!(
             "{} (partition {data} of the inner GPT, {}-byte sectors): {} MiB partition, {} MiB filesystem on a {} MiB disk",

@@ -42,7 +42,7 @@ impl DiskPlan {
         let (roles, sector): (Vec<Role>, u64) = match &board.android {
             Some(a) => (
                 Role::ALL.into_iter().filter(|r| *r != Role::Boot).collect(),
-                a.sector_size,
+                u64::from(a.sector_size),
             ),
             None => (Role::ALL.to_vec(), SECTOR),
         };
