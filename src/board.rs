@@ -568,7 +568,18 @@ mod tests {
             builtin_text("qemu-aarch64").replace("name = \"qemu-aarch64\"", "name = \"extra\"");
         std::fs::write(dir.path().join("boards/extra.toml"), text).unwrap();
         let dd = DataDir::locate(Some(dir.path())).unwrap();
-        assert_eq!(dd.board_names().unwrap(), ["extra", "qemu-aarch64", "rpi4"]);
+        assert_eq!(
+            dd.board_names().unwrap(),
+            [
+                "extra",
+                "oneplus-dumpling",
+                "oneplus-enchilada",
+                "oneplus-instantnoodlep",
+                "qemu-aarch64",
+                "qemu-aarch64-phone",
+                "rpi4"
+            ]
+        );
         assert_eq!(dd.load("extra").unwrap().0.name, "extra");
         let base = dd.overlay("base").unwrap();
         assert!(base.tree.contains("etc/motd") && !base.tree.contains("etc/fstab"));
@@ -589,6 +600,112 @@ mod tests {
         let q = repo_board("qemu-aarch64");
         assert_eq!(q.disk.table, Table::Gpt);
         assert_eq!(q.boot.method, BootMethod::DirectKernel);
+    }
+
+    #[test]
+    fn shipped_phone_boards_parse_with_their_deviceinfo_values() {
+        for (name, version, dtb) in [
+            (
+                "oneplus-enchilada",
+                0,
+                Some("qcom/sdm845-oneplus-enchilada.dtb"),
+            ),
+            (
+                "oneplus-dumpling",
+                0,
+                Some("qcom/msm8998-oneplus-dumpling.dtb"),
+            ),
+            (
+                "oneplus-instantnoodlep",
+                2,
+                Some("qcom/sm8250-oneplus-instantnoodlep.dtb"),
+            ),
+            ("qemu-aarch64-phone", 0, None),
+        ] {
+            let b = repo_board(name);
+            assert_eq!(b.boot.method, BootMethod::AndroidBootimg, "{name}");
+            assert_eq!(b.disk.table, Table::Gpt, "{name}");
+            assert!(b.sizes().unwrap().boot.is_none(), "{name}");
+            let a = b.android.as_ref().expect("[android]");
+            assert_eq!(a.header_version, version, "{name}");
+            assert_eq!(a.dtb.as_deref(), dtb, "{name}");
+            assert_eq!(
+                (a.sector_size, a.rootfs_partition.as_str()),
+                (4096, "userdata")
+            );
+            assert!(a.max_download_size.is_some(), "{name}");
+            assert!(b.overlays.iter().any(|o| o == "postmarketos"), "{name}");
+        }
+        let e = repo_board("oneplus-enchilada");
+        let a = e.android.unwrap();
+        assert_eq!(
+            (
+                a.base,
+                a.kernel_offset,
+                a.ramdisk_offset,
+                a.tags_offset,
+                a.page_size
+            ),
+            (0, 0x8000, 0x0100_0000, 0x100, 4096)
+        );
+        assert!(a.append_dtb);
+        let n = repo_board("oneplus-instantnoodlep").android.unwrap();
+        assert_eq!(n.dtb_offset, Some(0x01f0_0000));
+    }
+
+    #[test]
+    fn phone_and_boot_partition_settings_must_agree() {
+        let phone = builtin_text("oneplus-enchilada");
+        let pi = builtin_text("qemu-aarch64");
+        for (text, edit, needle) in [
+            (
+                &phone,
+                (
+                    "system_size = \"640M\"",
+                    "system_size = \"640M\"\nboot_size = \"128M\"",
+                ),
+                "has no boot partition",
+            ),
+            (
+                &phone,
+                ("table = \"gpt\"", "table = \"mbr\""),
+                "must be \"gpt\"",
+            ),
+            (
+                &phone,
+                ("method = \"android-bootimg\"", "method = \"direct-kernel\""),
+                "needs boot.method = \"android-bootimg\"",
+            ),
+            (
+                &phone,
+                ("dtb = \"qcom/", "dtb = \"/boot/dtbs/qcom/"),
+                "relative path under /boot/dtbs",
+            ),
+            (
+                &pi,
+                ("method = \"direct-kernel\"", "method = \"android-bootimg\""),
+                "needs an [android] section",
+            ),
+            (
+                &pi,
+                ("boot_size = \"256M\"", ""),
+                "disk.boot_size is missing",
+            ),
+        ] {
+            let name = if text == &phone {
+                "oneplus-enchilada"
+            } else {
+                "qemu-aarch64"
+            };
+            let bad = text.replacen(edit.0, edit.1, 1);
+            assert_ne!(&bad, text, "{edit:?} changed nothing");
+            let err = format!("{:#}", Board::parse(&bad, name).unwrap_err());
+            assert!(err.contains(needle), "{edit:?}: {err}");
+        }
+        // The Android section's own checks run too.
+        let bad = phone.replacen("header_version = 0", "header_version = 9", 1);
+        let err = format!("{:#}", Board::parse(&bad, "oneplus-enchilada").unwrap_err());
+        assert!(err.contains("header_version"), "{err}");
     }
 
     #[test]

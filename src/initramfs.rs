@@ -495,6 +495,57 @@ fn file_text(t: &Tree, path: &str) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn node_config_archive_holds_the_files_under_etc_nodeimg_boot_with_their_modes() {
+        let mut files = BTreeMap::new();
+        for (name, mode, data) in [
+            ("nodeimg/node.env", 0o644, "NODEIMG_CONFIG_VERSION='1'\n"),
+            ("nodeimg/token", 0o600, "secret\n"),
+        ] {
+            files.insert(
+                name.to_string(),
+                crate::join::NodeFile {
+                    mode,
+                    data: data.as_bytes().to_vec(),
+                },
+            );
+        }
+        let gz = node_config_archive(&files, 1_700_000_000).unwrap();
+        assert_eq!(gz, node_config_archive(&files, 1_700_000_000).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.cpio.gz");
+        std::fs::write(&path, &gz).unwrap();
+        // GNU cpio is the oracle.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("zcat '{}' | cpio -itv --quiet", path.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let listing = String::from_utf8(out.stdout).unwrap();
+        let modes: Vec<(&str, &str)> = listing
+            .lines()
+            .map(|l| {
+                (
+                    l.split_whitespace().next().unwrap(),
+                    l.rsplit(' ').next().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            modes,
+            [
+                ("drwxr-xr-x", "etc"),
+                ("drwxr-xr-x", "etc/nodeimg"),
+                ("drwx------", "etc/nodeimg/boot"),
+                ("drwx------", "etc/nodeimg/boot/nodeimg"),
+                ("-rw-r--r--", "etc/nodeimg/boot/nodeimg/node.env"),
+                ("-rw-------", "etc/nodeimg/boot/nodeimg/token"),
+            ],
+            "{listing}"
+        );
+    }
     use super::*;
 
     const DEP: &str = "kernel/fs/ext4/ext4.ko.xz: kernel/lib/crc16.ko.xz kernel/fs/mbcache.ko.xz kernel/fs/jbd2/jbd2.ko.xz\n\
