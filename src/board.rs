@@ -688,7 +688,7 @@ mod tests {
             ),
             (
                 &pi,
-                ("boot_size = \"256M\"", ""),
+                ("boot_size = \"128M\"", ""),
                 "disk.boot_size is missing",
             ),
         ] {
