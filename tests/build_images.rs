@@ -512,7 +512,17 @@ fn boards_lists_one_line_each() {
         .lines()
         .map(|l| l.split_whitespace().next().unwrap())
         .collect();
-    assert_eq!(names, ["qemu-aarch64", "rpi4"]);
+    assert_eq!(
+        names,
+        [
+            "oneplus-dumpling",
+            "oneplus-enchilada",
+            "oneplus-instantnoodlep",
+            "qemu-aarch64",
+            "qemu-aarch64-phone",
+            "rpi4"
+        ]
+    );
 }
 
 /// The board's optional tools (sfdisk, resize2fs, e2fsck) are in the
