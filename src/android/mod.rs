@@ -10,5 +10,5 @@
 pub mod board;
 pub mod bootimg;
 pub mod fastboot;
-// pub mod inspect;
+pub mod inspect;
 pub mod sparse;
