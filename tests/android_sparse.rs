@@ -1,7 +1,8 @@
 //! Android sparse images against AOSP's libsparse tools (`simg2img`,
 //! `img2simg`, `simg_dump`): ours expand to the raw image byte for byte,
 //! whole or split into pieces; large zero runs make a small file; ours read
-//! theirs.
+//! theirs. Each test removes its directory when it passes (the images are
+//! tens of MiB).
 
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
@@ -57,7 +58,7 @@ fn same_bytes(a: &Path, b: &Path) -> bool {
 fn simg2img_gives_back_the_raw_image_and_zero_runs_cost_nothing() {
     let dir = scratch("sparse-roundtrip");
     let raw = dir.join("raw.img");
-    let len = 256 * MIB;
+    let len = 96 * MIB;
     raw_image(&raw, len);
     let out = dir.join("rootfs.img");
     let written = sparse::write_sparse(&raw, &out, None).unwrap();
@@ -70,7 +71,7 @@ fn simg2img_gives_back_the_raw_image_and_zero_runs_cost_nothing() {
         "simg2img's output differs from the raw image"
     );
 
-    // About 5 MiB of data in 256 MiB: the sparse file is about the data.
+    // About 5 MiB of data in 96 MiB: the sparse file is about the data.
     let size = fs::metadata(&out).unwrap().len();
     assert!(size < 6 * MIB, "sparse image is {size} bytes");
 
@@ -92,6 +93,7 @@ fn simg2img_gives_back_the_raw_image_and_zero_runs_cost_nothing() {
     let ours = dir.join("ours.img");
     sparse::expand(&written, &ours).unwrap();
     assert!(same_bytes(&raw, &ours));
+    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -112,6 +114,7 @@ fn split_pieces_each_fit_and_together_make_the_image() {
         let alone = dir.join(format!("alone{i}.img"));
         simg2img(&[p.clone()], &alone);
         assert_eq!(fs::metadata(&alone).unwrap().len(), len);
+        fs::remove_file(&alone).unwrap();
     }
     assert!(
         !out.exists(),
@@ -126,6 +129,7 @@ fn split_pieces_each_fit_and_together_make_the_image() {
     let ours = dir.join("ours.img");
     sparse::expand(&pieces, &ours).unwrap();
     assert!(same_bytes(&raw, &ours));
+    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -146,6 +150,7 @@ fn output_does_not_depend_on_where_the_raw_file_has_holes() {
     let again = sparse::write_sparse(&raw, &dir.join("c.img"), None).unwrap();
     assert_eq!(fs::read(&a[0]).unwrap(), fs::read(&b[0]).unwrap());
     assert_eq!(fs::read(&a[0]).unwrap(), fs::read(&again[0]).unwrap());
+    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -160,6 +165,7 @@ fn we_read_and_expand_img2simg_images() {
     let out = dir.join("out.img");
     sparse::expand(&[theirs], &out).unwrap();
     assert!(same_bytes(&raw, &out));
+    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

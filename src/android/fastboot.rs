@@ -111,11 +111,13 @@ pub fn plan(board: &str, android: &AndroidBoard, outdir: &Path) -> Result<Plan> 
     let mut flashes = Vec::new();
     let boot = first_existing(outdir, &named("boot.img"))
         .with_context(|| format!("no boot.img in {}", outdir.display()))?;
+    check_boot_image(&boot, false)?;
     flashes.push(Flash {
         partition: android.boot_partition.clone(),
         file: boot,
     });
     if let Some(vb) = first_existing(outdir, &named("vendor_boot.img")) {
+        check_boot_image(&vb, true)?;
         let part = android.vendor_boot_partition.clone().with_context(|| {
             format!(
                 "{} exists but board {board} names no android.vendor_boot_partition",
@@ -133,7 +135,17 @@ pub fn plan(board: &str, android: &AndroidBoard, outdir: &Path) -> Result<Plan> 
             android.header_version
         );
     }
+    let mut raw_len = None;
     for piece in rootfs_pieces(outdir, &prefixes)? {
+        let img = super::sparse::read_file(&piece)?;
+        if *raw_len.get_or_insert(img.raw_len()) != img.raw_len() {
+            bail!(
+                "{} describes a {}-byte image, the first piece a {}-byte one: pieces of different builds?",
+                piece.display(),
+                img.raw_len(),
+                raw_len.unwrap_or(0)
+            );
+        }
         if let Some(max) = android.max_download_size {
             let len = std::fs::metadata(&piece)
                 .with_context(|| format!("reading {}", piece.display()))?
@@ -155,6 +167,28 @@ pub fn plan(board: &str, android: &AndroidBoard, outdir: &Path) -> Result<Plan> 
         product: android.product.clone(),
         flashes,
     })
+}
+
+/// Refuses to flash a file that is not the boot image (or vendor boot
+/// image) it is named as.
+fn check_boot_image(path: &Path, vendor: bool) -> Result<()> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    if len > 1 << 30 {
+        bail!("{}: {len} bytes is no boot image", path.display());
+    }
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let parsed = super::bootimg::parse(&data).with_context(|| path.display().to_string())?;
+    let is_vendor = matches!(parsed, super::bootimg::Parsed::VendorBoot(_));
+    if is_vendor != vendor {
+        bail!(
+            "{} is a {} image",
+            path.display(),
+            if is_vendor { "vendor boot" } else { "boot" }
+        );
+    }
+    Ok(())
 }
 
 /// `fastboot` on PATH, or a clear error.
