@@ -218,6 +218,7 @@ fn dry_run_prints_the_commands_and_runs_nothing() {
         .map(str::to_string)
         .collect();
     let mut want = vec![
+        "fastboot devices".to_string(),
         "fastboot getvar product".to_string(),
         format!("fastboot flash boot {}", out.join("boot.img").display()),
     ];

@@ -297,9 +297,12 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
-/// The commands of a plan, one shell line each.
+/// The commands a flash runs, in order, one shell line each.
 pub fn commands(plan: &Plan) -> Vec<String> {
-    let mut v = vec!["fastboot getvar product".to_string()];
+    let mut v = vec![
+        "fastboot devices".to_string(),
+        "fastboot getvar product".to_string(),
+    ];
     for f in &plan.flashes {
         v.push(format!(
             "fastboot flash {} {}",
