@@ -256,6 +256,19 @@ mod tests {
     }
 
     #[test]
+    fn flash_takes_a_fastboot_outdir_and_dry_run() {
+        let Command::Flash(f) = parse(&["flash", "--fastboot", "out/p", "--dry-run"])
+            .unwrap()
+            .command
+        else {
+            panic!("not flash")
+        };
+        assert_eq!(f.fastboot, Some(PathBuf::from("out/p")));
+        assert!(f.dry_run);
+        assert!(parse(&["flash", "--dry-run"]).is_err());
+    }
+
+    #[test]
     fn boot_test_defaults() {
         let Command::BootTest(b) = parse(&["boot-test", "x.img"]).unwrap().command else {
             panic!("not boot-test")
