@@ -112,7 +112,7 @@ fn split_pieces_each_fit_and_together_make_the_image() {
         assert!(size <= max, "piece {i} is {size} bytes, over {max}");
         // Each piece is a whole sparse image of the full size, by libsparse's reader too.
         let alone = dir.join(format!("alone{i}.img"));
-        simg2img(&[p.clone()], &alone);
+        simg2img(std::slice::from_ref(p), &alone);
         assert_eq!(fs::metadata(&alone).unwrap().len(), len);
         fs::remove_file(&alone).unwrap();
     }
