@@ -1,7 +1,7 @@
 //! `nodeimg flash --fastboot OUTDIR` against a fake `fastboot` on PATH that
 //! records its arguments: the right partitions and files in order, a product
 //! mismatch refused, `--dry-run` printing the commands, and clear messages
-//! for a missing tool, no device and a device that does not answer.
+//! for a missing tool, no device, two devices and a device that does not answer.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -91,7 +91,7 @@ fn outdir(dir: &Path, vendor_boot: bool) -> (PathBuf, Vec<PathBuf>) {
 }
 
 /// A fake `fastboot` in `dir/bin` that appends its arguments to `dir/argv.log`.
-/// `devices` lists a phone unless FAKE_NO_DEVICE is set; `getvar product`
+/// `devices` lists a phone unless FAKE_NO_DEVICE is set (two with FAKE_TWO); `getvar product`
 /// prints `product: $FAKE_PRODUCT` on stderr as fastboot does, or hangs with FAKE_HANG.
 fn fake_fastboot(dir: &Path) -> PathBuf {
     let bin = dir.join("bin");
@@ -103,6 +103,7 @@ echo "$*" >> '{log}'
 case "$1" in
 devices)
     [ -n "$FAKE_NO_DEVICE" ] || printf 'FAKE0123\tfastboot\n'
+    [ -z "$FAKE_TWO" ] || printf 'OTHER456\tfastboot\n'
     ;;
 getvar)
     [ -n "$FAKE_HANG" ] && exec sleep 30
@@ -263,6 +264,14 @@ fn missing_tool_no_device_and_silent_device_are_clear_errors() {
     assert_eq!(res.status.code(), Some(1));
     assert!(
         stderr(&res).contains("no device in fastboot mode"),
+        "{}",
+        stderr(&res)
+    );
+
+    let res = flash(&data, &out, &path_with(&bin), &[("FAKE_TWO", "1")], &[]);
+    assert_eq!(res.status.code(), Some(1));
+    assert!(
+        stderr(&res).contains("2 devices are in fastboot mode (FAKE0123, OTHER456)"),
         "{}",
         stderr(&res)
     );

@@ -3,8 +3,8 @@
 //! after checking that the attached phone is the board's product.
 //!
 //! The flow: read `OUTDIR/build.json` for the board, load the board and its
-//! `[android]` section, find the files, then `fastboot devices` (one device
-//! at least), `fastboot getvar product` (must equal `android.product`), and
+//! `[android]` section, find the files, then `fastboot devices` (exactly one
+//! device, usable), `fastboot getvar product` (must equal `android.product`), and
 //! one `fastboot flash PARTITION FILE` per file. `--dry-run` prints those
 //! commands and runs nothing. The queries run with a timeout
 //! ([`QUERY_TIMEOUT`], `NODEIMG_FASTBOOT_TIMEOUT` seconds to change it): a
@@ -267,6 +267,29 @@ fn query(fastboot: &Path, args: &[&str], timeout: Duration) -> Result<Option<Out
     }))
 }
 
+/// Refuses what `fastboot devices` listed unless it is one usable device:
+/// with several, which one fastboot writes to is not ours to guess.
+fn check_devices(listing: &str) -> Result<()> {
+    let lines: Vec<&str> = listing.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.iter().any(|l| l.contains("no permissions")) {
+        bail!(
+            "fastboot sees a device but may not use it (no permissions): add a udev rule for it (Debian: package android-sdk-platform-tools-common) or run as root"
+        );
+    }
+    if lines.len() > 1 {
+        let serials: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        bail!(
+            "{} devices are in fastboot mode ({}): connect only the phone to flash",
+            lines.len(),
+            serials.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// The value of `product: X` in what `fastboot getvar product` printed
 /// (fastboot prints it on stderr; stdout is searched too).
 pub fn parse_product(out: &str) -> Option<String> {
@@ -344,6 +367,7 @@ pub fn command(data: &DataDir, outdir: &Path, dry_run: bool) -> Result<()> {
             if devices.success { String::new() } else { format!("; fastboot said: {}", devices.stderr.trim()) }
         );
     }
+    check_devices(&devices.stdout)?;
     let got = query(&fastboot, &["getvar", "product"], timeout)?.with_context(|| {
         format!("the device did not answer `fastboot getvar product` within {secs} s (is it in fastboot mode?)")
     })?;
@@ -394,6 +418,19 @@ mod tests {
         assert_eq!(parse_product(real).as_deref(), Some("sdm845"));
         assert_eq!(parse_product("< waiting for any device >\n"), None);
         assert_eq!(parse_product("product:\n"), None);
+    }
+
+    #[test]
+    fn one_usable_device_only() {
+        assert!(check_devices("FAKE0123\tfastboot\n").is_ok());
+        let e = check_devices("A1\tfastboot\nB2\tfastboot\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("2 devices are in fastboot mode (A1, B2)"),
+            "{e}"
+        );
+        let e = check_devices("????????????\tno permissions; see [http://...]\n").unwrap_err();
+        assert!(e.to_string().contains("no permissions"), "{e}");
     }
 
     #[test]
