@@ -37,5 +37,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::BootTest(args) => nodeimg::boottest::command(&args),
+        Command::Flash(args) => match &args.fastboot {
+            Some(outdir) => nodeimg::android::fastboot::command(&data, outdir, args.dry_run),
+            None => anyhow::bail!("nothing to flash: give --fastboot OUTDIR"),
+        },
     }
 }

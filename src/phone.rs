@@ -42,7 +42,8 @@ pub struct BootInputs<'a> {
 }
 
 /// Writes `boot.img` (and for header v3/v4 `vendor_boot.img`) into `dir`;
-/// returns the files written.
+/// returns the files written. Where the dtb goes (appended, v2 section,
+/// vendor_boot) is `android::bootimg::for_board`'s business.
 pub fn write_boot_images(inp: &BootInputs, dir: &Path) -> Result<Vec<PathBuf>> {
     let a = inp.android;
     let dtb = match &a.dtb {
@@ -52,39 +53,33 @@ pub fn write_boot_images(inp: &BootInputs, dir: &Path) -> Result<Vec<PathBuf>> {
                 .dtbs
                 .get(name)
                 .with_context(|| format!("the device tree {name} was not looked up"))?;
-            data.to_vec().with_context(|| format!("reading /{path}"))?
+            Some(data.to_vec().with_context(|| format!("reading /{path}"))?)
         }
-        None => Vec::new(),
+        None => None,
     };
-    let mut kernel = inp
+    let kernel = inp
         .found
         .kernel_data
         .to_vec()
         .with_context(|| format!("reading /{}", inp.found.kernel))?;
-    if a.append_dtb {
-        kernel.extend_from_slice(&dtb);
-    }
     let mut ramdisk = inp.initramfs.to_vec();
     if !inp.node_files.is_empty() {
         ramdisk.extend(initramfs::node_config_archive(inp.node_files, inp.mtime)?);
     }
-    let mut boot = bootimg::BootImage::from_board(a, kernel, ramdisk, inp.cmdline.to_string())?;
+    let (boot, vendor) = bootimg::for_board(a, kernel, ramdisk, dtb, inp.cmdline.to_string())?;
     let mut written = Vec::new();
-    if a.header_version >= 3 {
-        let vendor = bootimg::VendorBootImage::from_board(a, Vec::new(), dtb, String::new());
+    let mut bytes = Vec::new();
+    bootimg::write(&boot, &mut bytes)?;
+    let path = dir.join(BOOT_IMG);
+    output::write_synced(&path, &bytes)?;
+    written.push(path);
+    if let Some(vendor) = vendor {
         let mut bytes = Vec::new();
         bootimg::write_vendor(&vendor, &mut bytes)?;
         let path = dir.join(VENDOR_BOOT_IMG);
         output::write_synced(&path, &bytes)?;
         written.push(path);
-    } else if a.header_version == 2 {
-        boot.dtb = dtb;
     }
-    let mut bytes = Vec::new();
-    bootimg::write(&boot, &mut bytes)?;
-    let path = dir.join(BOOT_IMG);
-    output::write_synced(&path, &bytes)?;
-    written.insert(0, path);
     Ok(written)
 }
 

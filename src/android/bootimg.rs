@@ -174,6 +174,53 @@ fn size32(what: &str, len: usize) -> Result<u32> {
         .with_context(|| format!("the {what} is {len} bytes, over the 4 GiB a header can describe"))
 }
 
+/// A phone's boot image, and for header v3/v4 its vendor boot image, from
+/// the board: the dtb appended to the kernel when `append_dtb` is set, in the
+/// boot image's dtb section for v2, in vendor_boot.img for v3/v4. The
+/// ramdisk goes into boot.img (v3/v4: the generic ramdisk, after the empty
+/// vendor ramdisk), the command line into boot.img's header.
+pub fn for_board(
+    board: &AndroidBoard,
+    kernel: Vec<u8>,
+    ramdisk: Vec<u8>,
+    dtb: Option<Vec<u8>>,
+    cmdline: String,
+) -> Result<(BootImage, Option<VendorBootImage>)> {
+    let needs_dtb = board.append_dtb || board.header_version >= 2;
+    let dtb = match dtb {
+        Some(d) if d.is_empty() => bail!("the dtb is empty"),
+        Some(d) => d,
+        None if needs_dtb => bail!(
+            "board header version {} / append_dtb = {} needs a dtb",
+            board.header_version,
+            board.append_dtb
+        ),
+        None => Vec::new(),
+    };
+    let kernel = if board.append_dtb {
+        let mut k = kernel;
+        k.extend_from_slice(&dtb);
+        k
+    } else {
+        kernel
+    };
+    let mut boot = BootImage::from_board(board, kernel, ramdisk, cmdline)?;
+    let vendor = match board.header_version {
+        2 => {
+            boot.dtb = dtb;
+            None
+        }
+        3 | 4 => Some(VendorBootImage::from_board(
+            board,
+            Vec::new(),
+            dtb,
+            String::new(),
+        )),
+        _ => None,
+    };
+    Ok((boot, vendor))
+}
+
 /// Packs "A.B.C" and "YYYY-MM" as the header's `os_version` field:
 /// `(A<<14 | B<<7 | C) << 11 | (YYYY-2000)<<4 | MM`. Empty strings give 0.
 pub fn pack_os_version(version: &str, patch_level: &str) -> Result<u32> {
@@ -890,6 +937,44 @@ mod tests {
                 assert_eq!(p.name, "nodeimg");
             }
         }
+    }
+
+    #[test]
+    fn the_dtb_goes_where_the_board_says() {
+        let board = |v: u32, append: bool| AndroidBoard {
+            header_version: v,
+            page_size: 4096,
+            base: 0,
+            kernel_offset: 0x8000,
+            ramdisk_offset: 0x0100_0000,
+            second_offset: 0,
+            tags_offset: 0x100,
+            dtb_offset: Some(0x01f0_0000),
+            dtb: Some("qcom/x.dtb".into()),
+            append_dtb: append,
+            product: "p".into(),
+            boot_partition: "boot".into(),
+            vendor_boot_partition: Some("vendor_boot".into()),
+            rootfs_partition: "userdata".into(),
+            sector_size: 4096,
+            max_download_size: None,
+            os_version: None,
+            os_patch_level: None,
+        };
+        let k = || vec![1u8; 10];
+        let d = || Some(vec![2u8; 3]);
+        let (b, v) = for_board(&board(0, true), k(), vec![3], d(), "c".into()).unwrap();
+        assert_eq!(b.kernel, [vec![1u8; 10], vec![2u8; 3]].concat());
+        assert!(b.dtb.is_empty() && v.is_none());
+        let (b, v) = for_board(&board(2, false), k(), vec![3], d(), "c".into()).unwrap();
+        assert_eq!((b.kernel.len(), b.dtb.len()), (10, 3));
+        assert!(v.is_none());
+        let (b, v) = for_board(&board(4, false), k(), vec![3], d(), "c".into()).unwrap();
+        assert!(b.dtb.is_empty());
+        assert_eq!(v.unwrap().dtb, vec![2u8; 3]);
+        assert!(for_board(&board(0, true), k(), vec![3], None, "c".into()).is_err());
+        let (b, _) = for_board(&board(0, false), k(), vec![3], None, "c".into()).unwrap();
+        assert_eq!(b.kernel, k());
     }
 
     #[test]

@@ -9,6 +9,6 @@
 
 pub mod board;
 pub mod bootimg;
-// pub mod fastboot;
-// pub mod inspect;
+pub mod fastboot;
+pub mod inspect;
 pub mod sparse;
