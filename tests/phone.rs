@@ -403,6 +403,24 @@ fn check_outputs(board: &str, out: &Path, work: &Path, node: &str) {
         fs::remove_file(f).unwrap();
     }
 
+    // `nodeimg flash --fastboot` takes the build as it is.
+    let plan = stdout(&run_ok(
+        nodeimg()
+            .arg("flash")
+            .arg("--fastboot")
+            .arg(out)
+            .arg("--dry-run"),
+    ));
+    let flash: Vec<&str> = plan
+        .lines()
+        .filter(|l| l.starts_with("fastboot flash"))
+        .collect();
+    let mut want = vec![format!("fastboot flash boot {}", boot.display())];
+    for p in &pieces {
+        want.push(format!("fastboot flash userdata {}", p.display()));
+    }
+    assert_eq!(flash, want, "{plan}");
+
     // SHA256SUMS names every output.
     let sums = fs::read_to_string(out.join("SHA256SUMS")).unwrap();
     for p in pieces.iter().chain([&boot, &out.join("build.json")]) {
