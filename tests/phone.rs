@@ -540,3 +540,30 @@ fn the_qemu_phone_boots_from_its_boot_img_and_rootfs_as_an_immutable_portable_no
         "the console shows the token"
     );
 }
+
+#[test]
+fn boot_test_names_what_a_phone_output_directory_lacks() {
+    let dir = scratch("phone-boot-bad");
+    // A directory that is not a phone build.
+    let res = run(nodeimg().arg("boot-test").arg(&dir));
+    assert_eq!(res.status.code(), Some(1));
+    let err = stderr(&res);
+    assert!(err.contains("without a boot.img"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // A phone build whose rootfs image is gone.
+    let out = build_phone("qemu-aarch64-phone", &dir, &[]);
+    for e in fs::read_dir(&out).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("rootfs.img")
+        {
+            fs::remove_file(p).unwrap();
+        }
+    }
+    let res = run(nodeimg().arg("boot-test").arg(out.join("boot.img")));
+    assert_eq!(res.status.code(), Some(1));
+    let err = stderr(&res);
+    assert!(err.contains("no rootfs.img"), "{err}");
+}
