@@ -510,6 +510,9 @@ fn the_qemu_phone_boots_from_its_boot_img_and_rootfs_as_an_immutable_portable_no
         .arg("boot-test")
         .arg(&out)
         .arg("--broken")
+        // The machine is shared with other builds (TCG is slow under load);
+        // an unloaded first boot takes about 12 s.
+        .args(["--timeout", "120"])
         .arg("--work-dir")
         .arg(dir.join("work")));
     let text = stdout(&res);
