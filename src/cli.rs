@@ -37,6 +37,53 @@ pub enum Command {
     /// Boot a built disk image in QEMU (aarch64 virt, TCG) and check it behaves
     /// as an immutable, portable node. Works on a copy; the image is not changed.
     BootTest(BootTestArgs),
+    /// The Debian base images are built from without --rootfs: lock files
+    /// and the package cache (docs/base.md).
+    #[command(subcommand)]
+    Base(BaseCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BaseCommand {
+    /// Resolve each board's base recipe against the Debian archive (InRelease
+    /// verified with the pinned archive keys) and write <DIR>/<board>.lock.
+    Lock(BaseLockArgs),
+    /// Download every package of the boards' locks into the package cache
+    /// ($XDG_CACHE_HOME/nodeimg/debs, else ~/.cache/nodeimg/debs), checked
+    /// against the lock, so that builds need no network.
+    Fetch(BaseFetchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BaseLockArgs {
+    /// Boards whose base to lock [default: every board that names a base recipe].
+    #[arg(value_name = "BOARD")]
+    pub boards: Vec<String>,
+
+    /// Debian mirror URL [default: $NODEIMG_DEBIAN_MIRROR, else the first Debian
+    /// mirror in this machine's apt sources].
+    #[arg(long, value_name = "URL")]
+    pub mirror: Option<String>,
+
+    /// Directory the lock files are written to.
+    #[arg(short, long, value_name = "DIR", default_value = "boards/base")]
+    pub output_dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BaseFetchArgs {
+    /// Boards whose locked packages to fetch [default: every board that names a base recipe].
+    #[arg(value_name = "BOARD", conflicts_with = "lock")]
+    pub boards: Vec<String>,
+
+    /// Debian mirror URL, asked only for packages not yet cached [default:
+    /// $NODEIMG_DEBIAN_MIRROR, else the first Debian mirror in this machine's apt sources].
+    #[arg(long, value_name = "URL")]
+    pub mirror: Option<String>,
+
+    /// A lock file to fetch instead of the boards' own.
+    #[arg(long, value_name = "FILE")]
+    pub lock: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use nodeimg::board::DataDir;
-use nodeimg::cli::{Cli, Command};
+use nodeimg::cli::{BaseCommand, Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -37,5 +37,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::BootTest(args) => nodeimg::boottest::command(&args),
+        Command::Base(BaseCommand::Lock(args)) => nodeimg::base::lock_command(&data, &args),
+        Command::Base(BaseCommand::Fetch(args)) => nodeimg::base::fetch_command(&data, &args),
     }
 }
