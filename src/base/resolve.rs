@@ -511,13 +511,16 @@ mod tests {
 
     #[test]
     fn parses_relations() {
-        let g = parse_relations("a (>= 1.0), b:any | c (<< 2~) ,d:native,\n e (= 1:2-3)").unwrap();
+        let g = parse_relations("aa (>= 1.0), bb:any | cc (<< 2~) ,dd:native,\n ee (= 1:2-3)")
+            .unwrap();
         assert_eq!(g.len(), 4);
         assert_eq!(g[1].len(), 2);
         assert_eq!(g[1][0].arch.as_deref(), Some("any"));
         assert_eq!(g[1][1].constraint.as_ref().unwrap().0, Op::Lt);
-        assert_eq!(g[3][0].to_string(), "e (= 1:2-3)");
-        for bad in ["a (>= )", "a (~ 1)", "A", "a [amd64]", "a <!nocheck>", "a (>= 1", "a | "] {
+        assert_eq!(g[3][0].to_string(), "ee (= 1:2-3)");
+        for bad in [
+            "aa (>= )", "aa (~ 1)", "AA", "aa [amd64]", "aa <!nocheck>", "aa (>= 1", "aa | ", "x",
+        ] {
             assert!(parse_relations(bad).is_err(), "{bad:?}");
         }
     }
@@ -541,8 +544,8 @@ mod tests {
         let e = names(&idx, &["app"]).unwrap_err().to_string();
         assert!(e.contains("app 1 depends on lib (>> 3), which no package"), "{e}");
         // A chosen version that a later dependency rejects is named.
-        let idx = index(&["a 1;Depends: lib (= 1)", "b 1;Depends: lib (>= 2)", "lib 2", "lib 1"]);
-        let e = names(&idx, &["a", "b"]).unwrap_err().to_string();
+        let idx = index(&["aa 1;Depends: lib (= 1)", "bb 1;Depends: lib (>= 2)", "lib 2", "lib 1"]);
+        let e = names(&idx, &["aa", "bb"]).unwrap_err().to_string();
         assert!(e.contains("lib 2 is wanted but lib 1 was chosen"), "{e}");
     }
 
@@ -643,7 +646,7 @@ mod tests {
 
     #[test]
     fn unknown_root_is_an_error() {
-        let idx = index(&["a 1"]);
+        let idx = index(&["aa 1"]);
         let e = names(&idx, &["nope"]).unwrap_err().to_string();
         assert!(e.contains("nope is not in the index"), "{e}");
     }
