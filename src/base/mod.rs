@@ -59,6 +59,13 @@ pub fn make_lock(
     }
     progress.step("resolving dependencies");
     let wanted = base.packages();
+    if wanted.is_empty() && !r.essential {
+        bail!(
+            "board {}: recipe {} and the board list no packages and essential is false: nothing to lock",
+            base.board,
+            r.name
+        );
+    }
     let chosen = resolve::resolve(&packages, &r.architecture, &wanted, r.essential)
         .with_context(|| format!("resolving the base of {}", base.board))?;
     Ok(Lock {

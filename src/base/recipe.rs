@@ -111,9 +111,6 @@ impl Recipe {
                 bail!("components: {c:?} is not a plain name");
             }
         }
-        if r.packages.is_empty() && !r.essential {
-            bail!("packages is empty and essential is false: nothing to install");
-        }
         for p in &r.packages {
             check_package_name(p).context("packages")?;
         }
