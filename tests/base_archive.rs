@@ -371,6 +371,19 @@ fn unsigned_or_missing_inrelease_is_refused() {
 }
 
 #[test]
+fn a_signed_inrelease_of_another_suite_is_refused() {
+    let dir = scratch("base-archive-suite");
+    let a = Archive::new();
+    let data = a.data_dir(&dir, &a.key);
+    let other = a
+        .inrelease_text
+        .replace(&format!("Suite: {SUITE}\nCodename: {SUITE}"), "Suite: oldstable\nCodename: bookworm");
+    assert_ne!(other, a.inrelease_text);
+    a.set(&a.inrelease_path(), clearsign(&a.key, &other));
+    lock_fails(&a, &data, "signed for suite \"oldstable\" (codename \"bookworm\"), not \"testsuite\"");
+}
+
+#[test]
 fn a_pin_that_does_not_match_its_key_file_is_refused() {
     let dir = scratch("base-archive-pin");
     let a = Archive::new();

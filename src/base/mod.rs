@@ -42,6 +42,17 @@ pub fn make_lock(
     let bytes = fetch::get(&url, MAX_INRELEASE)?;
     let release = archive::verify_inrelease(&bytes, &keyring)
         .with_context(|| crate::join::hide_url_credentials(&url))?;
+    // A signed InRelease of another suite (an older release, say) must not
+    // pass for this one.
+    if release.codename.as_deref() != Some(&r.suite) && release.suite.as_deref() != Some(&r.suite) {
+        bail!(
+            "{}: signed for suite {:?} (codename {:?}), not {:?}",
+            crate::join::hide_url_credentials(&url),
+            release.suite.as_deref().unwrap_or(""),
+            release.codename.as_deref().unwrap_or(""),
+            r.suite
+        );
+    }
     let mut packages = Vec::new();
     let mut indexes = Vec::new();
     for c in &r.components {
