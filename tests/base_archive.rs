@@ -129,11 +129,17 @@ impl Archive {
         let mut debs = HashMap::new();
         let mut packages = String::new();
         for (name, version, fields) in [
-            ("app", "1.0-1", "Depends: missing-pkg | libx (>= 2~), tool\n"),
+            (
+                "app",
+                "1.0-1",
+                "Depends: missing-pkg | libx (>= 2~), tool\n",
+            ),
             ("libx", "2.0-3", "Provides: tool (= 1)\nMulti-Arch: same\n"),
             ("other", "1:0.5", "Conflicts: app\n"),
         ] {
-            let deb = format!("not really a .deb: {name} {version}\n").repeat(100).into_bytes();
+            let deb = format!("not really a .deb: {name} {version}\n")
+                .repeat(100)
+                .into_bytes();
             // Like Debian's, file names leave the epoch out.
             let bare = version.rsplit(':').next().unwrap();
             let filename = format!("pool/main/{name}_{bare}_arm64.deb");
@@ -199,7 +205,10 @@ impl Archive {
     fn data_dir(&self, dir: &Path, pin_key: &SignedSecretKey) -> PathBuf {
         let data = data_dir_with_board(dir, "qemu-aarch64", |t| {
             t.replace("base = \"debian-trixie\"", "base = \"testbase\"")
-                .replace("base_packages = [\"linux-image-arm64\"]", "base_packages = [\"app\"]")
+                .replace(
+                    "base_packages = [\"linux-image-arm64\"]",
+                    "base_packages = [\"app\"]",
+                )
         });
         let keys = data.join("boards/base/keys");
         std::fs::create_dir_all(&keys).unwrap();
@@ -314,10 +323,19 @@ fn lock_then_fetch_then_offline() {
     }
 
     // Offline: a mirror nothing listens on is never asked.
-    let offline = ["fetch", "qemu-aarch64", "--mirror", "http://127.0.0.1:1/debian"];
+    let offline = [
+        "fetch",
+        "qemu-aarch64",
+        "--mirror",
+        "http://127.0.0.1:1/debian",
+    ];
     let out = base(&data, &cache, &offline);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("2 packages verified"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("2 packages verified"),
+        "{}",
+        stdout(&out)
+    );
 
     // A damaged cache entry is fetched again.
     std::fs::write(cache.join("nodeimg/debs/sha256").join(&want[0]), b"damaged").unwrap();
@@ -347,7 +365,11 @@ fn tampered_inrelease_is_refused() {
     let tampered = signed.replace("Sat, 01 Nov 2025", "Sun, 02 Nov 2025");
     assert_ne!(tampered, signed);
     a.set(&p, tampered.into_bytes());
-    lock_fails(&a, &data, "no valid OpenPGP signature by a pinned archive key");
+    lock_fails(
+        &a,
+        &data,
+        "no valid OpenPGP signature by a pinned archive key",
+    );
 }
 
 #[test]
@@ -356,7 +378,11 @@ fn inrelease_signed_by_another_key_is_refused() {
     let a = Archive::new();
     let other = keygen("Someone Else <else@example.invalid>");
     let data = a.data_dir(&dir, &other);
-    lock_fails(&a, &data, "no valid OpenPGP signature by a pinned archive key");
+    lock_fails(
+        &a,
+        &data,
+        "no valid OpenPGP signature by a pinned archive key",
+    );
 }
 
 #[test]
@@ -375,12 +401,17 @@ fn a_signed_inrelease_of_another_suite_is_refused() {
     let dir = scratch("base-archive-suite");
     let a = Archive::new();
     let data = a.data_dir(&dir, &a.key);
-    let other = a
-        .inrelease_text
-        .replace(&format!("Suite: {SUITE}\nCodename: {SUITE}"), "Suite: oldstable\nCodename: bookworm");
+    let other = a.inrelease_text.replace(
+        &format!("Suite: {SUITE}\nCodename: {SUITE}"),
+        "Suite: oldstable\nCodename: bookworm",
+    );
     assert_ne!(other, a.inrelease_text);
     a.set(&a.inrelease_path(), clearsign(&a.key, &other));
-    lock_fails(&a, &data, "signed for suite \"oldstable\" (codename \"bookworm\"), not \"testsuite\"");
+    lock_fails(
+        &a,
+        &data,
+        "signed for suite \"oldstable\" (codename \"bookworm\"), not \"testsuite\"",
+    );
 }
 
 #[test]
@@ -428,9 +459,8 @@ fn packages_xz_not_matching_inrelease_is_refused() {
 fn locked_then(a: &Archive, data: &Path) -> (nodeimg::base::lock::Lock, String) {
     let out = base(data, &data.join("../cache0"), &strs(&lock_args(a, data)));
     assert!(out.status.success(), "{}", stderr(&out));
-    let lock =
-        nodeimg::base::lock::Lock::parse(&std::fs::read_to_string(lock_path(data)).unwrap())
-            .unwrap();
+    let lock = nodeimg::base::lock::Lock::parse(&std::fs::read_to_string(lock_path(data)).unwrap())
+        .unwrap();
     let libx = lock.packages.iter().find(|p| p.name == "libx").unwrap();
     (lock.clone(), format!("/debian/{}", libx.filename))
 }
@@ -445,7 +475,11 @@ fn a_deb_not_matching_the_lock_is_refused_and_not_cached() {
     evil[0] ^= 0x20;
     a.set(&libx, evil);
     let cache = dir.join("cache");
-    let out = base(&data, &cache, &["fetch", "qemu-aarch64", "--mirror", &a.mirror]);
+    let out = base(
+        &data,
+        &cache,
+        &["fetch", "qemu-aarch64", "--mirror", &a.mirror],
+    );
     let err = stderr(&out);
     assert!(!out.status.success());
     assert!(
@@ -465,7 +499,11 @@ fn a_deb_gone_from_the_mirror_names_the_refresh_command() {
     let (_, libx) = locked_then(&a, &data);
     a.remove(&libx);
     let cache = dir.join("cache");
-    let out = base(&data, &cache, &["fetch", "qemu-aarch64", "--mirror", &a.mirror]);
+    let out = base(
+        &data,
+        &cache,
+        &["fetch", "qemu-aarch64", "--mirror", &a.mirror],
+    );
     let err = stderr(&out);
     assert!(!out.status.success());
     assert!(
@@ -487,7 +525,16 @@ fn no_mirror_anywhere_is_a_clear_error_only_when_something_is_missing() {
     let out = base(
         &data,
         &dir.join("cache"),
-        &["fetch", "qemu-aarch64", "--mirror", "ftp://x.invalid/debian"],
+        &[
+            "fetch",
+            "qemu-aarch64",
+            "--mirror",
+            "ftp://x.invalid/debian",
+        ],
     );
-    assert!(stderr(&out).contains("is not an http:// or https:// URL"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not an http:// or https:// URL"),
+        "{}",
+        stderr(&out)
+    );
 }

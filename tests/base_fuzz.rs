@@ -53,11 +53,48 @@ fn seed() -> u64 {
 
 /// Tokens of the formats, worth inserting.
 const DICT: &[&[u8]] = &[
-    b"\n", b"\n\n", b"\n ", b" ", b":", b",", b"|", b"(", b")", b"<<", b">=", b"=", b"~", b"-",
-    b"+", b".", b"0", b"9", b"99999999999999999999", b"Package: ", b"Version: ", b"Depends: ",
-    b"Provides: ", b"Conflicts: ", b"Breaks: ", b"Size: ", b"SHA256: ", b"Filename: ", b"../",
-    b"/", b"#", b"\t", b"\r\n", b":any", b"[amd64]", b"<!nocheck>", b"\"", b"[[package]]", b"\xff",
-    b"-----BEGIN PGP SIGNATURE-----", b"- ", b"Hash: SHA512\n",
+    b"\n",
+    b"\n\n",
+    b"\n ",
+    b" ",
+    b":",
+    b",",
+    b"|",
+    b"(",
+    b")",
+    b"<<",
+    b">=",
+    b"=",
+    b"~",
+    b"-",
+    b"+",
+    b".",
+    b"0",
+    b"9",
+    b"99999999999999999999",
+    b"Package: ",
+    b"Version: ",
+    b"Depends: ",
+    b"Provides: ",
+    b"Conflicts: ",
+    b"Breaks: ",
+    b"Size: ",
+    b"SHA256: ",
+    b"Filename: ",
+    b"../",
+    b"/",
+    b"#",
+    b"\t",
+    b"\r\n",
+    b":any",
+    b"[amd64]",
+    b"<!nocheck>",
+    b"\"",
+    b"[[package]]",
+    b"\xff",
+    b"-----BEGIN PGP SIGNATURE-----",
+    b"- ",
+    b"Hash: SHA512\n",
 ];
 
 /// One to four mutations: bit flips, byte sets, deletions, duplications,
@@ -185,8 +222,12 @@ fn lock_files() {
     )
     .unwrap();
     // The first packages only: mutations then land in every part of the file.
-    let cut = text.match_indices("[[package]]").nth(4).map(|(i, _)| i).unwrap();
-    let inputs = vec![text[..cut].as_bytes().to_vec()];
+    let cut = text
+        .match_indices("[[package]]")
+        .nth(4)
+        .map(|(i, _)| i)
+        .unwrap();
+    let inputs = vec![text.as_bytes()[..cut].to_vec()];
     fuzz("lock", &inputs, cases(5_000), |d| {
         let Ok(t) = std::str::from_utf8(d) else {
             return;
@@ -245,14 +286,17 @@ fn signed_inrelease() {
     .unwrap();
     let original = archive::verify_inrelease(signed.as_bytes(), &keyring).unwrap();
     let inputs = vec![signed.into_bytes()];
-    fuzz("inrelease", &inputs, cases(3_000), |d| {
-        match archive::verify_inrelease(d, &keyring) {
+    fuzz(
+        "inrelease",
+        &inputs,
+        cases(3_000),
+        |d| match archive::verify_inrelease(d, &keyring) {
             Err(e) => one_line(&e),
             Ok(r) => {
                 assert_eq!(r.date, original.date);
                 assert_eq!(r.files, original.files);
                 assert_eq!(r.codename, original.codename);
             }
-        }
-    });
+        },
+    );
 }

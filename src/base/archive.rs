@@ -109,7 +109,10 @@ impl Keyring {
     fn verifies(&self, msg: &CleartextSignedMessage) -> Option<String> {
         for key in &self.keys {
             let ok = msg.verify(&key.primary_key).is_ok()
-                || key.public_subkeys.iter().any(|sk| msg.verify(&sk.key).is_ok());
+                || key
+                    .public_subkeys
+                    .iter()
+                    .any(|sk| msg.verify(&sk.key).is_ok());
             if ok {
                 return Some(hex::encode_upper(key.fingerprint().as_bytes()));
             }
@@ -163,13 +166,15 @@ impl Release {
 /// Verifies InRelease's signature against `keyring` and reads its signed
 /// text. A missing, malformed or unverifiable signature is an error.
 pub fn verify_inrelease(bytes: &[u8], keyring: &Keyring) -> Result<Release> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| ArchiveError::NotSigned("not UTF-8 text".into()))?;
+    let text =
+        std::str::from_utf8(bytes).map_err(|_| ArchiveError::NotSigned("not UTF-8 text".into()))?;
     let (msg, _) = CleartextSignedMessage::from_string(text)
         .map_err(|e| ArchiveError::NotSigned(e.to_string()))?;
-    let signed_by = keyring.verifies(&msg).ok_or_else(|| ArchiveError::BadSignature {
-        pinned: keyring.fingerprints().join(", "),
-    })?;
+    let signed_by = keyring
+        .verifies(&msg)
+        .ok_or_else(|| ArchiveError::BadSignature {
+            pinned: keyring.fingerprints().join(", "),
+        })?;
     let signed = msg.signed_text();
     let paras = deb822::parse(&signed).context("InRelease")?;
     let [p] = paras.as_slice() else {
@@ -186,7 +191,10 @@ pub fn verify_inrelease(bytes: &[u8], keyring: &Keyring) -> Result<Release> {
     {
         let parts: Vec<&str> = line.split_whitespace().collect();
         let [hash, size, path] = parts.as_slice() else {
-            bail!("InRelease: SHA256 line {}: expected \"hash size path\"", n + 1);
+            bail!(
+                "InRelease: SHA256 line {}: expected \"hash size path\"",
+                n + 1
+            );
         };
         let size: u64 = size
             .parse()
@@ -286,7 +294,10 @@ fn package(p: &Paragraph) -> Result<Package> {
     }
     let filename = need("Filename")?;
     if !is_archive_path(filename) {
-        bail!("line {}: Filename {filename:?} is not a path in the archive", p.line);
+        bail!(
+            "line {}: Filename {filename:?} is not a path in the archive",
+            p.line
+        );
     }
     let size: u64 = need("Size")?
         .parse()
@@ -352,7 +363,10 @@ SHA256: 1123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n";
             ("Version: 13.8", "Version: thirteen"),
             ("Filename: pool/main/b", "Filename: ../main/b"),
             ("SHA256: 1123", "SHA256: x123"),
-            ("Architecture: arm64\nFilename: pool/main/b", "Filename: pool/main/b"),
+            (
+                "Architecture: arm64\nFilename: pool/main/b",
+                "Filename: pool/main/b",
+            ),
         ] {
             let text = PKG.replacen(from, to, 1);
             assert_ne!(text, PKG, "{from}");

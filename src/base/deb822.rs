@@ -67,7 +67,10 @@ pub fn parse(text: &str) -> Result<Vec<Paragraph>, Deb822Error> {
             continue;
         }
         let Some((name, value)) = raw.split_once(':') else {
-            return Err(err(format!("expected \"Field: value\", found {:?}", clip(raw))));
+            return Err(err(format!(
+                "expected \"Field: value\", found {:?}",
+                clip(raw)
+            )));
         };
         if name.is_empty()
             || name.starts_with('-')
@@ -81,7 +84,8 @@ pub fn parse(text: &str) -> Result<Vec<Paragraph>, Deb822Error> {
         if cur.fields.is_empty() {
             cur.line = line;
         }
-        cur.fields.push((name.to_string(), value.trim().to_string()));
+        cur.fields
+            .push((name.to_string(), value.trim().to_string()));
     }
     if !cur.fields.is_empty() {
         out.push(cur);

@@ -87,7 +87,9 @@ pub fn mirror_from_apt(etc: &Path) -> Result<Option<String>> {
                     .map(str::to_string)
                     .collect()
             };
-            let enabled = p.get("Enabled").is_none_or(|v| !v.eq_ignore_ascii_case("no"));
+            let enabled = p
+                .get("Enabled")
+                .is_none_or(|v| !v.eq_ignore_ascii_case("no"));
             let is_deb = words("Types").iter().any(|t| t == "deb");
             let suites = words("Suites");
             let main_suite = suites.iter().any(|s| !s.ends_with("-security"));
@@ -149,10 +151,12 @@ pub struct NotFound {
 /// GETs `url` into memory, at most `limit` bytes. A 404 is a `NotFound`.
 pub fn get(url: &str, limit: u64) -> Result<Vec<u8>> {
     let shown = hide_url_credentials(url);
-    let resp = agent()
-        .get(url)
-        .call()
-        .map_err(|e| anyhow!("downloading {shown}: {}", hide_url_credentials(&e.to_string())))?;
+    let resp = agent().get(url).call().map_err(|e| {
+        anyhow!(
+            "downloading {shown}: {}",
+            hide_url_credentials(&e.to_string())
+        )
+    })?;
     let status = resp.status().as_u16();
     if status == 404 {
         return Err(NotFound { url: shown }.into());
@@ -346,10 +350,12 @@ fn download(
 ) -> Result<PathBuf> {
     let url = format!("{mirror}/{}", p.filename);
     let shown = hide_url_credentials(&url);
-    let resp = agent
-        .get(&url)
-        .call()
-        .map_err(|e| anyhow!("downloading {shown}: {}", hide_url_credentials(&e.to_string())))?;
+    let resp = agent.get(&url).call().map_err(|e| {
+        anyhow!(
+            "downloading {shown}: {}",
+            hide_url_credentials(&e.to_string())
+        )
+    })?;
     match resp.status().as_u16() {
         200 => {}
         404 | 410 => {
@@ -370,7 +376,10 @@ fn download(
         .prefix(".part.")
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    let mut reader = resp.into_body().into_reader().take(p.size.saturating_add(1));
+    let mut reader = resp
+        .into_body()
+        .into_reader()
+        .take(p.size.saturating_add(1));
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut got_size = 0u64;
@@ -379,7 +388,10 @@ fn download(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => bail!("downloading {shown}: {}", hide_url_credentials(&e.to_string())),
+            Err(e) => bail!(
+                "downloading {shown}: {}",
+                hide_url_credentials(&e.to_string())
+            ),
         };
         hasher.update(&buf[..n]);
         tmp.write_all(&buf[..n])
@@ -426,8 +438,11 @@ mod tests {
              Suites: trixie trixie-updates\nComponents: main\n",
         )
         .unwrap();
-        std::fs::write(d.path().join("sources.list"), "deb http://list.example/debian trixie main\n")
-            .unwrap();
+        std::fs::write(
+            d.path().join("sources.list"),
+            "deb http://list.example/debian trixie main\n",
+        )
+        .unwrap();
         assert_eq!(
             mirror_from_apt(d.path()).unwrap().as_deref(),
             Some("http://mirror.example/debian")
@@ -454,7 +469,10 @@ mod tests {
 
     #[test]
     fn explicit_mirror_must_be_http() {
-        assert_eq!(mirror(Some("http://m.example/debian/")).unwrap(), "http://m.example/debian");
+        assert_eq!(
+            mirror(Some("http://m.example/debian/")).unwrap(),
+            "http://m.example/debian"
+        );
         assert!(mirror(Some("ftp://m.example/debian")).is_err());
     }
 }

@@ -126,7 +126,11 @@ impl Lock {
                 bail!("{}: bad architecture {:?}", what(), p.architecture);
             }
             if !is_archive_path(&p.filename) {
-                bail!("{}: filename {:?} is not a path in the archive", what(), p.filename);
+                bail!(
+                    "{}: filename {:?} is not a path in the archive",
+                    what(),
+                    p.filename
+                );
             }
             if !is_sha256(&p.sha256) {
                 bail!("{}: sha256 is not 64 lower-case hex digits", what());
@@ -191,7 +195,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 pub fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// A relative path of plain segments (no `..`, `.`, empty segment, leading
@@ -269,14 +275,36 @@ pub(crate) mod tests {
 
     #[test]
     fn rejects_unsafe_or_malformed_entries() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Lock)>)> = vec![
-            ("not a path", Box::new(|l| l.packages[0].filename = "../../etc/passwd".into())),
-            ("not a path", Box::new(|l| l.packages[0].filename = "/pool/x.deb".into())),
-            ("not a path", Box::new(|l| l.packages[0].filename = "pool/x y.deb".into())),
-            ("sha256", Box::new(|l| l.packages[1].sha256 = "D".repeat(64))),
-            ("listed twice", Box::new(|l| l.packages[1].name = "zlib1g".into())),
-            ("invalid version", Box::new(|l| l.packages[1].version = "x y".into())),
-            ("inrelease_sha256", Box::new(|l| l.release.inrelease_sha256 = "0".into())),
+        type Change = Box<dyn Fn(&mut Lock)>;
+        let cases: Vec<(&str, Change)> = vec![
+            (
+                "not a path",
+                Box::new(|l| l.packages[0].filename = "../../etc/passwd".into()),
+            ),
+            (
+                "not a path",
+                Box::new(|l| l.packages[0].filename = "/pool/x.deb".into()),
+            ),
+            (
+                "not a path",
+                Box::new(|l| l.packages[0].filename = "pool/x y.deb".into()),
+            ),
+            (
+                "sha256",
+                Box::new(|l| l.packages[1].sha256 = "D".repeat(64)),
+            ),
+            (
+                "listed twice",
+                Box::new(|l| l.packages[1].name = "zlib1g".into()),
+            ),
+            (
+                "invalid version",
+                Box::new(|l| l.packages[1].version = "x y".into()),
+            ),
+            (
+                "inrelease_sha256",
+                Box::new(|l| l.release.inrelease_sha256 = "0".into()),
+            ),
         ];
         for (want, change) in cases {
             let mut l = sample();
@@ -284,13 +312,18 @@ pub(crate) mod tests {
             let e = format!("{:#}", l.validate().unwrap_err());
             assert!(e.contains(want), "{want}: {e}");
         }
-        let text = sample().to_text().unwrap().replace("size = 50000", "size = -1");
+        let text = sample()
+            .to_text()
+            .unwrap()
+            .replace("size = 50000", "size = -1");
         assert!(Lock::parse(&text).is_err());
     }
 
     #[test]
     fn archive_paths() {
-        assert!(is_archive_path("pool/main/s/systemd/systemd_257.9-1~deb13u1_arm64.deb"));
+        assert!(is_archive_path(
+            "pool/main/s/systemd/systemd_257.9-1~deb13u1_arm64.deb"
+        ));
         assert!(is_archive_path("main/binary-arm64/by-hash/SHA256/ab12"));
         for bad in ["", "/a", "a//b", "a/../b", "./a", "a/", "a?b", "a%20b"] {
             assert!(!is_archive_path(bad), "{bad:?}");

@@ -38,7 +38,10 @@ pub fn make_lock(
     let r = &base.recipe;
     let keyring = Keyring::load(data, &r.keyring)?;
     let url = fetch::inrelease_url(mirror, &r.suite);
-    progress.step(format!("verifying {}", crate::join::hide_url_credentials(&url)));
+    progress.step(format!(
+        "verifying {}",
+        crate::join::hide_url_credentials(&url)
+    ));
     let bytes = fetch::get(&url, MAX_INRELEASE)?;
     let release = archive::verify_inrelease(&bytes, &keyring)
         .with_context(|| crate::join::hide_url_credentials(&url))?;

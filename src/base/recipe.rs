@@ -51,7 +51,8 @@ impl BoardBase {
         };
         let recipe = Recipe::load(data, name)?;
         for p in &board.base_packages {
-            check_package_name(p).with_context(|| format!("board {}: base_packages", board.name))?;
+            check_package_name(p)
+                .with_context(|| format!("board {}: base_packages", board.name))?;
         }
         Ok(Some(BoardBase {
             board: board.name.clone(),
@@ -145,8 +146,7 @@ pub fn is_name(s: &str) -> bool {
 pub fn check_package_name(p: &str) -> Result<()> {
     let ok = p.len() >= 2
         && p.as_bytes()[0].is_ascii_alphanumeric()
-        && p
-            .bytes()
+        && p.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
     if !ok {
         bail!("{p:?} is not a Debian package name");

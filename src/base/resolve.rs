@@ -58,10 +58,7 @@ impl std::fmt::Display for Dep {
 }
 
 fn group_text(g: &[Dep]) -> String {
-    g.iter()
-        .map(Dep::to_string)
-        .collect::<Vec<_>>()
-        .join(" | ")
+    g.iter().map(Dep::to_string).collect::<Vec<_>>().join(" | ")
 }
 
 /// Parses a relation field (`Depends` and friends): comma-separated groups
@@ -296,7 +293,11 @@ impl<'a> Resolver<'a> {
     fn explain(&self, c: usize, r: &Refusal) -> String {
         match r {
             Refusal::OtherVersionChosen(o) => {
-                format!("{} is wanted but {} was chosen", self.show(c), self.show(*o))
+                format!(
+                    "{} is wanted but {} was chosen",
+                    self.show(c),
+                    self.show(*o)
+                )
             }
             Refusal::Conflict { with, how } => {
                 format!("{} {how} {}", self.show(c), self.show(*with))
@@ -308,9 +309,7 @@ impl<'a> Resolver<'a> {
     fn arch_ok(&self, dep: &Dep, i: usize, via_provides: bool) -> bool {
         match dep.arch.as_deref() {
             None | Some("native") => true,
-            Some("any") => {
-                via_provides || self.pkgs[i].multi_arch.as_deref() == Some("allowed")
-            }
+            Some("any") => via_provides || self.pkgs[i].multi_arch.as_deref() == Some("allowed"),
             Some(a) => a == self.arch,
         }
     }
@@ -489,8 +488,7 @@ mod tests {
             let (name, version) = head.split_once(' ').unwrap();
             text.push_str(&format!(
                 "Package: {name}\nVersion: {version}\nArchitecture: arm64\n\
-                 Filename: pool/{name}_{n}.deb\nSize: 1\nSHA256: {}\n",
-                format!("{n:064x}")
+                 Filename: pool/{name}_{n}.deb\nSize: 1\nSHA256: {n:064x}\n"
             ));
             for f in parts {
                 text.push_str(f.trim());
@@ -511,15 +509,22 @@ mod tests {
 
     #[test]
     fn parses_relations() {
-        let g = parse_relations("aa (>= 1.0), bb:any | cc (<< 2~) ,dd:native,\n ee (= 1:2-3)")
-            .unwrap();
+        let g =
+            parse_relations("aa (>= 1.0), bb:any | cc (<< 2~) ,dd:native,\n ee (= 1:2-3)").unwrap();
         assert_eq!(g.len(), 4);
         assert_eq!(g[1].len(), 2);
         assert_eq!(g[1][0].arch.as_deref(), Some("any"));
         assert_eq!(g[1][1].constraint.as_ref().unwrap().0, Op::Lt);
         assert_eq!(g[3][0].to_string(), "ee (= 1:2-3)");
         for bad in [
-            "aa (>= )", "aa (~ 1)", "AA", "aa [amd64]", "aa <!nocheck>", "aa (>= 1", "aa | ", "x",
+            "aa (>= )",
+            "aa (~ 1)",
+            "AA",
+            "aa [amd64]",
+            "aa <!nocheck>",
+            "aa (>= 1",
+            "aa | ",
+            "x",
         ] {
             assert!(parse_relations(bad).is_err(), "{bad:?}");
         }
@@ -542,16 +547,28 @@ mod tests {
         assert_eq!(names(&idx, &["app"]).unwrap(), ["app=1", "lib=2.5"]);
         let idx = index(&["app 1;Depends: lib (>> 3)", "lib 3"]);
         let e = names(&idx, &["app"]).unwrap_err().to_string();
-        assert!(e.contains("app 1 depends on lib (>> 3), which no package"), "{e}");
+        assert!(
+            e.contains("app 1 depends on lib (>> 3), which no package"),
+            "{e}"
+        );
         // A chosen version that a later dependency rejects is named.
-        let idx = index(&["aa 1;Depends: lib (= 1)", "bb 1;Depends: lib (>= 2)", "lib 2", "lib 1"]);
+        let idx = index(&[
+            "aa 1;Depends: lib (= 1)",
+            "bb 1;Depends: lib (>= 2)",
+            "lib 2",
+            "lib 1",
+        ]);
         let e = names(&idx, &["aa", "bb"]).unwrap_err().to_string();
         assert!(e.contains("lib 2 is wanted but lib 1 was chosen"), "{e}");
     }
 
     #[test]
     fn alternatives_take_the_first_satisfiable() {
-        let idx = index(&["app 1;Depends: missing | second | third", "second 1", "third 1"]);
+        let idx = index(&[
+            "app 1;Depends: missing | second | third",
+            "second 1",
+            "third 1",
+        ]);
         assert_eq!(names(&idx, &["app"]).unwrap(), ["app=1", "second=1"]);
         // An alternative already chosen satisfies the group.
         assert_eq!(

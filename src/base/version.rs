@@ -296,7 +296,17 @@ mod tests {
     #[test]
     fn rejects_malformed() {
         for bad in [
-            "", " ", "a1", ":1", "x:1", "1:", "1-", "1 2", "1.0-a_b", "1_0", "99999999999:1",
+            "",
+            " ",
+            "a1",
+            ":1",
+            "x:1",
+            "1:",
+            "1-",
+            "1 2",
+            "1.0-a_b",
+            "1_0",
+            "99999999999:1",
             "1.0-é",
         ] {
             assert!(Version::parse(bad).is_err(), "{bad:?} accepted");
@@ -319,13 +329,21 @@ mod tests {
             ("1.0.0", "1.0.a"),
             ("0001", "2"),
             ("1.0-0", "1.0-1"),
-            ("123456789012345678901234567890", "123456789012345678901234567891"),
+            (
+                "123456789012345678901234567890",
+                "123456789012345678901234567891",
+            ),
         ];
         for (a, b) in lt {
             assert!(v(a) < v(b), "{a} < {b}");
             assert!(v(b) > v(a), "{b} > {a}");
         }
-        for (a, b) in [("1.0", "1.0-0"), ("0:1.0", "1.0"), ("1.00", "1.0"), ("01", "1")] {
+        for (a, b) in [
+            ("1.0", "1.0-0"),
+            ("0:1.0", "1.0"),
+            ("1.00", "1.0"),
+            ("01", "1"),
+        ] {
             assert_eq!(v(a), v(b), "{a} = {b}");
         }
     }
@@ -346,19 +364,96 @@ mod tests {
     /// Versions seen in Debian's archive (and made up to reach the corners:
     /// tildes, epochs, letters against digits, long numbers, punctuation).
     const SAMPLES: &[&str] = &[
-        "0", "0.0", "0.1", "1", "1.0", "1.0-0", "1.0-1", "1.0-1+b1", "1.0-1+deb13u1",
-        "1.0-1~bpo13+1", "1.0~rc1-1", "1.0~rc1", "1.0~~", "1.0~", "1.0+", "1.0.", "1.0a",
-        "1.0A", "1.0.a", "1.a", "1.0a1", "1.0a10", "1.0a9", "1:1.0", "2:0.1", "1:1.0-1",
-        "0:1.0", "1.00", "01.0", "1.0-a", "1.0-A", "1.0-a1", "1.0-0.1", "1.0-1.1", "1.0-10",
-        "1.0-9", "1.0+dfsg-1", "1.0+dfsg1-1", "1.0+ds-1", "1.0+git20240101.abcdef-1",
-        "1.0~git20240101-1", "2.36-9+deb12u9", "2.41-12", "2.41-12+deb13u1", "257.9-1~deb13u1",
-        "257.9-1", "257.13-1", "3.0.17-1~deb13u2", "3.5.1-1", "1:9.2p1-2", "1:10.0p1-7",
-        "1:9.9p1-3", "6.12.57-1", "6.12.48-1", "6.12.57+deb13-arm64", "20240709-2",
-        "1:20240709-2", "5.2.37-2+b5", "5.2.37-2", "9.1.1230-2", "2:9.1.1230-2", "1.36.1-9",
-        "1:1.36.1-9", "123456789012345678901234567890", "99999999999999999999", "1.0-1-1",
-        "1.0-1-1~", "1:1.0-1-2", "1.2.3.4.5.6", "1.2.3.4.5.6~a", "a", "~", "1~", "1~a",
-        "1~~a", "1~1", "1+1", "1.1", "1-1", "1:1", "1.0+b", "1.0++", "1.0+~", "1.0~+",
-        "7.88.1-10+deb12u8", "8.14.1-2", "0.0.0-0", "0+0", "0~0", "1.0.0~beta3+really1.0-2",
+        "0",
+        "0.0",
+        "0.1",
+        "1",
+        "1.0",
+        "1.0-0",
+        "1.0-1",
+        "1.0-1+b1",
+        "1.0-1+deb13u1",
+        "1.0-1~bpo13+1",
+        "1.0~rc1-1",
+        "1.0~rc1",
+        "1.0~~",
+        "1.0~",
+        "1.0+",
+        "1.0.",
+        "1.0a",
+        "1.0A",
+        "1.0.a",
+        "1.a",
+        "1.0a1",
+        "1.0a10",
+        "1.0a9",
+        "1:1.0",
+        "2:0.1",
+        "1:1.0-1",
+        "0:1.0",
+        "1.00",
+        "01.0",
+        "1.0-a",
+        "1.0-A",
+        "1.0-a1",
+        "1.0-0.1",
+        "1.0-1.1",
+        "1.0-10",
+        "1.0-9",
+        "1.0+dfsg-1",
+        "1.0+dfsg1-1",
+        "1.0+ds-1",
+        "1.0+git20240101.abcdef-1",
+        "1.0~git20240101-1",
+        "2.36-9+deb12u9",
+        "2.41-12",
+        "2.41-12+deb13u1",
+        "257.9-1~deb13u1",
+        "257.9-1",
+        "257.13-1",
+        "3.0.17-1~deb13u2",
+        "3.5.1-1",
+        "1:9.2p1-2",
+        "1:10.0p1-7",
+        "1:9.9p1-3",
+        "6.12.57-1",
+        "6.12.48-1",
+        "6.12.57+deb13-arm64",
+        "20240709-2",
+        "1:20240709-2",
+        "5.2.37-2+b5",
+        "5.2.37-2",
+        "9.1.1230-2",
+        "2:9.1.1230-2",
+        "1.36.1-9",
+        "1:1.36.1-9",
+        "123456789012345678901234567890",
+        "99999999999999999999",
+        "1.0-1-1",
+        "1.0-1-1~",
+        "1:1.0-1-2",
+        "1.2.3.4.5.6",
+        "1.2.3.4.5.6~a",
+        "a",
+        "~",
+        "1~",
+        "1~a",
+        "1~~a",
+        "1~1",
+        "1+1",
+        "1.1",
+        "1-1",
+        "1:1",
+        "1.0+b",
+        "1.0++",
+        "1.0+~",
+        "1.0~+",
+        "7.88.1-10+deb12u8",
+        "8.14.1-2",
+        "0.0.0-0",
+        "0+0",
+        "0~0",
+        "1.0.0~beta3+really1.0-2",
     ];
 
     /// Versions of real packages: those pinned in the shipped lock files.
@@ -368,7 +463,8 @@ mod tests {
         for board in ["rpi4", "qemu-aarch64"] {
             let rel = format!("boards/base/{board}.lock");
             let (_, bytes) = data.data_file(&rel).unwrap().unwrap();
-            let lock = crate::base::lock::Lock::parse(std::str::from_utf8(&bytes).unwrap()).unwrap();
+            let lock =
+                crate::base::lock::Lock::parse(std::str::from_utf8(&bytes).unwrap()).unwrap();
             out.extend(lock.packages.into_iter().map(|p| p.version));
         }
         out.sort();
@@ -389,7 +485,10 @@ mod tests {
             .collect();
         assert!(valid.len() > 80, "the samples should mostly be versions");
         let real = archive_versions();
-        assert!(real.len() > 80, "the locks should pin over 80 distinct versions");
+        assert!(
+            real.len() > 80,
+            "the locks should pin over 80 distinct versions"
+        );
         if Command::new("dpkg").arg("--version").output().is_err() {
             eprintln!("dpkg not found: oracle comparison skipped");
             return;
@@ -431,7 +530,11 @@ mod tests {
         let mut wrong = Vec::new();
         for ((a, b), want) in pairs.iter().zip(answers) {
             let (x, y) = (v(a), v(b));
-            assert_eq!(x.cmp(&y), y.cmp(&x).reverse(), "{a} vs {b}: not antisymmetric");
+            assert_eq!(
+                x.cmp(&y),
+                y.cmp(&x).reverse(),
+                "{a} vs {b}: not antisymmetric"
+            );
             let got = match x.cmp(&y) {
                 Ordering::Less => "lt",
                 Ordering::Equal => "eq",
@@ -441,6 +544,11 @@ mod tests {
                 wrong.push(format!("{a} vs {b}: dpkg {want}, ours {got}"));
             }
         }
-        assert!(wrong.is_empty(), "{} disagreements: {:?}", wrong.len(), &wrong[..wrong.len().min(20)]);
+        assert!(
+            wrong.is_empty(),
+            "{} disagreements: {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(20)]
+        );
     }
 }
