@@ -337,6 +337,27 @@ fn lock_then_fetch_then_offline() {
         stdout(&out)
     );
 
+    // A board whose package list changed after the lock was made is sent
+    // to relock, before anything is fetched.
+    let board = data.join("boards/qemu-aarch64.toml");
+    let t = std::fs::read_to_string(&board).unwrap();
+    std::fs::write(
+        &board,
+        t.replace(
+            "base_packages = [\"app\"]",
+            "base_packages = [\"app\", \"other\"]",
+        ),
+    )
+    .unwrap();
+    let out = base(&data, &cache, &offline);
+    assert!(
+        stderr(&out).contains("made for another package list")
+            && stderr(&out).contains("run `nodeimg base lock qemu-aarch64`"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(&board, t).unwrap();
+
     // A damaged cache entry is fetched again.
     std::fs::write(cache.join("nodeimg/debs/sha256").join(&want[0]), b"damaged").unwrap();
     assert!(!base(&data, &cache, &offline).status.success());

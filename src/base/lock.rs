@@ -174,6 +174,20 @@ impl Lock {
             )
         })?;
         let loaded = Lock::load_bytes(bytes, origin)?;
+        let l = &loaded.lock;
+        let r = &base.recipe;
+        if (&l.suite, &l.architecture, &l.components) != (&r.suite, &r.architecture, &r.components)
+            || l.requested != base.packages()
+        {
+            bail!(
+                "{}: made for another package list or archive than board {} and recipe {} now \
+                 give: run `nodeimg base lock {}`",
+                loaded.origin,
+                base.board,
+                r.name,
+                base.board
+            );
+        }
         if loaded.lock.board != base.board || loaded.lock.recipe != base.recipe.name {
             bail!(
                 "{}: made for board {} recipe {}, not board {} recipe {}: run `nodeimg base lock {}`",

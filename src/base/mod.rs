@@ -137,14 +137,14 @@ pub fn lock_command(data: &DataDir, args: &BaseLockArgs) -> Result<()> {
     let bases = boards_with_base(data, &args.boards)?;
     let mirror = fetch::mirror(args.mirror.as_deref())?;
     let progress = Progress::new();
+    let mut said = Vec::new();
     for base in &bases {
         let lock = make_lock(data, base, &mirror, &progress)?;
         let text = lock.to_text()?;
         let path = args.output_dir.join(format!("{}.lock", base.board));
         write_atomic(&path, text.as_bytes())?;
         let bytes: u64 = lock.packages.iter().map(|p| p.size).sum();
-        progress.finish();
-        println!(
+        said.push(format!(
             "{}: {} packages ({} MiB) from {} of {}, written to {}",
             base.board,
             lock.packages.len(),
@@ -152,7 +152,11 @@ pub fn lock_command(data: &DataDir, args: &BaseLockArgs) -> Result<()> {
             base.recipe.suite,
             lock.release.date,
             path.display()
-        );
+        ));
+    }
+    progress.finish();
+    for s in said {
+        println!("{s}");
     }
     Ok(())
 }
@@ -168,15 +172,19 @@ pub fn fetch_command(data: &DataDir, args: &BaseFetchArgs) -> Result<()> {
     };
     let progress = Progress::new();
     let cache = fetch::Cache::default_location()?;
+    let mut said = Vec::new();
     for l in &locks {
         let paths = fetch::fetch_all_into(&cache, &l.lock, args.mirror.as_deref(), &progress)?;
-        progress.finish();
-        println!(
+        said.push(format!(
             "{}: {} packages verified in {}",
             l.lock.board,
             paths.len(),
             cache.dir().display()
-        );
+        ));
+    }
+    progress.finish();
+    for s in said {
+        println!("{s}");
     }
     Ok(())
 }
