@@ -183,6 +183,32 @@ mod tests {
     }
 
     #[test]
+    fn base_lock_and_fetch_take_boards_and_a_mirror() {
+        let cli = parse(&[
+            "base",
+            "lock",
+            "rpi4",
+            "qemu-aarch64",
+            "--mirror",
+            "http://m/d",
+        ])
+        .unwrap();
+        let Command::Base(BaseCommand::Lock(a)) = cli.command else {
+            panic!("not base lock")
+        };
+        assert_eq!(a.boards, ["rpi4", "qemu-aarch64"]);
+        assert_eq!(a.mirror.as_deref(), Some("http://m/d"));
+        assert_eq!(a.output_dir, PathBuf::from("boards/base"));
+        let cli = parse(&["base", "fetch", "--lock", "x.lock"]).unwrap();
+        let Command::Base(BaseCommand::Fetch(f)) = cli.command else {
+            panic!("not base fetch")
+        };
+        assert_eq!(f.lock, Some(PathBuf::from("x.lock")));
+        assert!(f.boards.is_empty() && f.mirror.is_none());
+        assert!(parse(&["base", "fetch", "rpi4", "--lock", "x.lock"]).is_err());
+    }
+
+    #[test]
     fn build_takes_board_rootfs_and_options() {
         let cli = parse(&[
             "build",
