@@ -34,6 +34,12 @@ pub struct Board {
     /// Packages this board adds to the recipe's list.
     #[serde(default)]
     pub base_packages: Vec<String>,
+    /// Phones: how the bootloader takes boot.img and which partitions
+    /// fastboot writes. A board with it has no boot partition on its disk:
+    /// kernel, initramfs and cmdline go into boot.img, and the disk is the
+    /// image flashed to `android.rootfs_partition`.
+    #[serde(default)]
+    pub android: Option<crate::android::board::AndroidBoard>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

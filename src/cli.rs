@@ -37,6 +37,8 @@ pub enum Command {
     /// Boot a built disk image in QEMU (aarch64 virt, TCG) and check it behaves
     /// as an immutable, portable node. Works on a copy; the image is not changed.
     BootTest(BootTestArgs),
+    /// Flash a build: a phone's output directory with fastboot (--fastboot OUTDIR).
+    Flash(FlashArgs),
     /// The Debian base images are built from without --rootfs: lock files
     /// and the package cache (docs/base.md).
     #[command(subcommand)]
@@ -84,6 +86,19 @@ pub struct BaseFetchArgs {
     /// A lock file to fetch instead of the boards' own.
     #[arg(long, value_name = "FILE")]
     pub lock: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FlashArgs {
+    /// A phone build's output directory (out/<board>/): checks the attached
+    /// phone's `fastboot getvar product`, then flashes boot.img (and
+    /// vendor_boot.img) and the rootfs sparse image(s) to the board's partitions.
+    #[arg(long, value_name = "OUTDIR", required = true)]
+    pub fastboot: Option<PathBuf>,
+
+    /// Print the fastboot commands instead of running them.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -311,6 +326,19 @@ mod tests {
             "rpi4"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn flash_takes_a_fastboot_outdir_and_dry_run() {
+        let Command::Flash(f) = parse(&["flash", "--fastboot", "out/p", "--dry-run"])
+            .unwrap()
+            .command
+        else {
+            panic!("not flash")
+        };
+        assert_eq!(f.fastboot, Some(PathBuf::from("out/p")));
+        assert!(f.dry_run);
+        assert!(parse(&["flash", "--dry-run"]).is_err());
     }
 
     #[test]
