@@ -27,6 +27,13 @@ pub struct Board {
     /// Overlay directories under `overlays/`, applied to the rootfs in this order.
     #[serde(default)]
     pub overlays: Vec<String>,
+    /// The Debian base recipe (`boards/base/<base>.toml`) an image without
+    /// `--rootfs` is built from; its lock is `boards/base/<board>.lock`.
+    #[serde(default)]
+    pub base: Option<String>,
+    /// Packages this board adds to the recipe's list.
+    #[serde(default)]
+    pub base_packages: Vec<String>,
     /// Phones: how the bootloader takes boot.img and which partitions
     /// fastboot writes. A board with it has no boot partition on its disk:
     /// kernel, initramfs and cmdline go into boot.img, and the disk is the
@@ -192,6 +199,13 @@ impl Board {
             bail!("boot.config_txt is only used with method = \"rpi-firmware\"");
         }
         board.check_android()?;
+        if let Some(b) = &board.base {
+            if !crate::base::recipe::is_name(b) {
+                bail!("base = {b:?} is not a recipe name");
+            }
+        } else if !board.base_packages.is_empty() {
+            bail!("base_packages needs base = \"<recipe>\"");
+        }
         for o in &board.overlays {
             if o.is_empty() || o.contains('/') || o.starts_with('.') {
                 bail!("overlays: {o:?} is not an overlay directory name");
@@ -445,6 +459,27 @@ impl DataDir {
             String::from_utf8(bytes.clone()).with_context(|| format!("{origin}: not UTF-8"))?;
         let board = Board::parse(&text, name).with_context(|| origin.clone())?;
         Ok((board, bytes))
+    }
+
+    /// The data file at `rel` (a path under the data directories, such as
+    /// `boards/base/debian-trixie.toml`): the `--data-dir` one wins over the
+    /// built-in one. Returns where it came from (for messages) and its bytes,
+    /// or None when neither has it.
+    pub fn data_file(&self, rel: &str) -> Result<Option<(String, Vec<u8>)>> {
+        if let Some(extra) = &self.extra {
+            let p = extra.join(rel);
+            if p.is_file() {
+                let bytes =
+                    std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+                return Ok(Some((p.display().to_string(), bytes)));
+            }
+        }
+        Ok(ENTRIES.iter().find_map(|e| match e.kind {
+            EmbeddedKind::File { data, .. } if e.path == rel => {
+                Some((format!("built-in {rel}"), data.to_vec()))
+            }
+            _ => None,
+        }))
     }
 
     /// The overlay `name`: `<data-dir>/overlays/<name>/` if there is one,

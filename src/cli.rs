@@ -39,6 +39,53 @@ pub enum Command {
     BootTest(BootTestArgs),
     /// Flash a build: a phone's output directory with fastboot (--fastboot OUTDIR).
     Flash(FlashArgs),
+    /// The Debian base images are built from without --rootfs: lock files
+    /// and the package cache (docs/base.md).
+    #[command(subcommand)]
+    Base(BaseCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BaseCommand {
+    /// Resolve each board's base recipe against the Debian archive (InRelease
+    /// verified with the pinned archive keys) and write <DIR>/<board>.lock.
+    Lock(BaseLockArgs),
+    /// Download every package of the boards' locks into the package cache
+    /// ($XDG_CACHE_HOME/nodeimg/debs, else ~/.cache/nodeimg/debs), checked
+    /// against the lock, so that builds need no network.
+    Fetch(BaseFetchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BaseLockArgs {
+    /// Boards whose base to lock [default: every board that names a base recipe].
+    #[arg(value_name = "BOARD")]
+    pub boards: Vec<String>,
+
+    /// Debian mirror URL [default: $NODEIMG_DEBIAN_MIRROR, else the first Debian
+    /// mirror in this machine's apt sources].
+    #[arg(long, value_name = "URL")]
+    pub mirror: Option<String>,
+
+    /// Directory the lock files are written to.
+    #[arg(short, long, value_name = "DIR", default_value = "boards/base")]
+    pub output_dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BaseFetchArgs {
+    /// Boards whose locked packages to fetch [default: every board that names a base recipe].
+    #[arg(value_name = "BOARD", conflicts_with = "lock")]
+    pub boards: Vec<String>,
+
+    /// Debian mirror URL, asked only for packages not yet cached [default:
+    /// $NODEIMG_DEBIAN_MIRROR, else the first Debian mirror in this machine's apt sources].
+    #[arg(long, value_name = "URL")]
+    pub mirror: Option<String>,
+
+    /// A lock file to fetch instead of the boards' own.
+    #[arg(long, value_name = "FILE")]
+    pub lock: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -149,6 +196,32 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("nodeimg").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn base_lock_and_fetch_take_boards_and_a_mirror() {
+        let cli = parse(&[
+            "base",
+            "lock",
+            "rpi4",
+            "qemu-aarch64",
+            "--mirror",
+            "http://m/d",
+        ])
+        .unwrap();
+        let Command::Base(BaseCommand::Lock(a)) = cli.command else {
+            panic!("not base lock")
+        };
+        assert_eq!(a.boards, ["rpi4", "qemu-aarch64"]);
+        assert_eq!(a.mirror.as_deref(), Some("http://m/d"));
+        assert_eq!(a.output_dir, PathBuf::from("boards/base"));
+        let cli = parse(&["base", "fetch", "--lock", "x.lock"]).unwrap();
+        let Command::Base(BaseCommand::Fetch(f)) = cli.command else {
+            panic!("not base fetch")
+        };
+        assert_eq!(f.lock, Some(PathBuf::from("x.lock")));
+        assert!(f.boards.is_empty() && f.mirror.is_none());
+        assert!(parse(&["base", "fetch", "rpi4", "--lock", "x.lock"]).is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use nodeimg::board::DataDir;
-use nodeimg::cli::{Cli, Command};
+use nodeimg::cli::{BaseCommand, Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -37,6 +37,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::BootTest(args) => nodeimg::boottest::command(&args),
+        Command::Base(BaseCommand::Lock(args)) => nodeimg::base::lock_command(&data, &args),
+        Command::Base(BaseCommand::Fetch(args)) => nodeimg::base::fetch_command(&data, &args),
         Command::Flash(args) => match &args.fastboot {
             Some(outdir) => nodeimg::android::fastboot::command(&data, outdir, args.dry_run),
             None => anyhow::bail!("nothing to flash: give --fastboot OUTDIR"),
