@@ -4,7 +4,7 @@
 //! 2. find the kernel, modules, device trees, firmware and busybox in it
 //! 3. compose the initramfs; compose the system tree (overlays, usr-merge, factory /etc)
 //! 4. make the filesystems: squashfs of /usr, FAT boot, ext4 data
-//! 5. assemble the disk image; write build.json and SHA256SUMS; publish
+//! 5. assemble the disk image; write its block map (.bmap), build.json and SHA256SUMS; publish
 //!
 //! Each stage takes plain data from the one before.
 
@@ -17,6 +17,7 @@ use crate::board::{Board, DataDir};
 use crate::bootfiles::{self, Found};
 use crate::cache;
 use crate::cli::BuildArgs;
+use crate::disk::bmap::Bmap;
 use crate::disk::image;
 use crate::disk::layout::{human, Role};
 use crate::disk::plan::DiskPlan;
@@ -26,7 +27,9 @@ use crate::initramfs;
 use crate::join::{self, ClusterConfig, NodeConfig};
 use crate::k3s;
 use crate::kernelconfig;
-use crate::manifest::{DiskInfo, K3sInfo, KernelInfo, Manifest, NodeInfo, OutputInfo, RootfsInput};
+use crate::manifest::{
+    BmapInfo, DiskInfo, K3sInfo, KernelInfo, Manifest, NodeInfo, OutputInfo, RootfsInput,
+};
 use crate::output::{self, Staging};
 use crate::progress::Progress;
 use crate::system;
@@ -456,8 +459,6 @@ fn write_node_image(
         (boot.start, boot.size, boot_path.as_path()),
         (system.start, system.size, sys.squashfs.as_path()),
     ];
-    let image_sha256 =
-        image::sha256_in_background(total, &blobs, &parts, plan.part(Role::Data).start)?;
     image::assemble(&image_path, total, &blobs, &parts).context("assembling the disk image")?;
 
     // Made in its place in the image, not in a temporary file: nothing is
@@ -483,8 +484,14 @@ fn write_node_image(
         output::restrict(&image_path)?;
     }
 
-    progress.step(format!("{name}: computing the image's SHA-256"));
-    let image_sha256 = image_sha256.finish(&image_path)?;
+    // The image's checksums are its block map's: hashing only the mapped
+    // ranges costs time in proportion to the payload, not to --size.
+    progress.step(format!("{name}: mapping and hashing the image's blocks"));
+    let bmap_name = format!("{image_name}.bmap");
+    let bmap = image_bmap(&image_path, plan, &tables, &boot_path, sys.squashfs_size)?;
+    let bmap_xml = bmap.to_xml();
+    output::write_synced(&staging.output(&bmap_name), bmap_xml.as_bytes())?;
+    let bmap_sha256 = hex::encode(Sha256::digest(bmap_xml.as_bytes()));
     let manifest = Manifest {
         nodeimg_version: env!("CARGO_PKG_VERSION"),
         board: board.name.clone(),
@@ -507,16 +514,54 @@ fn write_node_image(
         disk: DiskInfo::new(plan, disk_id),
         system_image_size: sys.squashfs_size,
         system_cache: sys.cache,
-        outputs: vec![OutputInfo {
-            file: image_name.clone(),
-            size: total,
-            sha256: image_sha256.clone(),
-        }],
+        outputs: vec![
+            OutputInfo {
+                file: image_name.clone(),
+                size: total,
+                sha256: None,
+                bmap: Some(BmapInfo {
+                    file: bmap_name.clone(),
+                    sha256: bmap_sha256.clone(),
+                    mapped_bytes: bmap.mapped_bytes(),
+                }),
+            },
+            OutputInfo {
+                file: bmap_name.clone(),
+                size: bmap_xml.len() as u64,
+                sha256: Some(bmap_sha256.clone()),
+                bmap: None,
+            },
+        ],
     };
     let json = serde_json::to_vec_pretty(&manifest).context("encoding build.json")?;
     output::write_synced(&staging.output("build.json"), &json)?;
     staging.publish(&[
-        (image_name, image_sha256),
+        (bmap_name, bmap_sha256),
         ("build.json".to_string(), hex::encode(Sha256::digest(&json))),
     ])
+}
+
+/// The block map of a finished image: its data regions, plus what reads as
+/// zeros yet must be written over whatever a card held before (the tables,
+/// the boot partition's FATs, the whole system image).
+fn image_bmap(
+    image: &Path,
+    plan: &DiskPlan,
+    tables: &[(u64, Vec<u8>)],
+    boot_fs: &Path,
+    system_size: u64,
+) -> Result<Bmap> {
+    let mut meaningful: Vec<(u64, u64)> = tables
+        .iter()
+        .map(|(o, b)| (*o, o.saturating_add(b.len() as u64)))
+        .collect();
+    let mut boot_sector = [0u8; 512];
+    std::fs::File::open(boot_fs)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut boot_sector))
+        .with_context(|| format!("reading the boot sector of {}", boot_fs.display()))?;
+    let fat = crate::inspect::probe::FatGeometry::parse(&boot_sector)?;
+    let (boot, system) = (plan.part(Role::Boot), plan.part(Role::SystemA));
+    meaningful.push((boot.start, boot.start + fat.metadata_bytes().min(boot.size)));
+    meaningful.push((system.start, system.start + system_size.min(system.size)));
+    Bmap::create(image, &meaningful)
 }

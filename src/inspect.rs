@@ -5,6 +5,8 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
+pub mod probe;
+
 use anyhow::{bail, Context, Result};
 
 pub use crate::disk::read::{read_table, FoundPartition, FoundTable};
