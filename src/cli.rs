@@ -37,6 +37,46 @@ pub enum Command {
     /// Boot a built disk image in QEMU (aarch64 virt, TCG) and check it behaves
     /// as an immutable, portable node. Works on a copy; the image is not changed.
     BootTest(BootTestArgs),
+    /// Write an image to an SD card or a file: only the blocks that hold data
+    /// (from IMAGE.bmap beside it, or --bmap), the first MiB last, then read
+    /// back and verified. Refuses partitions, mounted or busy disks, the disk
+    /// holding / and disks smaller than the image; asks before writing a disk.
+    Flash(FlashArgs),
+    /// Show what a disk image holds: partition table, filesystems, boot
+    /// files, node config (secrets redacted), and SHA256SUMS/.bmap checks
+    /// when it sits in its output directory.
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FlashArgs {
+    /// The image: .img, or .img.zst, .img.gz, .img.xz (decompressed as streamed).
+    pub image: PathBuf,
+
+    /// A block device (/dev/sdX, /dev/mmcblkN: the whole disk) or a file.
+    pub target: PathBuf,
+
+    /// Write a block device without asking (for scripts).
+    #[arg(long)]
+    pub yes: bool,
+
+    /// The image's block map [default: IMAGE.bmap, or X.img.bmap for X.img.zst, if present].
+    #[arg(long, value_name = "FILE")]
+    pub bmap: Option<PathBuf>,
+
+    /// Do not read back and compare what was written.
+    #[arg(long)]
+    pub no_verify: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// The disk image (out/<board>/<board>.img).
+    pub image: PathBuf,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -238,6 +278,32 @@ mod tests {
             "rpi4"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn flash_takes_image_target_and_options() {
+        let Command::Flash(f) = parse(&[
+            "flash",
+            "a.img.zst",
+            "/dev/sdb",
+            "--yes",
+            "--bmap",
+            "a.bmap",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not flash")
+        };
+        assert_eq!(f.image, PathBuf::from("a.img.zst"));
+        assert_eq!(f.target, PathBuf::from("/dev/sdb"));
+        assert!(f.yes && !f.no_verify);
+        assert_eq!(f.bmap, Some(PathBuf::from("a.bmap")));
+        assert!(parse(&["flash", "a.img"]).is_err());
+        let Command::Inspect(i) = parse(&["inspect", "a.img", "--json"]).unwrap().command else {
+            panic!("not inspect")
+        };
+        assert!(i.json);
     }
 
     #[test]

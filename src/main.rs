@@ -37,5 +37,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::BootTest(args) => nodeimg::boottest::command(&args),
+        Command::Flash(args) => nodeimg::flash::command(&args),
+        Command::Inspect(args) => nodeimg::inspect::command(&args),
     }
 }

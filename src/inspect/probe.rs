@@ -203,8 +203,8 @@ impl FatGeometry {
         if size > part {
             bail!("FAT boot sector: {size} bytes, more than the {part}-byte partition");
         }
-        // The extended BPB sits after the FAT32 fields on FAT32.
-        let ext = if self.fat32 { 64 } else { 38 };
+        // The extended BPB (boot signature 0x29, volume id, label) follows the FAT32 fields on FAT32.
+        let ext = if self.fat32 { 66 } else { 38 };
         let (uuid, label) = if b[ext] == 0x29 {
             let id = u32_at(b, ext + 1);
             (

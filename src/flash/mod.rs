@@ -1,0 +1,289 @@
+//! `nodeimg flash IMAGE TARGET`: writing an image to an SD card (or a file),
+//! safely and writing only what matters.
+//!
+//! 1. What to write: the image's block map (`IMAGE.bmap` beside it, or
+//!    `--bmap`) names the ranges that hold data, each with its SHA-256; without
+//!    one, a plain image's data regions (`SEEK_DATA`) are written and its holes
+//!    must read as zeros; a compressed image without a map is written whole
+//!    except for zero blocks the target already reads as zeros.
+//! 2. Where: [`device::check_target`] refuses partitions, mounted or busy
+//!    disks, the disk holding `/` and disks smaller than the image; a block
+//!    device needs a confirmation (model and size shown) or `--yes`.
+//! 3. How: the target's first MiB is zeroed first and the image's own first
+//!    MiB written last ([`write`]); unused ranges of a device are discarded
+//!    where it supports it; everything written is read back and compared,
+//!    and the target synced, before it says done.
+
+pub mod device;
+pub mod source;
+pub mod write;
+
+use std::fs::File;
+use std::io::{BufRead, IsTerminal, Write as _};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use indicatif::ProgressStyle;
+
+use crate::cli::FlashArgs;
+use crate::disk::bmap::{Bmap, BLOCK_SIZE};
+use crate::disk::layout::human;
+use crate::progress::Progress;
+use device::{Facts, SystemFacts, Target};
+use source::{Compression, FileSource, ImageSource, StreamSource};
+use write::{Extent, Report, Writer, HEAD};
+
+/// `nodeimg flash`.
+pub fn command(args: &FlashArgs) -> Result<()> {
+    let progress = Progress::new();
+    let r = flash(args, &SystemFacts, &mut TerminalConfirm, &progress)?;
+    progress.finish();
+    println!(
+        "wrote {} bytes of the {} image to {} (read {} bytes of it){}",
+        r.written,
+        human(r.image_size),
+        args.target.display(),
+        r.read,
+        if r.verified {
+            "; read back and verified"
+        } else {
+            "; not verified (--no-verify)"
+        }
+    );
+    Ok(())
+}
+
+/// Asks before a device is overwritten.
+pub trait Confirm {
+    /// `Ok(true)` to go ahead; an error when nobody can be asked.
+    fn confirm(&mut self, question: &str) -> Result<bool>;
+}
+
+/// Asks on the terminal (stdin), refuses when stdin is not one.
+pub struct TerminalConfirm;
+
+impl Confirm for TerminalConfirm {
+    fn confirm(&mut self, question: &str) -> Result<bool> {
+        if !std::io::stdin().is_terminal() {
+            bail!("{question}: not asked, stdin is not a terminal; pass --yes to write without asking");
+        }
+        eprint!("{question} Everything on it will be lost. Write? [y/N] ");
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut answer)
+            .context("reading the answer")?;
+        Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+    }
+}
+
+/// What to write.
+enum Plan {
+    /// These extents of an image of `size` bytes; the rest `must_be_zero`
+    /// (no block map: the holes are part of the image) or may hold anything.
+    Extents {
+        size: u64,
+        extents: Vec<Extent>,
+        must_be_zero: bool,
+    },
+    /// A compressed image without a map: all of it, its size known at the end.
+    Stream,
+}
+
+fn plan(image: &Path, compression: Compression, bmap: Option<&Bmap>) -> Result<Plan> {
+    if let Some(b) = bmap {
+        if compression == Compression::None {
+            let len = std::fs::metadata(image)
+                .with_context(|| format!("reading {}", image.display()))?
+                .len();
+            if len != b.image_size {
+                bail!(
+                    "{} is {len} bytes but its block map says {}: the map is another image's",
+                    image.display(),
+                    b.image_size
+                );
+            }
+        }
+        let extents = b
+            .ranges
+            .iter()
+            .map(|r| {
+                let (start, end) = b.span(r);
+                Extent {
+                    start,
+                    end,
+                    sha256: r.sha256.clone(),
+                }
+            })
+            .collect();
+        return Ok(Plan::Extents {
+            size: b.image_size,
+            extents,
+            must_be_zero: false,
+        });
+    }
+    if compression != Compression::None {
+        return Ok(Plan::Stream);
+    }
+    let f = File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let size = f
+        .metadata()
+        .with_context(|| format!("reading {}", image.display()))?
+        .len();
+    let mut extents: Vec<Extent> = Vec::new();
+    for (s, e) in crate::disk::sparse::data_regions(&f, size)
+        .with_context(|| format!("reading {}", image.display()))?
+    {
+        // Whole blocks: a block device takes discards and writes by sectors.
+        let s = s / BLOCK_SIZE * BLOCK_SIZE;
+        let e = e.div_ceil(BLOCK_SIZE).saturating_mul(BLOCK_SIZE).min(size);
+        match extents.last_mut() {
+            Some(last) if s <= last.end => last.end = last.end.max(e),
+            _ => extents.push(Extent {
+                start: s,
+                end: e,
+                sha256: None,
+            }),
+        }
+    }
+    Ok(Plan::Extents {
+        size,
+        extents,
+        must_be_zero: true,
+    })
+}
+
+/// Flashes `args.image` to `args.target`, with the machine's facts and the
+/// confirmation given.
+pub fn flash(
+    args: &FlashArgs,
+    facts: &dyn Facts,
+    confirm: &mut dyn Confirm,
+    progress: &Progress,
+) -> Result<Report> {
+    let image = &args.image;
+    let compression = Compression::detect(image)?;
+    let bmap_path = args.bmap.clone().or_else(|| source::bmap_beside(image));
+    let bmap = bmap_path.as_deref().map(Bmap::read).transpose()?;
+    let mut plan = plan(image, compression, bmap.as_ref())?;
+    let image_size = match &plan {
+        Plan::Extents { size, .. } => Some(*size),
+        Plan::Stream => None,
+    };
+    let target = device::check_target(&args.target, image_size, facts)?;
+    let name = args.target.display().to_string();
+
+    let (file, zeros_are_free, file_len) = match &target {
+        Target::File(path) => {
+            // A new, sparse file: what is not written reads as zeros.
+            let f = File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)
+                .with_context(|| format!("creating {name}"))?;
+            if let Some(size) = image_size {
+                f.set_len(size).with_context(|| format!("sizing {name}"))?;
+            }
+            (f, true, Some(image_size))
+        }
+        Target::Device(path, dev) => {
+            if !args.yes && !confirm.confirm(&format!("{}:", dev.describe(path)))? {
+                bail!("not confirmed: {name} left as it was");
+            }
+            // O_EXCL: the kernel refuses a device something else holds open
+            // exclusively (mounted, swap, device-mapper).
+            let f = File::options()
+                .read(true)
+                .write(true)
+                .custom_flags(rustix::fs::OFlags::EXCL.bits() as i32)
+                .open(path)
+                .with_context(|| format!("opening {name} (busy?)"))?;
+            // Whatever was on it stops being bootable before anything else.
+            f.write_all_at(&vec![0u8; HEAD as usize], 0)
+                .and_then(|_| f.sync_all())
+                .with_context(|| format!("clearing the first MiB of {name}"))?;
+            let discarded = discard_unused(&f, &plan, dev.size);
+            if !discarded {
+                eprintln!(
+                    "note: {name} does not support discarding; its unused ranges keep their old contents"
+                );
+            }
+            (f, discarded, None)
+        }
+    };
+    // Without a map, the image's holes are part of it: where the target does
+    // not read zeros, they are written as zeros.
+    if let Plan::Extents {
+        size,
+        extents,
+        must_be_zero: true,
+    } = &mut plan
+    {
+        if !zeros_are_free {
+            *extents = vec![Extent {
+                start: 0,
+                end: *size,
+                sha256: None,
+            }];
+        }
+    }
+
+    let total = match &plan {
+        Plan::Extents { extents, .. } => Some(extents.iter().map(|e| e.end - e.start).sum()),
+        Plan::Stream => None,
+    };
+    let bar = progress.transfer(total, format!("writing {name}"));
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut writer = Writer::new(&file, name.clone(), bar, zeros_are_free);
+    let mut src: Box<dyn ImageSource> = match compression {
+        Compression::None => Box::new(FileSource::open(image)?),
+        c => Box::new(StreamSource::open(image, c)?),
+    };
+    let size = match &plan {
+        Plan::Extents { size, extents, .. } => {
+            writer.write_extents(src.as_mut(), extents)?;
+            *size
+        }
+        Plan::Stream => writer.write_stream(src.as_mut())?,
+    };
+    let file_len = file_len.map(|_| size);
+    writer.finish(src.bytes_read(), size, file_len, !args.no_verify)
+}
+
+/// Discards (`fallocate` punch-hole: the block layer zeroes the range with
+/// the device's own discard or write-zeroes command, never by writing) the
+/// ranges of the device the plan leaves unwritten. Whether all of it worked:
+/// then those ranges read as zeros.
+fn discard_unused(f: &File, plan: &Plan, device_size: u64) -> bool {
+    let punch = |s: u64, e: u64| -> bool {
+        e <= s
+            || rustix::fs::fallocate(
+                f,
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                s,
+                e - s,
+            )
+            .is_ok()
+    };
+    match plan {
+        Plan::Stream => punch(HEAD, device_size),
+        Plan::Extents { extents, .. } => {
+            let mut pos = HEAD;
+            let mut ok = true;
+            for e in extents {
+                ok &= punch(pos, e.start.max(pos));
+                pos = pos.max(e.end);
+            }
+            ok & punch(pos, device_size)
+        }
+    }
+}
