@@ -287,3 +287,156 @@ fn discard_unused(f: &File, plan: &Plan, device_size: u64) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use device::{BlockDevice, DevNum};
+    use std::path::PathBuf;
+
+    /// A "disk" that is a regular file: the facts say it is a free,
+    /// removable block device of its size. Nothing real is touched.
+    struct FileDisk(PathBuf, u64);
+
+    impl Facts for FileDisk {
+        fn mountinfo(&self) -> Result<String> {
+            Ok("22 1 8:1 / / rw - ext4 /dev/sda1 rw\n".into())
+        }
+        fn block_device(&self, path: &Path) -> Result<Option<BlockDevice>> {
+            Ok((path == self.0).then(|| BlockDevice {
+                name: "sdz".into(),
+                dev: (8, 240),
+                size: self.1,
+                model: Some("Test Card".into()),
+                removable: true,
+                is_partition: false,
+                partitions: vec![],
+                holders: vec![],
+            }))
+        }
+        fn disk_of(&self, dev: DevNum) -> Option<DevNum> {
+            Some((dev.0, dev.1 & !15))
+        }
+        fn dev_of_path(&self, _: &Path) -> Option<DevNum> {
+            None
+        }
+    }
+
+    struct Answer {
+        say: Result<bool, String>,
+        asked: Vec<String>,
+    }
+
+    impl Confirm for Answer {
+        fn confirm(&mut self, q: &str) -> Result<bool> {
+            self.asked.push(q.to_string());
+            self.say.clone().map_err(anyhow::Error::msg)
+        }
+    }
+
+    fn setup() -> (tempfile::TempDir, PathBuf, PathBuf, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("a.img");
+        let data: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 241) as u8).collect();
+        let f = File::create(&img).unwrap();
+        f.set_len(8 << 20).unwrap();
+        f.write_all_at(&data, 0).unwrap();
+        let disk = dir.path().join("disk");
+        std::fs::write(&disk, vec![0xeeu8; 16 << 20]).unwrap();
+        (dir, img, disk, data)
+    }
+
+    fn args(img: &Path, disk: &Path, yes: bool) -> FlashArgs {
+        FlashArgs {
+            image: img.to_path_buf(),
+            target: disk.to_path_buf(),
+            yes,
+            bmap: None,
+            no_verify: false,
+        }
+    }
+
+    #[test]
+    fn a_device_is_written_only_when_confirmed_showing_model_and_size() {
+        let (_d, img, disk, data) = setup();
+        let facts = FileDisk(disk.clone(), 16 << 20);
+        let mut no = Answer {
+            say: Ok(false),
+            asked: vec![],
+        };
+        let e = flash(
+            &args(&img, &disk, false),
+            &facts,
+            &mut no,
+            &Progress::hidden(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not confirmed"), "{e}");
+        assert!(
+            no.asked[0].contains("Test Card") && no.asked[0].contains("16 MiB"),
+            "{:?}",
+            no.asked
+        );
+        assert!(
+            std::fs::read(&disk).unwrap().iter().all(|&b| b == 0xee),
+            "written unconfirmed"
+        );
+
+        // No terminal to ask on: refused, nothing written.
+        let mut nobody = Answer {
+            say: Err("stdin is not a terminal; pass --yes".into()),
+            asked: vec![],
+        };
+        let e = flash(
+            &args(&img, &disk, false),
+            &facts,
+            &mut nobody,
+            &Progress::hidden(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("--yes"), "{e}");
+        assert!(std::fs::read(&disk).unwrap().iter().all(|&b| b == 0xee));
+
+        // --yes: not asked; written, and the unused rest discarded (a
+        // regular file punches holes, so it reads as zeros).
+        let mut unasked = Answer {
+            say: Ok(false),
+            asked: vec![],
+        };
+        let r = flash(
+            &args(&img, &disk, true),
+            &facts,
+            &mut unasked,
+            &Progress::hidden(),
+        )
+        .unwrap();
+        assert!(unasked.asked.is_empty());
+        assert!(r.verified);
+        let got = std::fs::read(&disk).unwrap();
+        assert_eq!(got.len(), 16 << 20, "a device keeps its size");
+        assert_eq!(&got[..data.len()], &data[..]);
+        assert!(
+            got[data.len()..].iter().all(|&b| b == 0),
+            "old contents left"
+        );
+    }
+
+    #[test]
+    fn a_device_smaller_than_the_image_is_refused_before_asking() {
+        let (_d, img, disk, _) = setup();
+        let facts = FileDisk(disk.clone(), 4 << 20);
+        let mut a = Answer {
+            say: Ok(true),
+            asked: vec![],
+        };
+        let e = flash(
+            &args(&img, &disk, false),
+            &facts,
+            &mut a,
+            &Progress::hidden(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("smaller than"), "{e}");
+        assert!(a.asked.is_empty());
+    }
+}
