@@ -232,6 +232,7 @@ pub fn flash(
         }
     }
 
+    progress.step(format!("writing {} to {name}", image.display()));
     let total = match &plan {
         Plan::Extents { extents, .. } => Some(extents.iter().map(|e| e.end - e.start).sum()),
         Plan::Stream => None,

@@ -272,6 +272,7 @@ mod tests {
         let t = dir.path().join("t");
         let target = File::options()
             .create(true)
+            .truncate(true)
             .read(true)
             .write(true)
             .open(&t)
@@ -352,6 +353,7 @@ mod tests {
             let t = dir.path().join(format!("t{free}"));
             let target = File::options()
                 .create(true)
+                .truncate(true)
                 .read(true)
                 .write(true)
                 .open(&t)
