@@ -227,6 +227,10 @@ impl Bmap {
                 .map_err(|_| invalid(format!("<{name}> is {t:?}, not a number")))
         };
         let image_size = number("ImageSize")?;
+        // Far beyond any medium (1 EiB), and keeps block arithmetic from overflowing.
+        if image_size > 1 << 60 {
+            return Err(invalid(format!("image size {image_size}")));
+        }
         let block_size = number("BlockSize")?;
         if block_size == 0 || block_size % 512 != 0 || block_size > (1 << 20) {
             return Err(invalid(format!("block size {block_size}")));
@@ -466,8 +470,70 @@ mod tests {
         ] {
             assert!(Bmap::parse(&resum(bad.clone())).is_err(), "{bad}");
         }
+        // Consistent but huge: the last block's end would overflow a u64.
+        let huge = u64::MAX - 10;
+        let last = huge.div_ceil(4096) - 1;
+        let b = Bmap {
+            image_size: huge,
+            block_size: 4096,
+            ranges: vec![Range {
+                first: last,
+                last,
+                sha256: None,
+            }],
+        };
+        assert!(Bmap::parse(&b.to_xml()).is_err());
         for junk in ["", "<bmap", "<x/>", "<bmap version=\"2.0\"/>"] {
             assert!(Bmap::parse(junk).is_err());
+        }
+    }
+
+    /// Mutated valid maps (bytes changed, the file's own checksum then
+    /// recomputed so the deeper checks are reached): an error or a map whose
+    /// ranges lie in the image, never a panic.
+    #[test]
+    fn mutated_maps_never_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let xml = Bmap::create(&sparse_image(dir.path()), &[])
+            .unwrap()
+            .to_xml();
+        let cases: u64 = std::env::var("NODEIMG_FUZZ_CASES")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2000);
+        let mut x = 0x853c_49e6_748f_ea9bu64;
+        let mut rand = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let alphabet = b"0123456789- <>/=\"aZ";
+        for _ in 0..cases {
+            let mut b = xml.clone().into_bytes();
+            for _ in 0..(1 + rand() % 4) {
+                let at = (rand() % b.len() as u64) as usize;
+                b[at] = alphabet[(rand() % alphabet.len() as u64) as usize];
+            }
+            let Ok(text) = String::from_utf8(b) else {
+                continue;
+            };
+            let text = match text.find("<BmapFileChecksum> ") {
+                Some(t) if text.len() >= t + 19 + 64 && text.is_char_boundary(t + 19 + 64) => {
+                    let mut z = text.clone();
+                    z.replace_range(t + 19..t + 19 + 64, &"0".repeat(64));
+                    let sum = hex::encode(Sha256::digest(z.as_bytes()));
+                    z.replace_range(t + 19..t + 19 + 64, &sum);
+                    z
+                }
+                _ => text,
+            };
+            if let Ok(m) = Bmap::parse(&text) {
+                for r in &m.ranges {
+                    let (s, e) = m.span(r);
+                    assert!(s < e && e <= m.image_size, "{text}");
+                }
+            }
         }
     }
 

@@ -174,6 +174,7 @@ pub fn flash(
     };
     let target = device::check_target(&args.target, image_size, facts)?;
     let name = args.target.display().to_string();
+    refuse_own_inputs(&args.target, image, bmap_path.as_deref())?;
 
     let (file, zeros_are_free, file_len) = match &target {
         Target::File(path) => {
@@ -258,6 +259,27 @@ pub fn flash(
     };
     let file_len = file_len.map(|_| size);
     writer.finish(src.bytes_read(), size, file_len, !args.no_verify)
+}
+
+/// Refuses a target that is the image or its map (through another name):
+/// replacing it would destroy what is being written.
+fn refuse_own_inputs(target: &Path, image: &Path, bmap: Option<&Path>) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(t) = std::fs::metadata(target) else {
+        return Ok(());
+    };
+    for input in std::iter::once(image).chain(bmap) {
+        if let Ok(m) = std::fs::metadata(input) {
+            if (m.dev(), m.ino()) == (t.dev(), t.ino()) {
+                bail!(
+                    "refusing {}: it is {} itself",
+                    target.display(),
+                    input.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Discards (`fallocate` punch-hole: the block layer zeroes the range with
@@ -420,6 +442,27 @@ mod tests {
             got[data.len()..].iter().all(|&b| b == 0),
             "old contents left"
         );
+    }
+
+    #[test]
+    fn the_image_itself_is_refused_as_its_target() {
+        let (d, img, _, data) = setup();
+        let link = d.path().join("same");
+        std::fs::hard_link(&img, &link).unwrap();
+        let facts = FileDisk(d.path().join("none"), 0);
+        let mut a = Answer {
+            say: Ok(true),
+            asked: vec![],
+        };
+        let e = flash(
+            &args(&img, &link, true),
+            &facts,
+            &mut a,
+            &Progress::hidden(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("itself"), "{e}");
+        assert_eq!(&std::fs::read(&img).unwrap()[..data.len()], &data[..]);
     }
 
     #[test]
