@@ -342,6 +342,14 @@ fn hostile_images_are_one_error_line_never_a_panic() {
         err.contains("partition 1") && err.contains("ext4 superblock"),
         "{err}"
     );
+    // A table whose partition runs 2 TiB past the end of the file.
+    fs::copy(&ext, &crafted).unwrap();
+    let f = fs::OpenOptions::new().write(true).open(&crafted).unwrap();
+    f.write_all_at(&u32::MAX.to_le_bytes(), 446 + 12).unwrap();
+    drop(f);
+    assert!(!check(&crafted, "partition past the end"));
+    let err = stderr(&inspect_limited(&crafted));
+    assert!(err.contains("past the end"), "{err}");
     // A file that is no image at all.
     fs::write(&crafted, b"").unwrap();
     assert!(!check(&crafted, "empty"));
