@@ -282,10 +282,13 @@ fn refuse_own_inputs(target: &Path, image: &Path, bmap: Option<&Path>) -> Result
     Ok(())
 }
 
-/// Discards (`fallocate` punch-hole: the block layer zeroes the range with
-/// the device's own discard or write-zeroes command, never by writing) the
-/// ranges of the device the plan leaves unwritten. Whether all of it worked:
-/// then those ranges read as zeros.
+/// Discards the ranges of the device the plan leaves unwritten with
+/// `fallocate` punch-hole, which the block layer carries out with the
+/// device's write-zeroes command (deallocating where it can), never by
+/// writing zeros itself; devices without the command refuse. Whether all of
+/// it worked: then those ranges read as zeros. (`BLKDISCARD` reaches more
+/// devices, but is an ioctl without a safe binding, and this crate forbids
+/// `unsafe`.)
 fn discard_unused(f: &File, plan: &Plan, device_size: u64) -> bool {
     let punch = |s: u64, e: u64| -> bool {
         e <= s
