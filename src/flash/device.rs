@@ -98,6 +98,8 @@ pub enum Refusal {
         size: u64,
         image: u64,
     },
+    #[error("refusing {target}: no such block device (see lsblk)")]
+    NoSuchDevice { target: String },
     #[error("refusing {target}: it is neither a regular file nor a block device")]
     NotWritable { target: String },
 }
@@ -158,6 +160,10 @@ fn unescape(s: &str) -> String {
 pub fn check_target(path: &Path, image_size: Option<u64>, facts: &dyn Facts) -> Result<Target> {
     let target = path.display().to_string();
     let Some(dev) = facts.block_device(path)? else {
+        // A mistyped device name must not become a file in /dev's tmpfs.
+        if path.starts_with("/dev") {
+            return Err(Refusal::NoSuchDevice { target }.into());
+        }
         return match fs::metadata(path) {
             Ok(m) if m.is_file() => Ok(Target::File(path.to_path_buf())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -511,6 +517,17 @@ mod tests {
                 .unwrap(),
             Refusal::NotWritable { .. }
         ));
+    }
+
+    #[test]
+    fn a_name_under_dev_that_is_no_block_device_is_refused() {
+        let f = fake(ROOT_ON_SDA);
+        for p in ["/dev/sdq", "/dev/null"] {
+            assert!(
+                matches!(refusal(p, Some(1), &f), Refusal::NoSuchDevice { .. }),
+                "{p}"
+            );
+        }
     }
 
     #[test]
