@@ -27,6 +27,12 @@ pub struct Board {
     /// Overlay directories under `overlays/`, applied to the rootfs in this order.
     #[serde(default)]
     pub overlays: Vec<String>,
+    /// Phones: how the bootloader takes boot.img and which partitions
+    /// fastboot writes. A board with it has no boot partition on its disk:
+    /// kernel, initramfs and cmdline go into boot.img, and the disk is the
+    /// image flashed to `android.rootfs_partition`.
+    #[serde(default)]
+    pub android: Option<crate::android::board::AndroidBoard>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

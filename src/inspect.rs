@@ -106,6 +106,16 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// `nodeimg inspect`.
 pub fn command(args: &InspectArgs) -> Result<()> {
+    // boot.img, vendor_boot.img and Android sparse images have their own reader.
+    if crate::android::inspect::inspect_command(&args.image, args.json, args.extract.as_deref())? {
+        return Ok(());
+    }
+    if args.extract.is_some() {
+        bail!(
+            "{}: --extract is for boot.img, vendor_boot.img and sparse images, not disk images",
+            args.image.display()
+        );
+    }
     let i = inspect(&args.image)?;
     let mut out = std::io::stdout().lock();
     if args.json {

@@ -5,6 +5,7 @@
 //! board + cluster config + rootfs -> tree -> filesystems -> disk image -> outputs.
 #![forbid(unsafe_code)]
 
+pub mod android;
 pub mod board;
 pub mod bootfiles;
 pub mod boottest;

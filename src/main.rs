@@ -37,7 +37,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::BootTest(args) => nodeimg::boottest::command(&args),
-        Command::Flash(args) => nodeimg::flash::command(&args),
+        Command::Flash(args) => match &args.fastboot {
+            Some(outdir) => nodeimg::android::fastboot::command(&data, outdir, args.dry_run),
+            None => nodeimg::flash::command(&args),
+        },
         Command::Inspect(args) => nodeimg::inspect::command(&args),
     }
 }

@@ -1,7 +1,8 @@
 //! Property tests over arbitrary bytes for the readers of untrusted input:
 //! partition tables (`disk::read`), tar archives plain and compressed
 //! (`tree::reader::read_tar`), ELF (`elf::parse`) and cluster.yaml
-//! (`join::load_str`).
+//! (`join::load_str`), Android boot and sparse images (`android::bootimg::parse`,
+//! `android::sparse::parse`).
 //!
 //! Each starts from valid inputs (tables our writers make, a tar with every
 //! entry kind, small ELFs of both classes and byte orders and the host's
@@ -817,4 +818,252 @@ fn cluster_yaml() {
             one_line(msg)
         },
     );
+}
+
+// ---------------------------------------------------------------------------
+// Android boot images and sparse images
+
+fn android_boot_seeds() -> Vec<Vec<u8>> {
+    use nodeimg::android::bootimg::{self, BootImage, VendorBootImage};
+    let mut seeds = Vec::new();
+    for v in 0..=4 {
+        let img = BootImage {
+            header_version: v,
+            page_size: 2048,
+            kernel: vec![0x11; 3000],
+            ramdisk: vec![0x22; 1500],
+            second: if v <= 2 { vec![0x33; 10] } else { Vec::new() },
+            recovery_dtbo: if (1..=2).contains(&v) {
+                vec![0x44; 20]
+            } else {
+                Vec::new()
+            },
+            dtb: if v == 2 { vec![0x55; 30] } else { Vec::new() },
+            cmdline: "console=ttyMSM0 rootwait".repeat(if v <= 2 { 30 } else { 1 }),
+            name: "sdm845".into(),
+            kernel_offset: 0x8000,
+            dtb_offset: 0x01f0_0000,
+            ..BootImage::default()
+        };
+        let mut out = Vec::new();
+        bootimg::write(&img, &mut out).unwrap();
+        seeds.push(out);
+    }
+    for v in [3, 4] {
+        let img = VendorBootImage {
+            header_version: v,
+            page_size: 2048,
+            vendor_ramdisk: vec![0x66; 2500],
+            vendor_cmdline: "androidboot.hardware=qcom".into(),
+            name: "kona".into(),
+            dtb: vec![0x77; 100],
+            bootconfig: if v == 4 {
+                b"a=b\n".to_vec()
+            } else {
+                Vec::new()
+            },
+            ..VendorBootImage::default()
+        };
+        let mut out = Vec::new();
+        bootimg::write_vendor(&img, &mut out).unwrap();
+        seeds.push(out);
+    }
+    seeds
+}
+
+fn check_bootimg(data: &[u8]) -> Result<(), String> {
+    use nodeimg::android::bootimg::{parse, Parsed};
+    match parse(data) {
+        // Every section the parser returns must lie inside the image.
+        Ok(Parsed::Boot(b)) => {
+            for r in [
+                &b.kernel,
+                &b.ramdisk,
+                &b.second,
+                &b.recovery_dtbo,
+                &b.dtb,
+                &b.signature,
+            ] {
+                if data.get(r.clone()).is_none() {
+                    return Err(format!("section {r:?} outside {} bytes", data.len()));
+                }
+            }
+            Ok(())
+        }
+        Ok(Parsed::VendorBoot(b)) => {
+            for r in [&b.vendor_ramdisk, &b.dtb, &b.bootconfig]
+                .into_iter()
+                .chain(b.ramdisks.iter().map(|e| &e.data))
+            {
+                if data.get(r.clone()).is_none() {
+                    return Err(format!("section {r:?} outside {} bytes", data.len()));
+                }
+            }
+            for e in &b.ramdisks {
+                if e.data.start < b.vendor_ramdisk.start || e.data.end > b.vendor_ramdisk.end {
+                    return Err(format!(
+                        "ramdisk entry {:?} outside the vendor ramdisk",
+                        e.data
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Err(e) => one_line(e.to_string()),
+    }
+}
+
+#[test]
+fn android_boot_images() {
+    fuzz(
+        "android-bootimg",
+        &android_boot_seeds(),
+        0..2200,
+        &[
+            b"ANDROID!",
+            b"VNDRBOOT",
+            &2048u32.to_le_bytes(),
+            &4096u32.to_le_bytes(),
+            &4u32.to_le_bytes(),
+        ],
+        |_, d| d,
+        check_bootimg,
+    );
+}
+
+fn android_sparse_seeds() -> Vec<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    // Its own directory: two tests call this at once.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let raw = dir.join("raw.img");
+    let f = std::fs::File::create(&raw).unwrap();
+    f.set_len(64 * 4096).unwrap();
+    let noise: Vec<u8> = (0..3 * 4096u32).map(|i| (i * 31 + i / 7) as u8).collect();
+    f.write_all_at(&noise, 4096).unwrap();
+    f.write_all_at(&0x1234_5678u32.to_le_bytes().repeat(1024), 10 * 4096)
+        .unwrap();
+    f.write_all_at(&noise[..5000], 40 * 4096).unwrap();
+    drop(f);
+    let mut seeds = Vec::new();
+    for max in [None, Some(3 * 4096 + 200)] {
+        let out = dir.join(format!("s{}.img", seeds.len()));
+        for p in nodeimg::android::sparse::write_sparse(&raw, &out, max).unwrap() {
+            seeds.push(std::fs::read(p).unwrap());
+        }
+    }
+    // A CRC32 chunk (which libsparse may write) at the end of the first seed.
+    let mut with_crc = seeds[0].clone();
+    with_crc.extend_from_slice(&0xcac4u16.to_le_bytes());
+    with_crc.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    with_crc.extend_from_slice(&16u32.to_le_bytes());
+    with_crc.extend_from_slice(&[1, 2, 3, 4]);
+    let chunks = u32::from_le_bytes(with_crc[20..24].try_into().unwrap()) + 1;
+    with_crc[20..24].copy_from_slice(&chunks.to_le_bytes());
+    seeds.push(with_crc);
+    seeds
+}
+
+fn check_sparse(data: &[u8]) -> Result<(), String> {
+    use nodeimg::android::sparse::{parse, ChunkData};
+    match parse(&mut Cursor::new(data)) {
+        Ok(img) => {
+            let blk = u64::from(img.header.blk_sz);
+            let mut next = 0u64;
+            for c in &img.chunks {
+                if c.start != next {
+                    return Err(format!("chunk at block {} after block {next}", c.start));
+                }
+                next += u64::from(c.blocks);
+                if let ChunkData::Raw { offset } = c.data {
+                    let end = offset + u64::from(c.blocks) * blk;
+                    if end > data.len() as u64 {
+                        return Err(format!("RAW data to {end} past {} bytes", data.len()));
+                    }
+                }
+            }
+            if next != u64::from(img.header.total_blks) {
+                return Err(format!(
+                    "chunks cover {next} of {} blocks",
+                    img.header.total_blks
+                ));
+            }
+            Ok(())
+        }
+        Err(e) => one_line(e.to_string()),
+    }
+}
+
+#[test]
+fn android_sparse_images() {
+    fuzz(
+        "android-sparse",
+        &android_sparse_seeds(),
+        0..120,
+        &[
+            &0xed26_ff3au32.to_le_bytes(),
+            &0xcac1u16.to_le_bytes(),
+            &0xcac2u16.to_le_bytes(),
+            &0xcac3u16.to_le_bytes(),
+            &0xcac4u16.to_le_bytes(),
+            &4096u32.to_le_bytes(),
+        ],
+        |_, d| d,
+        check_sparse,
+    );
+}
+
+/// Hand-made bad images: each is one specific, one-line error.
+#[test]
+fn crafted_android_images_are_one_clear_error() {
+    use nodeimg::android::bootimg::{parse, BootImgError};
+    let seeds = android_boot_seeds();
+    let v0 = &seeds[0];
+    let with = |at: usize, v: u32| {
+        let mut d = v0.clone();
+        d[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        d
+    };
+    let mut bad_magic = v0.clone();
+    bad_magic[..8].copy_from_slice(b"ANDROID?");
+    assert_eq!(parse(&bad_magic), Err(BootImgError::Magic));
+    assert_eq!(parse(&with(40, 99)), Err(BootImgError::Version(99)));
+    assert_eq!(
+        parse(&with(36, 0x4000_0000)),
+        Err(BootImgError::PageSize(0x4000_0000))
+    );
+    assert_eq!(parse(&with(36, 0)), Err(BootImgError::PageSize(0)));
+    let e = parse(&with(16, 0xffff_fff0)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            BootImgError::PastEnd {
+                section: "ramdisk",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("runs past the end"), "{e}");
+    // Cut inside the last section (second, bytes 8192..8202).
+    let e = parse(&v0[..8200]).unwrap_err();
+    assert!(e.to_string().contains("past the end"), "{e}");
+
+    use nodeimg::android::sparse::parse as sparse_parse;
+    let s = &android_sparse_seeds()[0];
+    let msg = |d: &[u8]| sparse_parse(&mut Cursor::new(d)).unwrap_err().to_string();
+    let mut d = s.clone();
+    d[0] ^= 1;
+    assert!(msg(&d).contains("bad magic"));
+    let mut d = s.clone();
+    d[16..20].copy_from_slice(&u32::MAX.to_le_bytes()); // total_blks
+    assert!(msg(&d).contains("the chunks cover"), "{}", msg(&d));
+    let mut d = s.clone();
+    d[12..16].copy_from_slice(&3u32.to_le_bytes()); // block size
+    assert!(msg(&d).contains("block size 3"), "{}", msg(&d));
+    let d = &s[..s.len() - 100];
+    assert!(msg(d).contains("ends inside"), "{}", msg(d));
+    let mut d = s.clone();
+    d[28..30].copy_from_slice(&0xcaffu16.to_le_bytes()); // first chunk's type
+    assert!(msg(&d).contains("unknown chunk type 0xcaff"), "{}", msg(&d));
 }

@@ -380,3 +380,39 @@ fn hostile_images_are_one_error_line_never_a_panic() {
     }
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// A boot.img (made by AOSP's mkbootimg) goes to the Android reader; a
+/// disk image's `--extract` is refused on one line.
+#[test]
+fn android_images_go_to_their_own_reader() {
+    let dir = scratch("inspect-android");
+    fs::write(dir.join("k"), vec![0x5au8; 5000]).unwrap();
+    fs::write(dir.join("r"), vec![0xa5u8; 3000]).unwrap();
+    let boot = dir.join("boot.img");
+    run_ok(
+        Command::new("mkbootimg")
+            .args(["--header_version", "2", "--kernel"])
+            .arg(dir.join("k"))
+            .arg("--ramdisk")
+            .arg(dir.join("r"))
+            .arg("--dtb")
+            .arg(dir.join("k"))
+            .arg("-o")
+            .arg(&boot),
+    );
+    let (v, out) = inspect_json(&boot);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(v["format"], "android-boot", "{v}");
+    let out = run(nodeimg()
+        .arg("inspect")
+        .arg(built_image("rpi4"))
+        .arg("--extract")
+        .arg(dir.join("x")));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--extract is for"),
+        "{}",
+        stderr(&out)
+    );
+    let _ = fs::remove_dir_all(&dir);
+}

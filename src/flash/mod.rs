@@ -39,11 +39,12 @@ pub fn command(args: &FlashArgs) -> Result<()> {
     let progress = Progress::new();
     let r = flash(args, &SystemFacts, &mut TerminalConfirm, &progress)?;
     progress.finish();
+    let target = args.target.as_deref().unwrap_or(Path::new("?"));
     println!(
         "wrote {} bytes of the {} image to {} (read {} bytes of it){}",
         r.written,
         human(r.image_size),
-        args.target.display(),
+        target.display(),
         r.read,
         if r.verified {
             "; read back and verified"
@@ -163,7 +164,12 @@ pub fn flash(
     confirm: &mut dyn Confirm,
     progress: &Progress,
 ) -> Result<Report> {
-    let image = &args.image;
+    let (Some(image), Some(target_path)) = (args.image.as_deref(), args.target.as_deref()) else {
+        bail!("nothing to flash: give IMAGE and TARGET (or --fastboot OUTDIR)");
+    };
+    if args.dry_run {
+        bail!("--dry-run is for --fastboot; a disk image is checked with `nodeimg inspect`");
+    }
     let compression = Compression::detect(image)?;
     let bmap_path = args.bmap.clone().or_else(|| source::bmap_beside(image));
     let bmap = bmap_path.as_deref().map(Bmap::read).transpose()?;
@@ -172,9 +178,9 @@ pub fn flash(
         Plan::Extents { size, .. } => Some(*size),
         Plan::Stream => None,
     };
-    let target = device::check_target(&args.target, image_size, facts)?;
-    let name = args.target.display().to_string();
-    refuse_own_inputs(&args.target, image, bmap_path.as_deref())?;
+    let target = device::check_target(target_path, image_size, facts)?;
+    let name = target_path.display().to_string();
+    refuse_own_inputs(target_path, image, bmap_path.as_deref())?;
 
     let (file, zeros_are_free, file_len) = match &target {
         Target::File(path) => {
@@ -374,11 +380,13 @@ mod tests {
 
     fn args(img: &Path, disk: &Path, yes: bool) -> FlashArgs {
         FlashArgs {
-            image: img.to_path_buf(),
-            target: disk.to_path_buf(),
+            image: Some(img.to_path_buf()),
+            target: Some(disk.to_path_buf()),
             yes,
             bmap: None,
             no_verify: false,
+            fastboot: None,
+            dry_run: false,
         }
     }
 
@@ -445,6 +453,21 @@ mod tests {
             got[data.len()..].iter().all(|&b| b == 0),
             "old contents left"
         );
+    }
+
+    #[test]
+    fn dry_run_is_only_for_fastboot() {
+        let (_d, img, disk, _) = setup();
+        let facts = FileDisk(disk.clone(), 16 << 20);
+        let mut a = Answer {
+            say: Ok(true),
+            asked: vec![],
+        };
+        let mut dry = args(&img, &disk, true);
+        dry.dry_run = true;
+        let e = flash(&dry, &facts, &mut a, &Progress::hidden()).unwrap_err();
+        assert!(e.to_string().contains("--dry-run"), "{e}");
+        assert!(std::fs::read(&disk).unwrap().iter().all(|&b| b == 0xee));
     }
 
     #[test]
