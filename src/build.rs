@@ -4,8 +4,8 @@
 //! 2. find the kernel, modules, device trees, firmware and busybox in it
 //! 3. compose the initramfs; compose the system tree (overlays, usr-merge, factory /etc)
 //! 4. make the filesystems: squashfs of /usr, FAT boot (phones: boot.img), ext4 data
-//! 5. assemble the disk image (phones: as a sparse rootfs image); write
-//!    build.json and SHA256SUMS; publish
+//! 5. assemble the disk image (phones: as a sparse rootfs image); write its block
+//!    map (.bmap), build.json and SHA256SUMS; publish
 //!
 //! Each stage takes plain data from the one before.
 
@@ -18,6 +18,7 @@ use crate::board::{Board, DataDir};
 use crate::bootfiles::{self, Found};
 use crate::cache;
 use crate::cli::BuildArgs;
+use crate::disk::bmap::Bmap;
 use crate::disk::image;
 use crate::disk::layout::{human, Role};
 use crate::disk::plan::DiskPlan;
@@ -27,7 +28,9 @@ use crate::initramfs;
 use crate::join::{self, ClusterConfig, NodeConfig};
 use crate::k3s;
 use crate::kernelconfig;
-use crate::manifest::{DiskInfo, K3sInfo, KernelInfo, Manifest, NodeInfo, OutputInfo, RootfsInput};
+use crate::manifest::{
+    BmapInfo, DiskInfo, K3sInfo, KernelInfo, Manifest, NodeInfo, OutputInfo, RootfsInput,
+};
 use crate::output::{self, Staging};
 use crate::phone;
 use crate::progress::Progress;
@@ -499,16 +502,6 @@ fn write_node_image(
         .collect();
     parts.push((system.start, system.size, sys.squashfs.as_path()));
     let data_part = plan.part(Role::Data)?;
-    // The image's SHA-256 for build.json (a phone's outputs are hashed as files).
-    let image_sha256 = match board.android {
-        None => Some(image::sha256_in_background(
-            total,
-            &blobs,
-            &parts,
-            data_part.start,
-        )?),
-        Some(_) => None,
-    };
     image::assemble(&image_path, total, &blobs, &parts).context("assembling the disk image")?;
 
     // Made in its place in the image, not in a temporary file: nothing is
@@ -529,21 +522,44 @@ fn write_node_image(
     .context("writing the data partition")?;
     output::sync(&image_path)?;
 
-    let outputs = match (&board.android, image_sha256) {
-        (None, Some(pending)) => {
-            progress.step(format!("{name}: computing the image's SHA-256"));
-            let image_sha256 = pending.finish(&image_path)?;
+    let outputs = match &board.android {
+        None => {
+            // The image's checksums are its block map's: hashing only the mapped
+            // ranges costs time in proportion to the payload, not to --size.
+            progress.step(format!("{name}: mapping and hashing the image's blocks"));
             if node.is_some() {
                 // The image carries the join token: owner-only, like every file holding it.
                 output::restrict(&image_path)?;
             }
-            vec![OutputInfo {
-                file: image_name.clone(),
-                size: total,
-                sha256: image_sha256,
-            }]
+            let boot_fs = boot_parts
+                .first()
+                .map(|(_, _, p)| p.as_path())
+                .ok_or_else(|| anyhow!("internal: a disk image without a boot partition"))?;
+            let bmap_name = format!("{image_name}.bmap");
+            let bmap = image_bmap(&image_path, plan, &tables, boot_fs, sys.squashfs_size)?;
+            let bmap_xml = bmap.to_xml();
+            output::write_synced(&staging.output(&bmap_name), bmap_xml.as_bytes())?;
+            let bmap_sha256 = hex::encode(Sha256::digest(bmap_xml.as_bytes()));
+            vec![
+                OutputInfo {
+                    file: image_name.clone(),
+                    size: total,
+                    sha256: None,
+                    bmap: Some(BmapInfo {
+                        file: bmap_name.clone(),
+                        sha256: bmap_sha256.clone(),
+                        mapped_bytes: bmap.mapped_bytes(),
+                    }),
+                },
+                OutputInfo {
+                    file: bmap_name,
+                    size: bmap_xml.len() as u64,
+                    sha256: Some(bmap_sha256),
+                    bmap: None,
+                },
+            ]
         }
-        (Some(android), _) => {
+        Some(android) => {
             progress.step(format!("{name}: writing the sparse rootfs image"));
             let pieces = phone::write_rootfs(android, &image_path, &staging.output(""))
                 .context("writing the sparse rootfs image")?;
@@ -555,7 +571,6 @@ fn write_node_image(
                 .map(|p| output_info(p))
                 .collect::<Result<Vec<_>>>()?
         }
-        (None, None) => bail!("internal: no SHA-256 was computed for the disk image"),
     };
     let manifest = Manifest {
         nodeimg_version: env!("CARGO_PKG_VERSION"),
@@ -583,10 +598,11 @@ fn write_node_image(
     };
     let json = serde_json::to_vec_pretty(&manifest).context("encoding build.json")?;
     output::write_synced(&staging.output("build.json"), &json)?;
+    // The checksummed files: a disk image through its block map, the rest whole.
     let mut sums: Vec<(String, String)> = manifest
         .outputs
         .iter()
-        .map(|o| (o.file.clone(), o.sha256.clone()))
+        .filter_map(|o| Some((o.file.clone(), o.sha256.clone()?)))
         .collect();
     sums.push(("build.json".to_string(), hex::encode(Sha256::digest(&json))));
     staging.publish(&sums)
@@ -603,6 +619,32 @@ fn output_info(path: &Path) -> Result<OutputInfo> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
         size,
-        sha256: output::sha256_file(path)?,
+        sha256: Some(output::sha256_file(path)?),
+        bmap: None,
     })
+}
+
+/// The block map of a finished image: its data regions, plus what reads as
+/// zeros yet must be written over whatever a card held before (the tables,
+/// the boot partition's FATs, the whole system image).
+fn image_bmap(
+    image: &Path,
+    plan: &DiskPlan,
+    tables: &[(u64, Vec<u8>)],
+    boot_fs: &Path,
+    system_size: u64,
+) -> Result<Bmap> {
+    let mut meaningful: Vec<(u64, u64)> = tables
+        .iter()
+        .map(|(o, b)| (*o, o.saturating_add(b.len() as u64)))
+        .collect();
+    let mut boot_sector = [0u8; 512];
+    std::fs::File::open(boot_fs)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut boot_sector))
+        .with_context(|| format!("reading the boot sector of {}", boot_fs.display()))?;
+    let fat = crate::inspect::probe::FatGeometry::parse(&boot_sector)?;
+    let (boot, system) = (plan.part(Role::Boot)?, plan.part(Role::SystemA)?);
+    meaningful.push((boot.start, boot.start + fat.metadata_bytes().min(boot.size)));
+    meaningful.push((system.start, system.start + system_size.min(system.size)));
+    Bmap::create(image, &meaningful)
 }

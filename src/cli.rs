@@ -37,8 +37,17 @@ pub enum Command {
     /// Boot a built disk image in QEMU (aarch64 virt, TCG) and check it behaves
     /// as an immutable, portable node. Works on a copy; the image is not changed.
     BootTest(BootTestArgs),
-    /// Flash a build: a phone's output directory with fastboot (--fastboot OUTDIR).
+    /// Write a disk image to an SD card or a file: only the blocks that hold
+    /// data (from IMAGE.bmap beside it, or --bmap), the first MiB last, then
+    /// read back and verified. Refuses partitions, mounted or busy disks, the
+    /// disk holding / and disks smaller than the image; asks before writing a
+    /// disk. With --fastboot OUTDIR: a phone's build, with fastboot.
     Flash(FlashArgs),
+    /// Show what an image holds: for a disk image the partition table,
+    /// filesystems, boot files, node config (secrets redacted), and the
+    /// SHA256SUMS/.bmap checks when it sits in its output directory; for a
+    /// boot.img, vendor_boot.img or Android sparse image, its sections.
+    Inspect(InspectArgs),
     /// The Debian base images are built from without --rootfs: lock files
     /// and the package cache (docs/base.md).
     #[command(subcommand)]
@@ -90,15 +99,49 @@ pub struct BaseFetchArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct FlashArgs {
+    /// The disk image: .img, or .img.zst, .img.gz, .img.xz (decompressed as streamed).
+    #[arg(required_unless_present = "fastboot", conflicts_with = "fastboot")]
+    pub image: Option<PathBuf>,
+
+    /// A block device (/dev/sdX, /dev/mmcblkN: the whole disk) or a file.
+    #[arg(required_unless_present = "fastboot", conflicts_with = "fastboot")]
+    pub target: Option<PathBuf>,
+
+    /// Write a block device without asking (for scripts).
+    #[arg(long)]
+    pub yes: bool,
+
+    /// The image's block map [default: IMAGE.bmap, or X.img.bmap for X.img.zst, if present].
+    #[arg(long, value_name = "FILE")]
+    pub bmap: Option<PathBuf>,
+
+    /// Do not read back and compare what was written.
+    #[arg(long)]
+    pub no_verify: bool,
+
     /// A phone build's output directory (out/<board>/): checks the attached
     /// phone's `fastboot getvar product`, then flashes boot.img (and
     /// vendor_boot.img) and the rootfs sparse image(s) to the board's partitions.
-    #[arg(long, value_name = "OUTDIR", required = true)]
+    #[arg(long, value_name = "OUTDIR")]
     pub fastboot: Option<PathBuf>,
 
-    /// Print the fastboot commands instead of running them.
+    /// Print the fastboot commands instead of running them (with --fastboot).
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// The image (out/<board>/<board>.img, or a boot.img, vendor_boot.img or sparse image).
+    pub image: PathBuf,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write the sections of a boot.img, vendor_boot.img or sparse image into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub extract: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -327,6 +370,34 @@ mod tests {
             "rpi4"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn flash_takes_image_target_and_options() {
+        let Command::Flash(f) = parse(&[
+            "flash",
+            "a.img.zst",
+            "/dev/sdb",
+            "--yes",
+            "--bmap",
+            "a.bmap",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not flash")
+        };
+        assert_eq!(f.image, Some(PathBuf::from("a.img.zst")));
+        assert_eq!(f.target, Some(PathBuf::from("/dev/sdb")));
+        assert!(f.fastboot.is_none());
+        assert!(f.yes && !f.no_verify);
+        assert_eq!(f.bmap, Some(PathBuf::from("a.bmap")));
+        assert!(parse(&["flash", "a.img"]).is_err());
+        assert!(parse(&["flash", "a.img", "/dev/sdb", "--fastboot", "o"]).is_err());
+        let Command::Inspect(i) = parse(&["inspect", "a.img", "--json"]).unwrap().command else {
+            panic!("not inspect")
+        };
+        assert!(i.json);
     }
 
     #[test]

@@ -41,7 +41,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Base(BaseCommand::Fetch(args)) => nodeimg::base::fetch_command(&data, &args),
         Command::Flash(args) => match &args.fastboot {
             Some(outdir) => nodeimg::android::fastboot::command(&data, outdir, args.dry_run),
-            None => anyhow::bail!("nothing to flash: give --fastboot OUTDIR"),
+            None => nodeimg::flash::command(&args),
         },
+        Command::Inspect(args) => nodeimg::inspect::command(&args),
     }
 }
