@@ -7,6 +7,7 @@
 
 pub mod board;
 pub mod bootfiles;
+pub mod base;
 pub mod boottest;
 pub mod build;
 pub mod cache;

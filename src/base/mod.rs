@@ -1,0 +1,3 @@
+pub mod compose;
+pub mod deb;
+pub mod steps;
