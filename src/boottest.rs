@@ -29,7 +29,16 @@ pub struct Options {
     pub boot_timeout: Duration,
     /// Also check that broken images end at the rescue shell.
     pub broken: bool,
+    /// The system runs systemd: reach the guest through systemd's debug shell
+    /// on the serial console (kernel cmdline `systemd.debug_shell`, its getty
+    /// masked) and add the systemd checks (see `check_systemd`).
+    pub systemd: bool,
 }
+
+/// What `--systemd` appends to the cmdline: a root shell on the VM's serial
+/// console instead of its getty (boot-test's own way in; not in the image).
+pub const SYSTEMD_CMDLINE: &str =
+    "systemd.debug_shell=ttyAMA0 systemd.mask=serial-getty@ttyAMA0.service";
 
 /// One line of the report.
 #[derive(Debug, Clone)]
@@ -70,6 +79,7 @@ pub fn command(args: &crate::cli::BootTestArgs) -> Result<()> {
         grow_by: args.grow_by.bytes(),
         boot_timeout: Duration::from_secs(args.timeout),
         broken: args.broken,
+        systemd: args.systemd,
     };
     let result = run(&opts, |c| {
         println!(
@@ -110,7 +120,10 @@ pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {
         .with_context(|| format!("creating {}", opts.work_dir.display()))?;
     let log = opts.work_dir.join("console.log");
     let _ = std::fs::remove_file(&log);
-    let boot = BootFiles::extract(&opts.image, &opts.work_dir)?;
+    let mut boot = BootFiles::extract(&opts.image, &opts.work_dir)?;
+    if opts.systemd {
+        boot.cmdline = format!("{} {SYSTEMD_CMDLINE}", boot.cmdline);
+    }
     let qemu = qemu::find_qemu()?;
     let disk = opts.work_dir.join("disk.img");
     let original = sparse::copy_file(&opts.image, &disk)?;
@@ -151,6 +164,11 @@ pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {
             checks,
             console_log: log,
         });
+    }
+    if opts.systemd {
+        for c in check_systemd(&mut vm, opts.boot_timeout) {
+            record(c);
+        }
     }
     record(check_mounts(&mut vm));
     record(check_grown(&mut vm, grown, boot.parts.number(Role::Data)));
@@ -360,6 +378,82 @@ fn sh(vm: &mut Vm, cmd: &str) -> Result<String> {
 }
 
 /// `/usr` is a read-only squashfs, `/` the writable ext4 data partition, `/etc` a tmpfs.
+/// The systemd checks, from the debug shell: multi-user reached (the time
+/// from kernel start, systemd's own monotonic clock) with no failed unit,
+/// sshd listening on port 22, a DHCP address from networkd, timesyncd active.
+fn check_systemd(vm: &mut Vm, timeout: Duration) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let name = "systemd reaches multi-user.target with no failed units";
+    let start = Instant::now();
+    let reached = loop {
+        match vm.sh(
+            "systemctl is-active multi-user.target",
+            Duration::from_secs(30),
+        ) {
+            Ok((0, _)) => break Ok(()),
+            Ok(_) if start.elapsed() < timeout => std::thread::sleep(Duration::from_secs(2)),
+            Ok((_, out)) => break Err(anyhow::anyhow!("not active after {}s: {out}", timeout.as_secs())),
+            Err(e) => break Err(e),
+        }
+    };
+    let r = reached.and_then(|()| {
+        // Units still starting may yet fail: wait for the job queue to drain
+        // (bounded), then list what failed.
+        let _ = vm.sh(
+            "for i in $(seq 60); do [ -z \"$(systemctl list-jobs --no-legend)\" ] && break; sleep 1; done",
+            Duration::from_secs(90),
+        );
+        let at = sh(
+            vm,
+            "systemctl show -P ActiveEnterTimestampMonotonic multi-user.target",
+        )?;
+        let secs = at.trim().parse::<f64>().unwrap_or(0.0) / 1e6;
+        let failed = sh(vm, "systemctl --failed --no-legend --plain")?;
+        if failed.trim().is_empty() {
+            Ok(format!("multi-user.target reached {secs:.1}s after kernel start"))
+        } else {
+            bail!("failed units: {}", failed.trim().replace('\n', "; "))
+        }
+    });
+    checks.push(result(name, r));
+    checks.push(result(
+        "sshd listens on port 22",
+        sh(vm, "ss -Hltn 'sport = :22'").and_then(|o| {
+            if o.trim().is_empty() {
+                bail!("nothing listens on :22")
+            }
+            Ok(o.lines().next().unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" "))
+        }),
+    ));
+    checks.push(result(
+        "networkd has a DHCP address",
+        sh(vm, "ip -4 -o addr show scope global dynamic").and_then(|o| {
+            let addr = o
+                .split_whitespace()
+                .skip_while(|w| *w != "inet")
+                .nth(1)
+                .map(str::to_string);
+            addr.ok_or_else(|| anyhow::anyhow!("no dynamic IPv4 address: {o:?}"))
+        }),
+    ));
+    checks.push(result(
+        "systemd-timesyncd is active",
+        sh(vm, "systemctl is-active systemd-timesyncd.service").map(|o| o.trim().to_string()),
+    ));
+    checks
+}
+
+fn result(name: &'static str, r: Result<String>) -> Check {
+    match r {
+        Ok(detail) => Check {
+            name,
+            passed: true,
+            detail,
+        },
+        Err(e) => fail(name, format!("{e:#}")),
+    }
+}
+
 fn check_mounts(vm: &mut Vm) -> Check {
     let name = "/usr is read-only squashfs, / is writable ext4, /etc is tmpfs";
     let r = (|| -> Result<String> {

@@ -37,6 +37,32 @@ pub enum Command {
     /// Boot a built disk image in QEMU (aarch64 virt, TCG) and check it behaves
     /// as an immutable, portable node. Works on a copy; the image is not changed.
     BootTest(BootTestArgs),
+    /// The Debian base: compose a node OS from packages.
+    #[command(subcommand)]
+    Base(BaseCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BaseCommand {
+    /// Compose the node OS tree from .deb files (unpacked in-process, no maintainer
+    /// scripts, then the declarative steps) and write it as a rootfs tarball for
+    /// `build --rootfs`. A developer tool: builds without --rootfs do this themselves.
+    Compose(BaseComposeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BaseComposeArgs {
+    /// Directory of verified .deb files, unpacked in file-name order.
+    #[arg(long, value_name = "DIR")]
+    pub debs: PathBuf,
+
+    /// The serial console a getty runs on (ttyAMA0 on qemu-aarch64, ttyS1 on rpi4).
+    #[arg(long, value_name = "TTY", default_value = "ttyAMA0")]
+    pub console: String,
+
+    /// Where the rootfs tarball (uncompressed tar) goes.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -60,6 +86,13 @@ pub struct BootTestArgs {
     /// partition) and check they end at the rescue shell.
     #[arg(long)]
     pub broken: bool,
+
+    /// The image's system runs systemd: enter through systemd's debug shell on the
+    /// serial console (its getty masked, for this boot only) and also check that
+    /// multi-user.target is reached with no failed units, sshd listens, networkd
+    /// has a DHCP address and timesyncd runs.
+    #[arg(long)]
+    pub systemd: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -261,6 +261,98 @@ pub fn owners(installed: &[Installed]) -> BTreeMap<&str, &str> {
     m
 }
 
+/// `nodeimg base compose`: composes the `.deb` files of `debs_dir` (in
+/// file-name order) and writes the tree as an uncompressed tar archive at
+/// `out` (written under a temporary name, renamed when complete).
+pub fn command(debs_dir: &Path, serial_console: &str, out: &Path) -> Result<()> {
+    let mut debs = Vec::new();
+    for de in std::fs::read_dir(debs_dir)
+        .with_context(|| format!("listing {}", debs_dir.display()))?
+    {
+        let p = de.with_context(|| format!("listing {}", debs_dir.display()))?.path();
+        if p.extension().is_some_and(|e| e == "deb") {
+            debs.push(p);
+        }
+    }
+    debs.sort();
+    if debs.is_empty() {
+        bail!("{} holds no .deb files", debs_dir.display());
+    }
+    let mtime = crate::ids::source_date_epoch()?.unwrap_or(0);
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tree = compose(&debs, &ComposeOptions::node(serial_console, mtime), dir)?;
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    write_tar(&tree, std::io::BufWriter::new(tmp.as_file()))
+        .with_context(|| format!("writing {}", out.display()))?;
+    tmp.persist(out)
+        .with_context(|| format!("renaming to {}", out.display()))?;
+    Ok(())
+}
+
+/// Writes `tree` as a tar archive (GNU format, numeric owners, hard links as
+/// links to their first name, entries in tree order, "./" first).
+pub fn write_tar<W: std::io::Write>(tree: &Tree, out: W) -> Result<()> {
+    let links = crate::tree::links::HardLinks::of(tree);
+    let mut b = tar::Builder::new(out);
+    b.mode(tar::HeaderMode::Complete);
+    for (path, e) in tree.iter() {
+        let name = if path.is_empty() {
+            "./".to_string()
+        } else {
+            format!("./{path}")
+        };
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(e.meta.mode);
+        h.set_uid(e.meta.uid.into());
+        h.set_gid(e.meta.gid.into());
+        h.set_mtime(e.meta.mtime);
+        h.set_size(0);
+        match &e.kind {
+            Kind::Dir => {
+                h.set_entry_type(tar::EntryType::Directory);
+                b.append_data(&mut h, &name, std::io::empty())?;
+            }
+            Kind::File(d) => {
+                if !links.is_first(path, d) {
+                    let first = links.first(d).unwrap_or(path);
+                    h.set_entry_type(tar::EntryType::Link);
+                    b.append_link(&mut h, &name, format!("./{first}"))?;
+                } else {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(d.len());
+                    let r = d.reader().with_context(|| format!("reading /{path}"))?;
+                    b.append_data(&mut h, &name, r)?;
+                }
+            }
+            Kind::Symlink(t) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                b.append_link(&mut h, &name, t)?;
+            }
+            Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
+                h.set_entry_type(if matches!(e.kind, Kind::CharDevice { .. }) {
+                    tar::EntryType::Char
+                } else {
+                    tar::EntryType::Block
+                });
+                h.set_device_major(*major)?;
+                h.set_device_minor(*minor)?;
+                b.append_data(&mut h, &name, std::io::empty())?;
+            }
+            Kind::Fifo => {
+                h.set_entry_type(tar::EntryType::Fifo);
+                b.append_data(&mut h, &name, std::io::empty())?;
+            }
+            Kind::Socket => {} // tar has no sockets; they are made at run time
+        }
+    }
+    b.into_inner()?.flush()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

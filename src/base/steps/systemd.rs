@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 
 use super::super::compose::ComposeOptions;
 use super::{dir, read_text, symlink, write};
@@ -140,9 +140,9 @@ fn enable(tree: &mut Tree, unit: &str, done: &mut BTreeSet<String>, t: u64) -> R
     let required = install_values(&text, "Install", "RequiredBy");
     let aliases = install_values(&text, "Install", "Alias");
     let also = install_values(&text, "Install", "Also");
-    if wanted.is_empty() && required.is_empty() && aliases.is_empty() && also.is_empty() {
-        bail!("{key} has no [Install] section to enable it by");
-    }
+    // A static unit (no [Install], e.g. dbus.socket, which its package
+    // links into sockets.target.wants itself) is left as it is, as
+    // `systemctl enable` does.
     for (dirs, suffix) in [(&wanted, "wants"), (&required, "requires")] {
         for target in dirs {
             symlink(
@@ -245,13 +245,13 @@ mod tests {
     }
 
     #[test]
-    fn missing_or_static_units_are_errors() {
+    fn missing_units_are_errors_and_static_ones_are_left_alone() {
         let mut t = systemd_tree();
         let e = run(&mut t, &opts(&["nope.service"])).unwrap_err();
         assert!(format!("{e:#}").contains("no unit file nope.service"), "{e:#}");
         let mut t = systemd_tree();
-        let e = run(&mut t, &opts(&["static.service"])).unwrap_err();
-        assert!(format!("{e:#}").contains("no [Install]"), "{e:#}");
+        run(&mut t, &opts(&["static.service"])).unwrap();
+        assert!(!t.iter().any(|(k, _)| k.ends_with("/static.service") && k.starts_with("etc/")));
     }
 
     #[test]
