@@ -37,8 +37,11 @@ pub struct Options {
 
 /// What `--systemd` appends to the cmdline: a root shell on the VM's serial
 /// console instead of its getty (boot-test's own way in; not in the image).
-pub const SYSTEMD_CMDLINE: &str =
-    "systemd.debug_shell=ttyAMA0 systemd.mask=serial-getty@ttyAMA0.service";
+/// systemd's status lines and kernel messages are kept off the console
+/// (`systemd.show_status=false loglevel=1`) so they do not interleave with
+/// the shell's output.
+pub const SYSTEMD_CMDLINE: &str = "systemd.debug_shell=ttyAMA0 \
+systemd.mask=serial-getty@ttyAMA0.service systemd.show_status=false loglevel=1";
 
 /// One line of the report.
 #[derive(Debug, Clone)]
@@ -384,6 +387,10 @@ fn sh(vm: &mut Vm, cmd: &str) -> Result<String> {
 fn check_systemd(vm: &mut Vm, timeout: Duration) -> Vec<Check> {
     let mut checks = Vec::new();
     let name = "systemd reaches multi-user.target with no failed units";
+    let _ = vm.sh(
+        "export SYSTEMD_COLORS=0 SYSTEMD_PAGER=cat",
+        Duration::from_secs(10),
+    );
     let start = Instant::now();
     let reached = loop {
         match vm.sh(
@@ -392,7 +399,17 @@ fn check_systemd(vm: &mut Vm, timeout: Duration) -> Vec<Check> {
         ) {
             Ok((0, _)) => break Ok(()),
             Ok(_) if start.elapsed() < timeout => std::thread::sleep(Duration::from_secs(2)),
-            Ok((_, out)) => break Err(anyhow::anyhow!("not active after {}s: {out}", timeout.as_secs())),
+            Ok((_, out)) => {
+                let jobs = sh(vm, "systemctl list-jobs --no-legend --plain").unwrap_or_default();
+                let failed = sh(vm, "systemctl --failed --no-legend --plain").unwrap_or_default();
+                break Err(anyhow::anyhow!(
+                    "{} after {}s; jobs: {}; failed: {}",
+                    out.trim(),
+                    timeout.as_secs(),
+                    jobs.trim().replace('\n', "; "),
+                    failed.trim().replace('\n', "; ")
+                ));
+            }
             Err(e) => break Err(e),
         }
     };
@@ -422,12 +439,17 @@ fn check_systemd(vm: &mut Vm, timeout: Duration) -> Vec<Check> {
             if o.trim().is_empty() {
                 bail!("nothing listens on :22")
             }
-            Ok(o.lines().next().unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" "))
+            Ok(o.lines()
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "))
         }),
     ));
     checks.push(result(
         "networkd has a DHCP address",
-        sh(vm, "ip -4 -o addr show scope global dynamic").and_then(|o| {
+        sh(vm, "ip -color=never -4 -o addr show scope global dynamic").and_then(|o| {
             let addr = o
                 .split_whitespace()
                 .skip_while(|w| *w != "inet")

@@ -63,6 +63,11 @@ pub struct BaseComposeArgs {
     /// Where the rootfs tarball (uncompressed tar) goes.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+
+    /// Only unpack the packages (merged-/usr placement, Replaces), without the
+    /// declarative steps: to compare the unpacking with dpkg-deb -x.
+    #[arg(long)]
+    pub unpack_only: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -5,9 +5,9 @@
 //! board + cluster config + rootfs -> tree -> filesystems -> disk image -> outputs.
 #![forbid(unsafe_code)]
 
+pub mod base;
 pub mod board;
 pub mod bootfiles;
-pub mod base;
 pub mod boottest;
 pub mod build;
 pub mod cache;

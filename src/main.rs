@@ -38,7 +38,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::BootTest(args) => nodeimg::boottest::command(&args),
         Command::Base(nodeimg::cli::BaseCommand::Compose(a)) => {
-            nodeimg::base::compose::command(&a.debs, &a.console, &a.out)
+            nodeimg::base::compose::command(&a.debs, &a.console, a.unpack_only, &a.out)
         }
     }
 }

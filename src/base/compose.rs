@@ -125,9 +125,8 @@ pub fn unpack_all(packages: Vec<Deb>) -> Result<Unpacked> {
             if path.is_empty() {
                 continue;
             }
-            let at = place(&tree, path).with_context(|| {
-                format!("package {}: /{path}", deb.package)
-            })?;
+            let at =
+                place(&tree, path).with_context(|| format!("package {}: /{path}", deb.package))?;
             match (tree.get(&at), &e.kind) {
                 (None, _) => {
                     tree.insert(&at, e.clone())
@@ -135,9 +134,10 @@ pub fn unpack_all(packages: Vec<Deb>) -> Result<Unpacked> {
                 }
                 (Some(old), Kind::Dir) => match &old.kind {
                     Kind::Dir => {}
-                    Kind::Symlink(_) if lookup::resolve(&tree, &at).is_some_and(|p| {
-                        matches!(tree.get(&p[1..]).map(|x| &x.kind), Some(Kind::Dir))
-                    }) => {}
+                    Kind::Symlink(_)
+                        if lookup::resolve(&tree, &at).is_some_and(|p| {
+                            matches!(tree.get(&p[1..]).map(|x| &x.kind), Some(Kind::Dir))
+                        }) => {}
                     _ => bail!(
                         "package {}: directory /{path} where another package has a file",
                         deb.package
@@ -263,13 +263,16 @@ pub fn owners(installed: &[Installed]) -> BTreeMap<&str, &str> {
 
 /// `nodeimg base compose`: composes the `.deb` files of `debs_dir` (in
 /// file-name order) and writes the tree as an uncompressed tar archive at
-/// `out` (written under a temporary name, renamed when complete).
-pub fn command(debs_dir: &Path, serial_console: &str, out: &Path) -> Result<()> {
+/// `out` (written under a temporary name, renamed when complete). With
+/// `unpack_only`, the packages are unpacked and the steps not run.
+pub fn command(debs_dir: &Path, serial_console: &str, unpack_only: bool, out: &Path) -> Result<()> {
     let mut debs = Vec::new();
-    for de in std::fs::read_dir(debs_dir)
-        .with_context(|| format!("listing {}", debs_dir.display()))?
+    for de in
+        std::fs::read_dir(debs_dir).with_context(|| format!("listing {}", debs_dir.display()))?
     {
-        let p = de.with_context(|| format!("listing {}", debs_dir.display()))?.path();
+        let p = de
+            .with_context(|| format!("listing {}", debs_dir.display()))?
+            .path();
         if p.extension().is_some_and(|e| e == "deb") {
             debs.push(p);
         }
@@ -283,7 +286,20 @@ pub fn command(debs_dir: &Path, serial_console: &str, out: &Path) -> Result<()> 
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let tree = compose(&debs, &ComposeOptions::node(serial_console, mtime), dir)?;
+    let tree = if unpack_only {
+        let mut spill = Spill::new(dir)?;
+        let mut packages = Vec::with_capacity(debs.len());
+        for path in &debs {
+            packages.push(read_deb(path, &mut spill)?);
+        }
+        let unpacked = unpack_all(packages)?;
+        for w in &unpacked.warnings {
+            eprintln!("warning: {w}");
+        }
+        unpacked.tree
+    } else {
+        compose(&debs, &ComposeOptions::node(serial_console, mtime), dir)?
+    };
     let tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     write_tar(&tree, std::io::BufWriter::new(tmp.as_file()))

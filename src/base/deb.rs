@@ -213,10 +213,7 @@ pub fn read_deb_from<R: Read>(input: R, spill: &mut Spill) -> Result<Deb> {
 }
 
 fn is_tar_member(name: &str, stem: &str) -> bool {
-    matches!(
-        name.strip_prefix(stem),
-        Some("" | ".gz" | ".xz" | ".zst")
-    )
+    matches!(name.strip_prefix(stem), Some("" | ".gz" | ".xz" | ".zst"))
 }
 
 /// A text file of the control archive, if present.
@@ -244,10 +241,9 @@ mod tests {
 
     #[test]
     fn paragraph_keeps_order_and_continuations() {
-        let p = parse_paragraph(
-            "Package: a\nVersion: 1.0\nDescription: short\n more\n .\n end\n\n",
-        )
-        .unwrap();
+        let p =
+            parse_paragraph("Package: a\nVersion: 1.0\nDescription: short\n more\n .\n end\n\n")
+                .unwrap();
         assert_eq!(p.get("package"), Some("a"));
         assert_eq!(p.get("Description"), Some("short\n more\n .\n end"));
         assert_eq!(

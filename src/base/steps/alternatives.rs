@@ -263,7 +263,10 @@ mod tests {
         assert_eq!(link(&t, "usr/bin/pager"), "/etc/alternatives/pager");
         assert_eq!(link(&t, "etc/alternatives/pager"), "/bin/more");
         // nft before legacy; only slaves that exist.
-        assert_eq!(link(&t, "etc/alternatives/iptables"), "/usr/sbin/iptables-nft");
+        assert_eq!(
+            link(&t, "etc/alternatives/iptables"),
+            "/usr/sbin/iptables-nft"
+        );
         assert_eq!(
             link(&t, "etc/alternatives/iptables-save"),
             "/usr/sbin/iptables-nft-save"

@@ -40,9 +40,21 @@ pub fn run(tree: &mut Tree, mtime: u64) -> Result<()> {
         conf.push_str(&path["usr/share/ca-certificates/".len()..]);
         conf.push('\n');
     }
-    write(tree, "etc/ssl/certs/ca-certificates.crt", bundle, 0o644, mtime)?;
+    write(
+        tree,
+        "etc/ssl/certs/ca-certificates.crt",
+        bundle,
+        0o644,
+        mtime,
+    )?;
     if !tree.contains("etc/ca-certificates.conf") {
-        write(tree, "etc/ca-certificates.conf", conf.into_bytes(), 0o644, mtime)?;
+        write(
+            tree,
+            "etc/ca-certificates.conf",
+            conf.into_bytes(),
+            0o644,
+            mtime,
+        )?;
     }
     Ok(())
 }

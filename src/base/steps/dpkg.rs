@@ -28,7 +28,13 @@ pub fn run(tree: &mut Tree, installed: &[Installed], mtime: u64) -> Result<()> {
     for d in ["info", "updates", "triggers", "alternatives", "parts"] {
         dir(tree, &format!("{DB}/{d}"), 0o755, mtime)?;
     }
-    write(tree, &format!("{DB}/status"), status.into_bytes(), 0o644, mtime)?;
+    write(
+        tree,
+        &format!("{DB}/status"),
+        status.into_bytes(),
+        0o644,
+        mtime,
+    )?;
     for f in ["available", "diversions", "statoverride"] {
         if !tree.contains(&format!("{DB}/{f}")) {
             write(tree, &format!("{DB}/{f}"), Vec::new(), 0o644, mtime)?;
@@ -41,7 +47,13 @@ pub fn run(tree: &mut Tree, installed: &[Installed], mtime: u64) -> Result<()> {
             list.push_str(path);
             list.push('\n');
         }
-        write(tree, &format!("{info}.list"), list.into_bytes(), 0o644, mtime)?;
+        write(
+            tree,
+            &format!("{info}.list"),
+            list.into_bytes(),
+            0o644,
+            mtime,
+        )?;
         if !p.md5sums.is_empty() {
             write(
                 tree,
@@ -53,7 +65,13 @@ pub fn run(tree: &mut Tree, installed: &[Installed], mtime: u64) -> Result<()> {
         }
         if !p.conffiles.is_empty() {
             let text: String = p.conffiles.iter().map(|c| format!("{c}\n")).collect();
-            write(tree, &format!("{info}.conffiles"), text.into_bytes(), 0o644, mtime)?;
+            write(
+                tree,
+                &format!("{info}.conffiles"),
+                text.into_bytes(),
+                0o644,
+                mtime,
+            )?;
         }
     }
     Ok(())

@@ -131,7 +131,9 @@ pub(crate) mod testutil {
     }
 
     pub fn text(t: &Tree, p: &str) -> String {
-        read_text(t, p).unwrap().unwrap_or_else(|| panic!("no /{p}"))
+        read_text(t, p)
+            .unwrap()
+            .unwrap_or_else(|| panic!("no /{p}"))
     }
 
     pub fn link(t: &Tree, p: &str) -> String {

@@ -143,7 +143,12 @@ mod tests {
         let mut t = tree(&[("usr/lib/modules/6.1.0-test/modules.order", "")]);
         super::super::dir(&mut t, "usr/lib/modules/6.1.0-test/kernel", 0o755, 0).unwrap();
         run(&mut t, 3).unwrap();
-        for f in ["modules.dep", "modules.dep.bin", "modules.alias.bin", "modules.symbols"] {
+        for f in [
+            "modules.dep",
+            "modules.dep.bin",
+            "modules.alias.bin",
+            "modules.symbols",
+        ] {
             assert!(
                 t.contains(&format!("usr/lib/modules/6.1.0-test/{f}")),
                 "no {f}"

@@ -47,7 +47,13 @@ pub fn run(tree: &mut Tree, mtime: u64) -> Result<()> {
             continue;
         };
         let out = render(&template, stem, &profiles);
-        write(tree, &format!("etc/pam.d/{file}"), out.into_bytes(), 0o644, mtime)?;
+        write(
+            tree,
+            &format!("etc/pam.d/{file}"),
+            out.into_bytes(),
+            0o644,
+            mtime,
+        )?;
     }
     Ok(())
 }
@@ -118,7 +124,8 @@ mod tests {
     #[test]
     fn unix_profile_fills_the_templates() {
         let unix = "Name: Unix\nDefault: yes\nPriority: 256\nAuth-Type: Primary\nAuth:\n\t[success=end default=ignore]\tpam_unix.so nullok try_first_pass\nAuth-Initial:\n\t[success=end default=ignore]\tpam_unix.so nullok\nSession-Type: Additional\nSession:\n\trequired\tpam_unix.so\n";
-        let off = "Name: Off\nDefault: no\nSession-Type: Additional\nSession:\n\trequired\tpam_off.so\n";
+        let off =
+            "Name: Off\nDefault: no\nSession-Type: Additional\nSession:\n\trequired\tpam_off.so\n";
         let mut t = tree(&[
             ("usr/share/pam-configs/unix", unix),
             ("usr/share/pam-configs/off", off),

@@ -154,7 +154,12 @@ fn enable(tree: &mut Tree, unit: &str, done: &mut BTreeSet<String>, t: u64) -> R
         }
     }
     for alias in &aliases {
-        symlink(tree, &format!("etc/systemd/system/{alias}"), &target_file, t)?;
+        symlink(
+            tree,
+            &format!("etc/systemd/system/{alias}"),
+            &target_file,
+            t,
+        )?;
     }
     for other in &also {
         enable(tree, other, done, t)?;
@@ -215,11 +220,17 @@ mod tests {
         run(&mut t, &opts(&["systemd-networkd.service"])).unwrap();
         let e = "etc/systemd/system";
         assert_eq!(
-            link(&t, &format!("{e}/multi-user.target.wants/systemd-networkd.service")),
+            link(
+                &t,
+                &format!("{e}/multi-user.target.wants/systemd-networkd.service")
+            ),
             "/usr/lib/systemd/system/systemd-networkd.service"
         );
         assert_eq!(
-            link(&t, &format!("{e}/sockets.target.wants/systemd-networkd.socket")),
+            link(
+                &t,
+                &format!("{e}/sockets.target.wants/systemd-networkd.socket")
+            ),
             "/usr/lib/systemd/system/systemd-networkd.socket"
         );
         assert_eq!(
@@ -227,7 +238,10 @@ mod tests {
             "/usr/lib/systemd/system/systemd-networkd.service"
         );
         assert_eq!(
-            link(&t, &format!("{e}/getty.target.wants/serial-getty@ttyAMA0.service")),
+            link(
+                &t,
+                &format!("{e}/getty.target.wants/serial-getty@ttyAMA0.service")
+            ),
             "/usr/lib/systemd/system/serial-getty@.service"
         );
         assert_eq!(
@@ -248,17 +262,27 @@ mod tests {
     fn missing_units_are_errors_and_static_ones_are_left_alone() {
         let mut t = systemd_tree();
         let e = run(&mut t, &opts(&["nope.service"])).unwrap_err();
-        assert!(format!("{e:#}").contains("no unit file nope.service"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("no unit file nope.service"),
+            "{e:#}"
+        );
         let mut t = systemd_tree();
         run(&mut t, &opts(&["static.service"])).unwrap();
-        assert!(!t.iter().any(|(k, _)| k.ends_with("/static.service") && k.starts_with("etc/")));
+        assert!(!t
+            .iter()
+            .any(|(k, _)| k.ends_with("/static.service") && k.starts_with("etc/")));
     }
 
     #[test]
     fn install_values_accumulate_and_reset() {
         let u = "[Install]\nWantedBy=a b\nWantedBy=c\n[X]\nWantedBy=d\n[Install]\nAlias=\n";
         assert_eq!(install_values(u, "Install", "WantedBy"), ["a", "b", "c"]);
-        assert!(install_values("[Install]\nWantedBy=a\nWantedBy=\n", "Install", "WantedBy").is_empty());
-        assert_eq!(template_of("serial-getty@ttyS1.service").unwrap(), "serial-getty@.service");
+        assert!(
+            install_values("[Install]\nWantedBy=a\nWantedBy=\n", "Install", "WantedBy").is_empty()
+        );
+        assert_eq!(
+            template_of("serial-getty@ttyS1.service").unwrap(),
+            "serial-getty@.service"
+        );
     }
 }

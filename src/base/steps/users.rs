@@ -372,7 +372,10 @@ mod tests {
              systemd-network:x:997:\nkvm:x:36:sshd\n"
         );
         let shadow = text(&t, "etc/shadow");
-        assert!(shadow.starts_with("root:*:20000:0:99999:7:::\n"), "{shadow}");
+        assert!(
+            shadow.starts_with("root:*:20000:0:99999:7:::\n"),
+            "{shadow}"
+        );
         assert!(shadow.contains("sshd:!*:20000:"), "{shadow}");
         let e = t.get("etc/shadow").unwrap();
         assert_eq!((e.meta.mode, e.meta.gid), (0o640, SHADOW_GID));
@@ -396,6 +399,9 @@ mod tests {
         assert!(e.to_string().contains("line 1"), "{e}");
         assert!(from_masters("root:x:0\n", GROUP).is_err());
         let mut t = tree(&[]);
-        assert!(run(&mut t, 0).unwrap_err().to_string().contains("base-passwd"));
+        assert!(run(&mut t, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("base-passwd"));
     }
 }
