@@ -107,8 +107,13 @@ pub fn unpack_all(packages: Vec<Deb>) -> Result<Unpacked> {
         for (path, e) in deb.files.children("") {
             if let Kind::Symlink(target) = &e.kind {
                 if target.starts_with("usr/") && !tree.contains(path) {
-                    if !tree.contains("usr") {
-                        tree.insert("usr", Entry::dir(Meta::root(0o755, e.meta.mtime)))?;
+                    // The directory it points to exists from the start too, so
+                    // the link never dangles while packages are unpacked.
+                    if let Some(dir) = crate::tree::normalize(target) {
+                        let meta = Meta::root(0o755, e.meta.mtime);
+                        if !tree.contains(&dir) {
+                            tree.insert_with_parents(&dir, Entry::dir(meta), meta)?;
+                        }
                     }
                     tree.insert(path, e.clone())?;
                 }
