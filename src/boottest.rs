@@ -426,8 +426,18 @@ fn check_systemd(vm: &mut Vm, timeout: Duration) -> Vec<Check> {
         )?;
         let secs = at.trim().parse::<f64>().unwrap_or(0.0) / 1e6;
         let failed = sh(vm, "systemctl --failed --no-legend --plain")?;
+        // The slowest units, for the report (not checked).
+        let blame = sh(vm, "systemd-analyze blame --no-pager 2>/dev/null | head -n 4")
+            .unwrap_or_default();
+        let slowest: Vec<String> = blame
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
         if failed.trim().is_empty() {
-            Ok(format!("multi-user.target reached {secs:.1}s after kernel start"))
+            Ok(format!(
+                "multi-user.target reached {secs:.1}s after kernel start (slowest: {})",
+                slowest.join(", ")
+            ))
         } else {
             bail!("failed units: {}", failed.trim().replace('\n', "; "))
         }
