@@ -282,6 +282,20 @@ fn trixie_base_composes_and_boots_to_multi_user() {
         .arg("--out")
         .arg(&tar));
     assert!(out.status.success(), "{}", stderr(&out));
+    // Reproducible: the same packages and SOURCE_DATE_EPOCH give the same bytes.
+    let again = dir.join("again.tar");
+    let out = run(nodeimg()
+        .env("SOURCE_DATE_EPOCH", "1750000000")
+        .args(["base", "compose", "--console", "ttyAMA0", "--debs"])
+        .arg(trixie_debs())
+        .arg("--out")
+        .arg(&again));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        fs::read(&tar).unwrap() == fs::read(&again).unwrap(),
+        "two composes of the same packages differ"
+    );
+    fs::remove_file(&again).unwrap();
     let root = dir.join("root");
     untar(&tar, &root);
     // What the steps made, seen by the field's own tools where there is one.
@@ -386,6 +400,7 @@ fn trixie_base_composes_and_boots_to_multi_user() {
         "sshd listens on port 22",
         "networkd has a DHCP address",
         "systemd-timesyncd is active",
+        "dpkg lists the installed packages",
         "/usr is read-only squashfs, / is writable ext4, /etc is tmpfs",
     ] {
         assert!(
