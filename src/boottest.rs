@@ -33,6 +33,9 @@ pub struct Options {
     /// on the serial console (kernel cmdline `systemd.debug_shell`, its getty
     /// masked) and add the systemd checks (see `check_systemd`).
     pub systemd: bool,
+    /// A private key whose public half is in the image's
+    /// `ssh_authorized_keys`: check that root logs in over SSH with it.
+    pub ssh_key: Option<PathBuf>,
 }
 
 /// What `--systemd` appends to the cmdline: a root shell on the VM's serial
@@ -83,6 +86,7 @@ pub fn command(args: &crate::cli::BootTestArgs) -> Result<()> {
         boot_timeout: Duration::from_secs(args.timeout),
         broken: args.broken,
         systemd: args.systemd,
+        ssh_key: args.ssh_key.clone(),
     };
     let result = run(&opts, |c| {
         println!(
@@ -172,6 +176,9 @@ pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {
         for c in check_systemd(&mut vm, opts.boot_timeout) {
             record(c);
         }
+    }
+    if let Some(key) = &opts.ssh_key {
+        record(check_ssh_login(&mut vm, key));
     }
     record(check_mounts(&mut vm));
     record(check_grown(&mut vm, grown, boot.parts.number(Role::Data)));
@@ -487,6 +494,56 @@ fn check_systemd(vm: &mut Vm, timeout: Duration) -> Vec<Check> {
         sh(vm, "systemctl is-active systemd-timesyncd.service").map(|o| o.trim().to_string()),
     ));
     checks
+}
+
+/// Root logs in over SSH (to the guest's own sshd, from inside the guest)
+/// with `key`, and a password login is refused. The key is typed into the
+/// guest's /run (a tmpfs), used and removed; it is a test key, never a node's.
+fn check_ssh_login(vm: &mut Vm, key: &Path) -> Check {
+    let name = "root logs in over SSH with the key from cluster.yaml, not with a password";
+    let r = (|| -> Result<String> {
+        let pem =
+            std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
+        sh(
+            vm,
+            "rm -f /run/boottest-key && umask 077 && : > /run/boottest-key",
+        )?;
+        for line in pem.lines() {
+            if line.contains('\'') {
+                bail!(
+                    "{} does not look like an OpenSSH private key",
+                    key.display()
+                );
+            }
+            sh(vm, &format!("printf '%s\\n' '{line}' >> /run/boottest-key"))?;
+        }
+        let opts = "-o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+                    -o ConnectTimeout=20 -o LogLevel=ERROR";
+        let who = sh(
+            vm,
+            &format!("ssh {opts} -i /run/boottest-key root@127.0.0.1 'id -un; hostname'"),
+        );
+        let _ = sh(vm, "rm -f /run/boottest-key");
+        let who = who?;
+        if !who.lines().next().is_some_and(|l| l.trim() == "root") {
+            bail!("logged in, but not as root: {who:?}");
+        }
+        // Without the key the server must offer nothing else: its refusal
+        // names the methods it allows.
+        let (status, out) = vm.sh(
+            &format!("ssh {opts} -o PubkeyAuthentication=no root@127.0.0.1 true 2>&1"),
+            Duration::from_secs(40),
+        )?;
+        let refusal = out.lines().last().unwrap_or("").trim().to_string();
+        if status == 0 || !refusal.ends_with("Permission denied (publickey).") {
+            bail!("without the key: exit {status}, {refusal:?} (only publickey expected)");
+        }
+        Ok(format!(
+            "logged in as root on {}; without the key: {refusal}",
+            who.lines().nth(1).unwrap_or("?").trim()
+        ))
+    })();
+    result(name, r)
 }
 
 fn result(name: &'static str, r: Result<String>) -> Check {

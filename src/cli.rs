@@ -98,6 +98,12 @@ pub struct BootTestArgs {
     /// has a DHCP address and timesyncd runs.
     #[arg(long)]
     pub systemd: bool,
+
+    /// A test private key whose public half is in the image's ssh_authorized_keys:
+    /// also check that root logs in over SSH with it (from inside the guest, to its
+    /// own sshd) and that a password login is refused.
+    #[arg(long, value_name = "FILE")]
+    pub ssh_key: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -326,15 +326,17 @@ fn trixie_base_composes_and_boots_to_multi_user() {
             .arg(root.join("var/lib/dpkg"))
             .args(["-W", "-f", "${Package}=${Version} ${db:Status-Abbrev}\n"]),
     );
-    let listed: Vec<String> = stdout(&status)
+    let mut listed: Vec<String> = stdout(&status)
         .lines()
         .map(|l| l.trim_end().to_string())
         .collect();
-    let want: Vec<String> = fs::read_to_string(trixie_debs().join("packages.txt"))
+    let mut want: Vec<String> = fs::read_to_string(trixie_debs().join("packages.txt"))
         .unwrap()
         .lines()
         .map(|l| format!("{l} ii"))
         .collect();
+    listed.sort();
+    want.sort();
     assert_eq!(listed, want);
     let md5 = run(Command::new("sh").arg("-c").arg(format!(
         "cd {} && md5sum --quiet -c var/lib/dpkg/info/systemd.md5sums",
@@ -360,7 +362,17 @@ fn trixie_base_composes_and_boots_to_multi_user() {
     let bundle = fs::read_to_string(root.join("etc/ssl/certs/ca-certificates.crt")).unwrap();
     assert!(bundle.matches("BEGIN CERTIFICATE").count() > 100);
 
-    // Built and booted under systemd.
+    // Built and booted under systemd; root logs in over SSH with the key
+    // cluster.yaml authorizes.
+    let key = dir.join("id_ed25519");
+    let _ = fs::remove_file(&key);
+    let _ = fs::remove_file(dir.join("id_ed25519.pub"));
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "boot-test", "-f"])
+            .arg(&key),
+    );
+    let public = fs::read_to_string(dir.join("id_ed25519.pub")).unwrap();
     let token = dir.join("token");
     fs::write(
         &token,
@@ -372,8 +384,9 @@ fn trixie_base_composes_and_boots_to_multi_user() {
         &cfg,
         format!(
             "server: https://10.0.2.2:6443\ntoken_file: token\nnode_name: trixie-1\n\
-             ssh_authorized_keys:\n  - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTheBootTestOnly000000000000000000 t@t\n\
+             ssh_authorized_keys:\n  - {}\n\
              k3s:\n  source: file\n  path: {}\n",
+            public.trim(),
             repo().join("test-images/k3s-standin").display()
         ),
     )
@@ -390,7 +403,9 @@ fn trixie_base_composes_and_boots_to_multi_user() {
     let res = run(nodeimg()
         .arg("boot-test")
         .arg(&image)
-        .args(["--systemd", "--timeout", "240", "--work-dir"])
+        .args(["--systemd", "--timeout", "240", "--ssh-key"])
+        .arg(&key)
+        .arg("--work-dir")
         .arg(dir.join("work")));
     let text = stdout(&res);
     eprintln!("{text}");
@@ -401,6 +416,7 @@ fn trixie_base_composes_and_boots_to_multi_user() {
         "networkd has a DHCP address",
         "systemd-timesyncd is active",
         "dpkg lists the installed packages",
+        "root logs in over SSH with the key from cluster.yaml, not with a password",
         "/usr is read-only squashfs, / is writable ext4, /etc is tmpfs",
     ] {
         assert!(
