@@ -521,7 +521,7 @@ fn check_ssh_login(vm: &mut Vm, key: &Path) -> Check {
                     -o ConnectTimeout=20 -o LogLevel=ERROR";
         let who = sh(
             vm,
-            &format!("ssh {opts} -i /run/boottest-key root@127.0.0.1 'id -un; hostname'"),
+            &format!("ssh {opts} -i /run/boottest-key root@127.0.0.1 'id -un; hostname' 2>&1"),
         );
         let _ = sh(vm, "rm -f /run/boottest-key");
         let who = who?;

@@ -15,7 +15,7 @@
 //!   outcome depends only on the package order;
 //! - a non-directory over a directory, or a directory over a file, is an error.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -252,18 +252,6 @@ pub fn relation_names(field: &str) -> Vec<String> {
             (!name.is_empty()).then(|| name.to_string())
         })
         .collect()
-}
-
-/// The files of a compose as a map from path to owner package, for tests
-/// and diagnostics.
-pub fn owners(installed: &[Installed]) -> BTreeMap<&str, &str> {
-    let mut m = BTreeMap::new();
-    for p in installed {
-        for path in &p.paths {
-            m.insert(path.as_str(), p.package.as_str());
-        }
-    }
-    m
 }
 
 /// `nodeimg base compose`: composes the `.deb` files of `debs_dir` (in
