@@ -517,12 +517,28 @@ fn check_ssh_login(vm: &mut Vm, key: &Path) -> Check {
             }
             sh(vm, &format!("printf '%s\\n' '{line}' >> /run/boottest-key"))?;
         }
-        let opts = "-o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+        let opts =
+            "-n -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
                     -o ConnectTimeout=20 -o LogLevel=ERROR";
         let who = sh(
             vm,
             &format!("ssh {opts} -i /run/boottest-key root@127.0.0.1 'id -un; hostname' 2>&1"),
         );
+        if who.is_err() {
+            // What ssh says when asked to talk (the check's detail).
+            let (_, said) = vm.sh(
+                &format!(
+                    "ssh {opts} -v -i /run/boottest-key root@127.0.0.1 true 2>&1 | tail -n 12"
+                ),
+                Duration::from_secs(60),
+            )?;
+            let _ = sh(vm, "rm -f /run/boottest-key");
+            bail!(
+                "{:#}; ssh -v ends: {}",
+                who.unwrap_err(),
+                said.replace('\n', " | ")
+            );
+        }
         let _ = sh(vm, "rm -f /run/boottest-key");
         let who = who?;
         if !who.lines().next().is_some_and(|l| l.trim() == "root") {

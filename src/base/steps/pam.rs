@@ -4,7 +4,10 @@
 //! `/usr/share/pam-configs/` marked `Default: yes`, highest `Priority` first.
 //! A primary module's `success=end` becomes a jump over the primary modules
 //! after it (to the template's `pam_deny`), as pam-auth-update does; the
-//! first primary module uses its profile's `-Initial` lines when given.
+//! first primary module uses its profile's `-Initial` lines when given. A type
+//! with no primary module gets `[default=1] pam_permit.so` in their place, so
+//! that the template's `pam_deny` after them is jumped over (without it every
+//! PAM session fails: sshd then ends each login with status 254).
 
 use anyhow::{anyhow, Result};
 
@@ -90,11 +93,16 @@ fn render(template: &str, stem: &str, profiles: &[Profile]) -> String {
         target.extend(lines.into_iter().map(|l| format!("{kind}\t{l}")));
     }
     let n = primary.len();
-    let primary: Vec<String> = primary
+    let mut primary: Vec<String> = primary
         .into_iter()
         .enumerate()
         .map(|(i, l)| l.replace("success=end", &format!("success={}", n - i)))
         .collect();
+    if primary.is_empty() {
+        // No primary module (common-session on a plain system): jump over
+        // the template's pam_deny, as pam-auth-update does.
+        primary.push(format!("{kind}\t[default=1]\t\t\tpam_permit.so"));
+    }
     let mut out = String::new();
     for line in template.lines() {
         let t = line.trim();
@@ -135,7 +143,7 @@ mod tests {
             ),
             (
                 "usr/share/pam/common-session",
-                "$session_primary\nsession\trequired\tpam_permit.so\n$session_additional\n",
+                "$session_primary\nsession\trequisite\tpam_deny.so\nsession\trequired\tpam_permit.so\n$session_additional\n",
             ),
         ]);
         run(&mut t, 0).unwrap();
@@ -145,7 +153,8 @@ mod tests {
         );
         assert_eq!(
             text(&t, "etc/pam.d/common-session"),
-            "session\trequired\tpam_permit.so\nsession\trequired\tpam_unix.so\n"
+            "session\t[default=1]\t\t\tpam_permit.so\nsession\trequisite\tpam_deny.so\n\
+             session\trequired\tpam_permit.so\nsession\trequired\tpam_unix.so\n"
         );
         assert!(!t.contains("etc/pam.d/common-password"));
     }
