@@ -35,7 +35,22 @@ pub struct Options {
     pub boot_timeout: Duration,
     /// Also check that broken images end at the rescue shell.
     pub broken: bool,
+    /// The system runs systemd: reach the guest through systemd's debug shell
+    /// on the serial console (kernel cmdline `systemd.debug_shell`, its getty
+    /// masked) and add the systemd checks (see `check_systemd`).
+    pub systemd: bool,
+    /// A private key whose public half is in the image's
+    /// `ssh_authorized_keys`: check that root logs in over SSH with it.
+    pub ssh_key: Option<PathBuf>,
 }
+
+/// What `--systemd` appends to the cmdline: a root shell on the VM's serial
+/// console instead of its getty (boot-test's own way in; not in the image).
+/// systemd's status lines and kernel messages are kept off the console
+/// (`systemd.show_status=false loglevel=1`) so they do not interleave with
+/// the shell's output.
+pub const SYSTEMD_CMDLINE: &str = "systemd.debug_shell=ttyAMA0 \
+systemd.mask=serial-getty@ttyAMA0.service systemd.show_status=false loglevel=1";
 
 /// One line of the report.
 #[derive(Debug, Clone)]
@@ -76,6 +91,8 @@ pub fn command(args: &crate::cli::BootTestArgs) -> Result<()> {
         grow_by: args.grow_by.bytes(),
         boot_timeout: Duration::from_secs(args.timeout),
         broken: args.broken,
+        systemd: args.systemd,
+        ssh_key: args.ssh_key.clone(),
     };
     let result = run(&opts, |c| {
         println!(
@@ -116,7 +133,10 @@ pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {
         .with_context(|| format!("creating {}", opts.work_dir.display()))?;
     let log = opts.work_dir.join("console.log");
     let _ = std::fs::remove_file(&log);
-    let boot = BootFiles::extract(&opts.image, &opts.work_dir)?;
+    let mut boot = BootFiles::extract(&opts.image, &opts.work_dir)?;
+    if opts.systemd {
+        boot.cmdline = format!("{} {SYSTEMD_CMDLINE}", boot.cmdline);
+    }
     let qemu = qemu::find_qemu()?;
     let disk = opts.work_dir.join("disk.img");
     let original = boot.copy_disk(&opts.image, &disk)?;
@@ -157,6 +177,14 @@ pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {
             checks,
             console_log: log,
         });
+    }
+    if opts.systemd {
+        for c in check_systemd(&mut vm, opts.boot_timeout) {
+            record(c);
+        }
+    }
+    if let Some(key) = &opts.ssh_key {
+        record(check_ssh_login(&mut vm, key));
     }
     record(check_mounts(&mut vm));
     let data = boot.parts.number(Role::Data);
@@ -483,6 +511,191 @@ fn sh(vm: &mut Vm, cmd: &str) -> Result<String> {
 }
 
 /// `/usr` is a read-only squashfs, `/` the writable ext4 data partition, `/etc` a tmpfs.
+/// The systemd checks, from the debug shell: multi-user reached (the time
+/// from kernel start, systemd's own monotonic clock) with no failed unit,
+/// sshd listening on port 22, a DHCP address from networkd, the dpkg
+/// database readable by dpkg-query, timesyncd active.
+fn check_systemd(vm: &mut Vm, timeout: Duration) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let name = "systemd reaches multi-user.target with no failed units";
+    let _ = vm.sh(
+        "export SYSTEMD_COLORS=0 SYSTEMD_PAGER=cat",
+        Duration::from_secs(10),
+    );
+    let start = Instant::now();
+    let reached = loop {
+        match vm.sh(
+            "systemctl is-active multi-user.target",
+            Duration::from_secs(30),
+        ) {
+            Ok((0, _)) => break Ok(()),
+            Ok(_) if start.elapsed() < timeout => std::thread::sleep(Duration::from_secs(2)),
+            Ok((_, out)) => {
+                let jobs = sh(vm, "systemctl list-jobs --no-legend --plain").unwrap_or_default();
+                let failed = sh(vm, "systemctl --failed --no-legend --plain").unwrap_or_default();
+                break Err(anyhow::anyhow!(
+                    "{} after {}s; jobs: {}; failed: {}",
+                    out.trim(),
+                    timeout.as_secs(),
+                    jobs.trim().replace('\n', "; "),
+                    failed.trim().replace('\n', "; ")
+                ));
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    let r = reached.and_then(|()| {
+        // Units still starting may yet fail: wait for the job queue to drain
+        // (bounded), then list what failed.
+        let _ = vm.sh(
+            "for i in $(seq 60); do [ -z \"$(systemctl list-jobs --no-legend)\" ] && break; sleep 1; done",
+            Duration::from_secs(90),
+        );
+        let at = sh(
+            vm,
+            "systemctl show -P ActiveEnterTimestampMonotonic multi-user.target",
+        )?;
+        let secs = at.trim().parse::<f64>().unwrap_or(0.0) / 1e6;
+        let failed = sh(vm, "systemctl --failed --no-legend --plain")?;
+        // When systemd itself started (after the kernel and our initramfs).
+        let userspace = sh(vm, "systemctl show -P UserspaceTimestampMonotonic")
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|us| us / 1e6);
+        if failed.trim().is_empty() {
+            Ok(match userspace {
+                Some(u) => format!(
+                    "multi-user.target reached {secs:.1}s after kernel start \
+                     (systemd started at {u:.1}s, {:.1}s in userspace)",
+                    secs - u
+                ),
+                None => format!("multi-user.target reached {secs:.1}s after kernel start"),
+            })
+        } else {
+            bail!("failed units: {}", failed.trim().replace('\n', "; "))
+        }
+    });
+    checks.push(result(name, r));
+    checks.push(result(
+        "sshd listens on port 22",
+        sh(vm, "ss -Hltn 'sport = :22'").and_then(|o| {
+            if o.trim().is_empty() {
+                bail!("nothing listens on :22")
+            }
+            Ok(o.lines()
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "))
+        }),
+    ));
+    checks.push(result(
+        "networkd has a DHCP address",
+        sh(vm, "ip -color=never -4 -o addr show scope global dynamic").and_then(|o| {
+            let addr = o
+                .split_whitespace()
+                .skip_while(|w| *w != "inet")
+                .nth(1)
+                .map(str::to_string);
+            addr.ok_or_else(|| anyhow::anyhow!("no dynamic IPv4 address: {o:?}"))
+        }),
+    ));
+    checks.push(result(
+        "dpkg lists the installed packages",
+        sh(
+            vm,
+            "dpkg-query -W -f '${db:Status-Abbrev}${Package}\\n' | grep -c '^ii'",
+        )
+        .and_then(|o| match o.trim().parse::<u32>() {
+            Ok(n) if n > 0 => Ok(format!("{n} packages installed")),
+            _ => bail!("dpkg-query lists no installed package: {o:?}"),
+        }),
+    ));
+    checks.push(result(
+        "systemd-timesyncd is active",
+        sh(vm, "systemctl is-active systemd-timesyncd.service").map(|o| o.trim().to_string()),
+    ));
+    checks
+}
+
+/// Root logs in over SSH (to the guest's own sshd, from inside the guest)
+/// with `key`, and a password login is refused. The key is typed into the
+/// guest's /run (a tmpfs), used and removed; it is a test key, never a node's.
+fn check_ssh_login(vm: &mut Vm, key: &Path) -> Check {
+    let name = "root logs in over SSH with the key from cluster.yaml, not with a password";
+    let r = (|| -> Result<String> {
+        let pem =
+            std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
+        sh(
+            vm,
+            "rm -f /run/boottest-key && umask 077 && : > /run/boottest-key",
+        )?;
+        for line in pem.lines() {
+            if line.contains('\'') {
+                bail!(
+                    "{} does not look like an OpenSSH private key",
+                    key.display()
+                );
+            }
+            sh(vm, &format!("printf '%s\\n' '{line}' >> /run/boottest-key"))?;
+        }
+        let opts =
+            "-n -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+                    -o ConnectTimeout=20 -o LogLevel=ERROR";
+        let who = sh(
+            vm,
+            &format!("ssh {opts} -i /run/boottest-key root@127.0.0.1 'id -un; hostname' 2>&1"),
+        );
+        if who.is_err() {
+            // What ssh says when asked to talk (the check's detail).
+            let (_, said) = vm.sh(
+                &format!(
+                    "ssh {opts} -v -i /run/boottest-key root@127.0.0.1 true 2>&1 | tail -n 12"
+                ),
+                Duration::from_secs(60),
+            )?;
+            let _ = sh(vm, "rm -f /run/boottest-key");
+            bail!(
+                "{:#}; ssh -v ends: {}",
+                who.unwrap_err(),
+                said.replace('\n', " | ")
+            );
+        }
+        let _ = sh(vm, "rm -f /run/boottest-key");
+        let who = who?;
+        if !who.lines().next().is_some_and(|l| l.trim() == "root") {
+            bail!("logged in, but not as root: {who:?}");
+        }
+        // Without the key the server must offer nothing else: its refusal
+        // names the methods it allows.
+        let (status, out) = vm.sh(
+            &format!("ssh {opts} -o PubkeyAuthentication=no root@127.0.0.1 true 2>&1"),
+            Duration::from_secs(40),
+        )?;
+        let refusal = out.lines().last().unwrap_or("").trim().to_string();
+        if status == 0 || !refusal.ends_with("Permission denied (publickey).") {
+            bail!("without the key: exit {status}, {refusal:?} (only publickey expected)");
+        }
+        Ok(format!(
+            "logged in as root on {}; without the key: {refusal}",
+            who.lines().nth(1).unwrap_or("?").trim()
+        ))
+    })();
+    result(name, r)
+}
+
+fn result(name: &'static str, r: Result<String>) -> Check {
+    match r {
+        Ok(detail) => Check {
+            name,
+            passed: true,
+            detail,
+        },
+        Err(e) => fail(name, format!("{e:#}")),
+    }
+}
+
 fn check_mounts(vm: &mut Vm) -> Check {
     let name = "/usr is read-only squashfs, / is writable ext4, /etc is tmpfs";
     let r = (|| -> Result<String> {

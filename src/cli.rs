@@ -48,8 +48,8 @@ pub enum Command {
     /// SHA256SUMS/.bmap checks when it sits in its output directory; for a
     /// boot.img, vendor_boot.img or Android sparse image, its sections.
     Inspect(InspectArgs),
-    /// The Debian base images are built from without --rootfs: lock files
-    /// and the package cache (docs/base.md).
+    /// The Debian base images are built from without --rootfs: lock files,
+    /// the package cache, composing a node OS from packages (docs/base.md).
     #[command(subcommand)]
     Base(BaseCommand),
 }
@@ -63,6 +63,10 @@ pub enum BaseCommand {
     /// ($XDG_CACHE_HOME/nodeimg/debs, else ~/.cache/nodeimg/debs), checked
     /// against the lock, so that builds need no network.
     Fetch(BaseFetchArgs),
+    /// Compose the node OS tree from .deb files (unpacked in-process, no maintainer
+    /// scripts, then the declarative steps) and write it as a rootfs tarball for
+    /// `build --rootfs`. A developer tool: builds without --rootfs do this themselves.
+    Compose(BaseComposeArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -145,6 +149,25 @@ pub struct InspectArgs {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct BaseComposeArgs {
+    /// Directory of verified .deb files, unpacked in file-name order.
+    #[arg(long, value_name = "DIR")]
+    pub debs: PathBuf,
+
+    /// The serial console a getty runs on (ttyAMA0 on qemu-aarch64, ttyS1 on rpi4).
+    #[arg(long, value_name = "TTY", default_value = "ttyAMA0")]
+    pub console: String,
+
+    /// Where the rootfs tarball (uncompressed tar) goes.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+
+    /// Only unpack the packages (merged-/usr placement, Replaces), without the
+    /// declarative steps: to compare the unpacking with dpkg-deb -x.
+    #[arg(long)]
+    pub unpack_only: bool,}
+
+#[derive(Debug, clap::Args)]
 pub struct BootTestArgs {
     /// The disk image (out/<board>/<board>.img), or a phone's output
     /// directory (out/<board>/ with boot.img and rootfs.img) or its boot.img.
@@ -166,6 +189,19 @@ pub struct BootTestArgs {
     /// partition) and check they end at the rescue shell.
     #[arg(long)]
     pub broken: bool,
+
+    /// The image's system runs systemd: enter through systemd's debug shell on the
+    /// serial console (its getty masked, for this boot only) and also check that
+    /// multi-user.target is reached with no failed units, sshd listens, networkd
+    /// has a DHCP address and timesyncd runs.
+    #[arg(long)]
+    pub systemd: bool,
+
+    /// A test private key whose public half is in the image's ssh_authorized_keys:
+    /// also check that root logs in over SSH with it (from inside the guest, to its
+    /// own sshd) and that a password login is refused.
+    #[arg(long, value_name = "FILE")]
+    pub ssh_key: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -44,5 +44,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             None => nodeimg::flash::command(&args),
         },
         Command::Inspect(args) => nodeimg::inspect::command(&args),
+        Command::Base(BaseCommand::Compose(a)) => {
+            nodeimg::base::compose::command(&a.debs, &a.console, a.unpack_only, &a.out)
+        }
     }
 }

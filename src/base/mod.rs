@@ -1,15 +1,20 @@
 //! The Debian base: recipes (`recipe`), lock files (`lock`), the archive's
 //! signed metadata (`archive`, over the `deb822` format and Debian `version`
 //! ordering), the dependency resolver (`resolve`) and fetching packages into
-//! the verified cache (`fetch`). `nodeimg base lock` and `nodeimg base fetch`
-//! are `lock_command` and `fetch_command`.
+//! the verified cache (`fetch`); reading `.deb` files (`deb`), unpacking them
+//! into one tree (`compose`) and doing declaratively what their maintainer
+//! scripts would (`steps`). `nodeimg base lock` and `nodeimg base fetch` are
+//! `lock_command` and `fetch_command`; `nodeimg base compose` is `compose::command`.
 
 pub mod archive;
+pub mod compose;
+pub mod deb;
 pub mod deb822;
 pub mod fetch;
 pub mod lock;
 pub mod recipe;
 pub mod resolve;
+pub mod steps;
 pub mod version;
 
 use std::path::Path;
