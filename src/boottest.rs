@@ -647,7 +647,7 @@ fn check_ssh_login(vm: &mut Vm, key: &Path) -> Check {
             vm,
             &format!("ssh {opts} -i /run/boottest-key root@127.0.0.1 'id -un; hostname' 2>&1"),
         );
-        if who.is_err() {
+        if let Err(e) = &who {
             // What ssh says when asked to talk (the check's detail).
             let (_, said) = vm.sh(
                 &format!(
@@ -656,11 +656,7 @@ fn check_ssh_login(vm: &mut Vm, key: &Path) -> Check {
                 Duration::from_secs(60),
             )?;
             let _ = sh(vm, "rm -f /run/boottest-key");
-            bail!(
-                "{:#}; ssh -v ends: {}",
-                who.unwrap_err(),
-                said.replace('\n', " | ")
-            );
+            bail!("{e:#}; ssh -v ends: {}", said.replace('\n', " | "));
         }
         let _ = sh(vm, "rm -f /run/boottest-key");
         let who = who?;

@@ -60,12 +60,13 @@ impl Accounts {
     fn gid_used(&self, id: u32) -> bool {
         self.groups.iter().any(|g| g.gid == id)
     }
-    /// The highest free id in the dynamic range (free as a uid and, if
-    /// `both`, as a gid).
+    /// The highest free id in the dynamic range: free as a uid if `uid`,
+    /// and as a gid if `gid`.
     fn dynamic(&self, uid: bool, gid: bool) -> Result<u32> {
+        let taken = |id: u32| (uid && self.uid_used(id)) || (gid && self.gid_used(id));
         (DYNAMIC_MIN..=DYNAMIC_MAX)
             .rev()
-            .find(|&id| !(uid && self.uid_used(id)) && !(gid && self.gid_used(id)))
+            .find(|&id| !taken(id))
             .ok_or_else(|| anyhow!("no free system id left in {DYNAMIC_MIN}..={DYNAMIC_MAX}"))
     }
 }
