@@ -12,6 +12,8 @@ use std::process::Command;
 use common::*;
 
 const PASSWORD: &str = "s3cr3t-join-password-d41d8cd9";
+/// The Wi-Fi passphrase, a secret like the token.
+const WIFI_PSK: &str = "wifi-s3cr3t-8f14e45f";
 
 fn token() -> String {
     format!("K10{}::server:{PASSWORD}", "ab12".repeat(16))
@@ -143,6 +145,11 @@ fn unpack_cpio(plain: &[u8], work: &Path) -> PathBuf {
 /// ext4 (debugfs rdump), and the raw bytes of the reserved slot and of the
 /// data partition (free blocks, journal).
 fn token_outside_its_file(img: &Path, needle: &[u8], dir: &Path) -> Vec<String> {
+    secret_outside(img, needle, "boot/nodeimg/token", dir)
+}
+
+/// Where `needle` is in the image other than the boot partition's file `allowed`.
+fn secret_outside(img: &Path, needle: &[u8], allowed: &str, dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
     let p1 = extract_partition(img, 1, &dir.join("p1"));
     let boot = dir.join("boot");
@@ -158,7 +165,7 @@ fn token_outside_its_file(img: &Path, needle: &[u8], dir: &Path) -> Vec<String> 
     found.extend(
         places_holding(&boot, needle, "boot", &dir.join("boot-work"))
             .into_iter()
-            .filter(|p| p != "boot/nodeimg/token"),
+            .filter(|p| p != allowed),
     );
     let p2 = extract_partition(img, 2, &dir.join("p2"));
     let usr = dir.join("system");
@@ -271,11 +278,16 @@ fn the_token_scan_finds_a_planted_token() {
 fn the_token_is_only_in_the_node_files_and_every_file_holding_it_is_0600() {
     let dir = scratch("join-secret");
     let k3s = fake_k3s(&dir);
-    let cfg = cluster_yaml(&dir, &k3s, "node_name: pi-1\n");
+    let cfg = cluster_yaml(
+        &dir,
+        &k3s,
+        &format!("node_name: pi-1\nwifi:\n  ssid: lan\n  psk: \"{WIFI_PSK}\"\n  country: DE\n"),
+    );
     let (out, res) = build_joined("rpi4", &dir, &cfg, &[]);
     assert!(res.status.success(), "{}", stderr(&res));
     let printed = format!("{}{}", stdout(&res), stderr(&res));
     assert!(!printed.contains(PASSWORD), "printed: {printed}");
+    assert!(!printed.contains(WIFI_PSK), "printed: {printed}");
 
     let o = out.join("rpi4");
     for f in ["build.json", "SHA256SUMS"] {
@@ -284,6 +296,7 @@ fn the_token_is_only_in_the_node_files_and_every_file_holding_it_is_0600() {
             !contains(&bytes, PASSWORD.as_bytes()),
             "{f} holds the token"
         );
+        assert!(!contains(&bytes, WIFI_PSK.as_bytes()), "{f} holds the psk");
     }
     let img = o.join("rpi4.img");
     let mode = fs::metadata(&img).unwrap().permissions().mode() & 0o777;
@@ -299,6 +312,13 @@ fn the_token_is_only_in_the_node_files_and_every_file_holding_it_is_0600() {
     fs::create_dir(&scan).unwrap();
     let leaks = token_outside_its_file(&img, PASSWORD.as_bytes(), &scan);
     assert!(leaks.is_empty(), "the token is also in: {leaks:?}");
+    // The Wi-Fi psk likewise: only in nodeimg/wifi.conf.
+    let wifi = String::from_utf8(mcopy(&p1, "nodeimg/wifi.conf")).unwrap();
+    assert!(wifi.contains(&format!("\tpsk=\"{WIFI_PSK}\"\n")), "{wifi}");
+    let scan = dir.join("scan-psk");
+    fs::create_dir(&scan).unwrap();
+    let leaks = secret_outside(&img, WIFI_PSK.as_bytes(), "boot/nodeimg/wifi.conf", &scan);
+    assert!(leaks.is_empty(), "the psk is also in: {leaks:?}");
     let cfg = String::from_utf8(mcopy(&p1, "nodeimg/k3s-config.yaml")).unwrap();
     assert!(
         cfg.contains("token-file: \"/etc/rancher/k3s/nodeimg-token\""),

@@ -184,7 +184,40 @@ pub struct NodeConfig {
     pub ntp_servers: Vec<String>,
     /// The rendered registries.yaml (may hold registry credentials).
     registries: Option<Secret>,
+    /// The Wi-Fi network to join (its psk a secret).
+    pub wifi: Option<Wifi>,
     pub k3s: Option<K3sSpec>,
+}
+
+/// cluster.yaml's `wifi`: a WPA-PSK network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Wifi {
+    pub ssid: String,
+    psk: Secret,
+    /// ISO 3166 alpha-2 (the regulatory domain).
+    pub country: Option<String>,
+}
+
+impl Wifi {
+    /// wpa_supplicant's configuration for it: the SSID in hex (no quoting
+    /// to get wrong), the passphrase quoted or the raw key as is.
+    pub fn render_wpa_supplicant(&self) -> String {
+        let mut out = String::from("# Written by nodeimg from cluster.yaml (wifi).\nctrl_interface=DIR=/run/wpa_supplicant\n");
+        if let Some(c) = &self.country {
+            out.push_str(&format!("country={c}\n"));
+        }
+        let psk = self.psk.expose();
+        let psk = if psk.len() == 64 && psk.bytes().all(|b| b.is_ascii_hexdigit()) {
+            psk.to_string()
+        } else {
+            format!("\"{psk}\"")
+        };
+        out.push_str(&format!(
+            "network={{\n\tssid={}\n\tpsk={psk}\n\tkey_mgmt=WPA-PSK\n}}\n",
+            hex::encode(self.ssid.as_bytes())
+        ));
+        out
+    }
 }
 
 /// A file for the boot medium's `nodeimg/` directory.
@@ -465,6 +498,9 @@ impl NodeConfig {
         }
         if let Some(r) = self.render_registries() {
             put("registries.yaml", 0o600, r);
+        }
+        if let Some(w) = &self.wifi {
+            put("wifi.conf", 0o600, w.render_wpa_supplicant());
         }
         if !self.ssh_authorized_keys.is_empty() {
             let mut keys = self.ssh_authorized_keys.join("\n");

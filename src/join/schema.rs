@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 
 use super::yaml::{self, Node, Value};
-use super::{ClusterConfig, K3sFlag, NodeConfig, Role, Secret, TokenForm};
+use super::{ClusterConfig, K3sFlag, NodeConfig, Role, Secret, TokenForm, Wifi};
 use crate::k3s::{self, K3sSource, K3sSpec};
 
 /// Top-level keys. `server_url`, `hostname` and `dns_nameservers` are k3os
@@ -28,6 +28,7 @@ const TOP_KEYS: &[&str] = &[
     "nameservers",
     "ntp_servers",
     "registries",
+    "wifi",
     "k3s",
     "nodes",
     "k3os",
@@ -62,6 +63,7 @@ const K3OS_UNSUPPORTED: &[&str] = &[
 const NODE_KEYS: &[&str] = &["name", "labels", "taints", "role", "k3s_args"];
 const K3S_KEYS: &[&str] = &["version", "source", "path", "url_base", "airgap_images"];
 const REGISTRIES_KEYS: &[&str] = &["mirrors", "configs"];
+const WIFI_KEYS: &[&str] = &["ssid", "psk", "psk_file", "country"];
 
 /// The one name of a setting that has several spellings.
 fn canonical(key: &str) -> &str {
@@ -280,6 +282,10 @@ pub(super) fn parse(source: &str, file: &str, base: &Path) -> Result<ClusterConf
         Some(s) => Some(Secret(parse_registries(&ctx, s)?)),
         None => None,
     };
+    let wifi = match get("wifi") {
+        Some(s) => Some(parse_wifi(&ctx, s)?),
+        None => None,
+    };
     let k3s = match get("k3s") {
         Some(s) => Some(parse_k3s(&ctx, s)?),
         None => None,
@@ -321,6 +327,7 @@ pub(super) fn parse(source: &str, file: &str, base: &Path) -> Result<ClusterConf
         nameservers,
         ntp_servers,
         registries,
+        wifi,
         k3s,
     };
 
@@ -1186,6 +1193,88 @@ fn parse_k3s(ctx: &Ctx, s: &Setting) -> Result<K3sSpec> {
 
 /// `registries`: k3s's registries.yaml content (mirrors, configs), rendered
 /// back as YAML.
+/// `wifi: {ssid, psk | psk_file, country}`: the network every node joins.
+/// The psk is a secret: errors name its line, never its text.
+fn parse_wifi(ctx: &Ctx, s: &Setting) -> Result<Wifi> {
+    let map = as_map(ctx, s.node, "wifi")?;
+    let mut ssid = None;
+    let mut psk: Option<(Secret, u64)> = None;
+    let mut country = None;
+    for (k, v) in map {
+        let key = key_str(ctx, k)?;
+        check_key(ctx, key, k.line, WIFI_KEYS, Some("wifi"))?;
+        match key {
+            "ssid" => {
+                let t = text(ctx, v, "wifi.ssid")?;
+                if t.is_empty() || t.len() > 32 {
+                    return Err(ctx.err(k.line, "wifi.ssid must be 1 to 32 bytes"));
+                }
+                ssid = Some(t);
+            }
+            "psk" | "psk_file" => {
+                if let Some((_, first)) = &psk {
+                    return Err(ctx.err(
+                        k.line,
+                        format!("wifi has both \"psk\" and \"psk_file\" (line {first}); keep one"),
+                    ));
+                }
+                let value = if key == "psk" {
+                    match &v.value {
+                        Value::Str(x) | Value::Number(x) => x.clone(),
+                        other => {
+                            return Err(ctx.err(
+                                k.line,
+                                format!("\"wifi.psk\" must be a string, found {}", other.kind()),
+                            ))
+                        }
+                    }
+                } else {
+                    let rel = text(ctx, v, "wifi.psk_file")?;
+                    let content = std::fs::read_to_string(ctx.base.join(&rel)).map_err(|e| {
+                        ctx.err(k.line, format!("reading wifi.psk_file \"{rel}\": {e}"))
+                    })?;
+                    content.trim_end_matches(['\n', '\r']).to_owned()
+                };
+                check_psk(&value).map_err(|m| ctx.err(k.line, format!("wifi.{key}: {m}")))?;
+                psk = Some((Secret(value), k.line));
+            }
+            _ => {
+                let c = text(ctx, v, "wifi.country")?;
+                if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
+                    return Err(ctx.err(
+                        k.line,
+                        format!("wifi.country \"{c}\" is not a two-letter ISO 3166 code such as DE or US"),
+                    ));
+                }
+                country = Some(c);
+            }
+        }
+    }
+    let ssid = ssid.ok_or_else(|| ctx.err(s.line, "wifi needs \"ssid\""))?;
+    let psk = psk
+        .ok_or_else(|| ctx.err(s.line, "wifi needs \"psk\" or \"psk_file\" (open networks are not supported)"))?
+        .0;
+    Ok(Wifi { ssid, psk, country })
+}
+
+/// A WPA passphrase (8 to 63 printable ASCII characters) or a raw 256-bit
+/// PSK (64 hex digits); never quotes it.
+fn check_psk(p: &str) -> std::result::Result<(), String> {
+    if p.len() == 64 && p.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(());
+    }
+    if !(8..=63).contains(&p.len()) {
+        return Err(format!(
+            "a passphrase has 8 to 63 characters (this one has {}), a raw key 64 hex digits",
+            p.chars().count()
+        ));
+    }
+    if !p.bytes().all(|b| (0x20..0x7f).contains(&b)) || p.contains('"') || p.contains('\\') {
+        return Err("the passphrase must be printable ASCII without \" or \\".into());
+    }
+    Ok(())
+}
+
 fn parse_registries(ctx: &Ctx, s: &Setting) -> Result<String> {
     let map = as_map(ctx, s.node, "registries")?;
     for (k, _) in map {

@@ -1099,3 +1099,86 @@ fn documented_examples_load() {
         }
     }
 }
+
+#[test]
+fn wifi_renders_wpa_supplicant_config() {
+    let c = ok(&format!(
+        "server: https://a:6443\ntoken: {}\nnode_name: n\n\
+         wifi:\n  ssid: \"Home Net\"\n  psk: \"wifi-pass-123\"\n  country: DE\n",
+        secure_token()
+    ));
+    let n = c.node(None).unwrap();
+    let f = &n.files()["nodeimg/wifi.conf"];
+    assert_eq!(f.mode, 0o600);
+    assert_eq!(
+        String::from_utf8(f.data.clone()).unwrap(),
+        "# Written by nodeimg from cluster.yaml (wifi).\n\
+         ctrl_interface=DIR=/run/wpa_supplicant\n\
+         country=DE\n\
+         network={\n\tssid=486f6d65204e6574\n\tpsk=\"wifi-pass-123\"\n\tkey_mgmt=WPA-PSK\n}\n"
+    );
+    // The psk is a secret like the token.
+    assert!(!format!("{n:?}").contains("wifi-pass-123"));
+    assert!(!format!("{c:?}").contains("wifi-pass-123"));
+    // A raw 256-bit key is written unquoted, as wpa_supplicant wants it.
+    let raw = "0123456789abcdef".repeat(4);
+    let c = ok(&format!(
+        "server: https://a:6443\ntoken: {}\nnode_name: n\nwifi:\n  ssid: x\n  psk: \"{raw}\"\n",
+        secure_token()
+    ));
+    let f = &c.node(None).unwrap().files()["nodeimg/wifi.conf"];
+    let text = String::from_utf8(f.data.clone()).unwrap();
+    assert!(text.contains(&format!("\tpsk={raw}\n")), "{text}");
+    assert!(!text.contains("country="), "{text}");
+}
+
+#[test]
+fn wifi_psk_file_is_read_beside_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("wifi-psk"), "file-pass-456\n").unwrap();
+    let c = ok_in(
+        dir.path(),
+        &format!(
+            "server: https://a:6443\ntoken: {}\nnode_name: n\n\
+             wifi:\n  ssid: lan\n  psk_file: wifi-psk\n",
+            secure_token()
+        ),
+    );
+    let f = &c.node(None).unwrap().files()["nodeimg/wifi.conf"];
+    assert!(String::from_utf8(f.data.clone())
+        .unwrap()
+        .contains("\tpsk=\"file-pass-456\"\n"));
+}
+
+#[test]
+fn bad_wifi_is_an_error_with_its_line_and_never_the_psk() {
+    let base = format!("server: https://a:6443\ntoken: {}\n", secure_token());
+    for (wifi, line, want) in [
+        ("wifi:\n  ssid: x\n  psk: short\n", 5, "8 to 63 characters"),
+        ("wifi:\n  ssid: x\n  psk: \"has\\\"quote1\"\n", 5, "printable ASCII"),
+        ("wifi:\n  psk: long-enough-1\n", 3, "needs \"ssid\""),
+        ("wifi:\n  ssid: x\n", 3, "needs \"psk\""),
+        ("wifi:\n  ssid: x\n  psk: long-enough-1\n  country: de\n", 6, "two-letter"),
+        ("wifi:\n  ssid: x\n  pks: long-enough-1\n", 5, "unknown key"),
+        (
+            "wifi:\n  ssid: x\n  psk: long-enough-1\n  psk_file: f\n",
+            6,
+            "both \"psk\" and \"psk_file\"",
+        ),
+        (
+            "wifi:\n  ssid: \"123456789012345678901234567890123\"\n  psk: long-enough-1\n",
+            4,
+            "1 to 32 bytes",
+        ),
+        ("wifi: yes\n", 3, "must be a mapping"),
+    ] {
+        let e = err(&format!("{base}{wifi}"));
+        assert!(
+            e.starts_with(&format!("cluster.yaml:{line}: ")) && e.contains(want),
+            "{wifi:?}: {e}"
+        );
+        for secret in ["short", "has\"quote1", "long-enough-1"] {
+            assert!(!e.contains(secret), "{wifi:?} quotes the psk: {e}");
+        }
+    }
+}
