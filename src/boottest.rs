@@ -514,7 +514,8 @@ fn sh(vm: &mut Vm, cmd: &str) -> Result<String> {
 /// The systemd checks, from the debug shell: multi-user reached (the time
 /// from kernel start, systemd's own monotonic clock) with no failed unit,
 /// sshd listening on port 22, a DHCP address from networkd, the dpkg
-/// database readable by dpkg-query, timesyncd active.
+/// database readable by dpkg-query, timesyncd active; with a k3s unit, the
+/// clock synchronised and k3s started after it (`time-sync.target`).
 fn check_systemd(vm: &mut Vm, timeout: Duration) -> Vec<Check> {
     let mut checks = Vec::new();
     let name = "systemd reaches multi-user.target with no failed units";
@@ -616,7 +617,49 @@ fn check_systemd(vm: &mut Vm, timeout: Duration) -> Vec<Check> {
         "systemd-timesyncd is active",
         sh(vm, "systemctl is-active systemd-timesyncd.service").map(|o| o.trim().to_string()),
     ));
+    if vm
+        .sh("systemctl cat k3s.service >/dev/null 2>&1", Duration::from_secs(30))
+        .is_ok_and(|(status, _)| status == 0)
+    {
+        checks.push(result(
+            "k3s started after the clock was synchronised",
+            k3s_after_time_sync(vm),
+        ));
+    }
     checks
+}
+
+/// k3s is active, timesyncd reports the clock synchronised, and k3s's main
+/// process started after time-sync.target was reached (monotonic clock).
+fn k3s_after_time_sync(vm: &mut Vm) -> Result<String> {
+    let show = |vm: &mut Vm, what: &str| -> Result<u64> {
+        let v = sh(vm, &format!("systemctl show -P {what}"))?;
+        v.trim()
+            .parse::<u64>()
+            .with_context(|| format!("systemctl show -P {what}: {:?}", v.trim()))
+    };
+    let active = sh(vm, "systemctl is-active k3s.service").unwrap_or_default();
+    if active.trim() != "active" {
+        bail!("k3s.service is {:?}", active.trim());
+    }
+    let synced = sh(vm, "timedatectl show -P NTPSynchronized")?;
+    if synced.trim() != "yes" {
+        bail!("timedatectl: NTPSynchronized={}", synced.trim());
+    }
+    let synced_at = show(vm, "ActiveEnterTimestampMonotonic time-sync.target")?;
+    let k3s_at = show(vm, "ExecMainStartTimestampMonotonic k3s.service")?;
+    if synced_at == 0 || k3s_at < synced_at {
+        bail!(
+            "time-sync.target at {:.1}s, k3s started at {:.1}s",
+            synced_at as f64 / 1e6,
+            k3s_at as f64 / 1e6
+        );
+    }
+    Ok(format!(
+        "time-sync.target at {:.1}s, k3s started at {:.1}s",
+        synced_at as f64 / 1e6,
+        k3s_at as f64 / 1e6
+    ))
 }
 
 /// Root logs in over SSH (to the guest's own sshd, from inside the guest)

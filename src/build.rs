@@ -14,6 +14,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+use crate::base::node::NodeBase;
 use crate::board::{Board, DataDir};
 use crate::bootfiles::{self, Found};
 use crate::cache;
@@ -158,20 +159,39 @@ fn prepare_system(
         .prefix(".nodeimg-work")
         .tempdir_in(&args.output)
         .with_context(|| format!("creating a work directory in {}", args.output.display()))?;
-    let rootfs_file_sha256 = if args.rootfs.is_file() {
-        Some(output::sha256_file(&args.rootfs)?)
-    } else {
-        None
+    // Where the rootfs comes from: --rootfs, or the board's Debian base.
+    let base = match &args.rootfs {
+        Some(_) => None,
+        None => Some(NodeBase::for_board(data, board)?),
+    };
+    let rootfs_file_sha256 = match &args.rootfs {
+        Some(p) if p.is_file() => Some(output::sha256_file(p)?),
+        _ => None,
     };
     // The rootfs as the build uses it: mtimes clamped to the epoch, and
     // its digest (for build.json, and the cache key of a directory).
     let read = || -> Result<(Tree, u64)> {
-        progress.step(format!("reading rootfs {}", args.rootfs.display()));
-        let mut rootfs = reader::read_rootfs(&args.rootfs, work.path())
-            .with_context(|| format!("reading rootfs {}", args.rootfs.display()))?;
-        let epoch = match ids::source_date_epoch()? {
-            Some(e) => e,
-            None => rootfs.newest_mtime(),
+        let (mut rootfs, epoch) = match (&args.rootfs, &base) {
+            (Some(path), _) => {
+                progress.step(format!("reading rootfs {}", path.display()));
+                let rootfs = reader::read_rootfs(path, work.path())
+                    .with_context(|| format!("reading rootfs {}", path.display()))?;
+                let epoch = match ids::source_date_epoch()? {
+                    Some(e) => e,
+                    None => rootfs.newest_mtime(),
+                };
+                (rootfs, epoch)
+            }
+            (None, Some(base)) => {
+                let epoch = match ids::source_date_epoch()? {
+                    Some(e) => e,
+                    None => base.epoch()?,
+                };
+                let tree =
+                    base.compose(board, args.mirror.as_deref(), epoch, work.path(), progress)?;
+                (tree, epoch)
+            }
+            (None, None) => bail!("internal: neither --rootfs nor a base"),
         };
         rootfs.clamp_mtimes(epoch);
         Ok((rootfs, epoch))
@@ -179,7 +199,9 @@ fn prepare_system(
     // A directory's cache key is its content, so it is read and hashed first
     // (once); an archive's is its file hash, so its tree is hashed later, on a
     // thread of its own beside the rest of the build.
+    // A base's key is its lock's hash: composed later, like an archive.
     let mut read_already = match (&rootfs_file_sha256, args.no_cache) {
+        _ if base.is_some() => None,
         (Some(_), _) | (None, true) => None,
         (None, false) => {
             let (rootfs, epoch) = read()?;
@@ -193,11 +215,15 @@ fn prepare_system(
         Some(spec) => k3s::airgap(spec)?,
         None => None,
     };
-    let rootfs_name = args
-        .rootfs
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let rootfs_name = match (&args.rootfs, &base) {
+        (Some(p), _) => p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        (None, Some(b)) => format!("base {}", b.base.recipe.name),
+        (None, None) => String::new(),
+    };
+    let base_input = base.as_ref().map(NodeBase::manifest);
 
     let cached = if args.no_cache {
         None
@@ -209,6 +235,7 @@ fn prepare_system(
             args,
             rootfs_file_sha256: rootfs_file_sha256.as_deref(),
             rootfs_dir_digest: read_already.as_ref().map(|r| &r.2),
+            base_lock_sha256: base.as_ref().map(|b| b.lock.sha256.as_str()),
             joined,
             k3s_spec,
             airgap: airgap.as_ref(),
@@ -225,6 +252,7 @@ fn prepare_system(
             name: rootfs_name,
             sha256: rootfs_file_sha256,
             tree_sha256: c.scalars.rootfs_tree_sha256.clone(),
+            base: base_input,
         };
         return System::from_cache(c, work, airgap, board_bytes, rootfs);
     }
@@ -362,6 +390,7 @@ fn prepare_system(
             name: rootfs_name,
             sha256: rootfs_file_sha256,
             tree_sha256: rootfs_tree_sha256,
+            base: base_input,
         },
         k3s,
         cache: state,

@@ -70,6 +70,10 @@ pub struct KeyInputs<'a> {
     pub rootfs_file_sha256: Option<&'a str>,
     /// A directory rootfs's `ids::tree_digest`, mtimes clamped.
     pub rootfs_dir_digest: Option<&'a [u8; 32]>,
+    /// Without --rootfs: the SHA-256 of the base's lock file (the packages
+    /// are checked against it, and composing them depends on nothing else
+    /// but this executable).
+    pub base_lock_sha256: Option<&'a str>,
     /// Whether the build has a cluster config.
     pub joined: bool,
     pub k3s_spec: Option<&'a k3s::K3sSpec>,
@@ -111,6 +115,7 @@ fn system_key(exe_sha256: &str, i: &KeyInputs) -> Result<Key> {
         args,
         rootfs_file_sha256,
         rootfs_dir_digest,
+        base_lock_sha256,
         joined,
         k3s_spec,
         airgap,
@@ -131,10 +136,11 @@ fn system_key(exe_sha256: &str, i: &KeyInputs) -> Result<Key> {
     // A directory's digest is taken with its mtimes clamped to the epoch:
     // that is all the build sees of them (and, SOURCE_DATE_EPOCH unset, the
     // epoch is the newest mtime, which clamping keeps).
-    let rootfs = match (rootfs_file_sha256, rootfs_dir_digest) {
-        (Some(sha), _) => format!("archive {sha}"),
-        (None, Some(d)) => format!("directory {}", hex::encode(d)),
-        (None, None) => bail!("the rootfs is neither an archive nor a directory"),
+    let rootfs = match (rootfs_file_sha256, rootfs_dir_digest, base_lock_sha256) {
+        (Some(sha), _, _) => format!("archive {sha}"),
+        (None, Some(d), _) => format!("directory {}", hex::encode(d)),
+        (None, None, Some(lock)) => format!("base lock {lock}"),
+        (None, None, None) => bail!("the rootfs is neither an archive nor a directory"),
     };
     let epoch = match ids::source_date_epoch()? {
         Some(e) => format!("{e}"),

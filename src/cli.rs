@@ -209,9 +209,17 @@ pub struct BuildArgs {
     /// Board name (see `nodeimg boards`).
     pub board: String,
 
-    /// Root filesystem: a directory or a .tar, .tar.gz, .tar.zst or .tar.xz archive.
+    /// Root filesystem: a directory or a .tar, .tar.gz, .tar.zst or .tar.xz archive
+    /// [default: the board's Debian base, composed from the packages its lock file
+    /// boards/base/<board>.lock pins (docs/base.md)].
     #[arg(long, value_name = "PATH")]
-    pub rootfs: PathBuf,
+    pub rootfs: Option<PathBuf>,
+
+    /// Debian mirror for the base's packages not yet in the package cache
+    /// [default: $NODEIMG_DEBIAN_MIRROR, else the first Debian mirror in this
+    /// machine's apt sources].
+    #[arg(long, value_name = "URL", conflicts_with = "rootfs")]
+    pub mirror: Option<String>,
 
     /// Cluster join configuration (cluster.yaml).
     #[arg(long, value_name = "FILE")]
@@ -320,7 +328,7 @@ mod tests {
             panic!("not build")
         };
         assert_eq!(b.board, "rpi4");
-        assert_eq!(b.rootfs, PathBuf::from("r.tar.zst"));
+        assert_eq!(b.rootfs, Some(PathBuf::from("r.tar.zst")));
         assert_eq!(b.size.map(Size::bytes), Some(4 << 30));
         assert_eq!(b.output, PathBuf::from("o"));
         assert!(b.join.is_none() && !b.all_nodes);

@@ -52,6 +52,9 @@ pub struct RootfsInput {
     pub sha256: Option<String>,
     /// SHA-256 over the tree's paths, metadata and contents.
     pub tree_sha256: String,
+    /// Without --rootfs: the Debian base (recipe, lock, every package).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<crate::base::node::BaseInput>,
 }
 
 #[derive(Serialize)]

@@ -44,7 +44,10 @@ const SYSTEMD_UNIT: &str = "[Unit]
 Description=Lightweight Kubernetes (k3s, installed by nodeimg)
 Documentation=https://docs.k3s.io
 Wants=network-online.target
-After=network-online.target
+# A Pi has no RTC: k3s's certificates need the right time. time-sync.target is
+# reached when systemd-time-wait-sync (enabled in the Debian base) sees the
+# clock synchronised; on a system without it the ordering is a no-op.
+After=network-online.target time-sync.target
 ConditionPathExists=/etc/nodeimg/node.env
 
 [Service]
@@ -259,8 +262,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(install_k3s(&mut t, 5).unwrap(), InitSystem::Systemd);
-        assert!(text(&t, "usr/lib/systemd/system/k3s.service")
-            .contains("ExecStart=/usr/lib/nodeimg/k3s-run"));
+        let unit = text(&t, "usr/lib/systemd/system/k3s.service");
+        assert!(unit.contains("ExecStart=/usr/lib/nodeimg/k3s-run"));
+        // Not before the network is up and the clock is right.
+        assert!(
+            unit.lines()
+                .any(|l| l == "After=network-online.target time-sync.target"),
+            "{unit}"
+        );
         assert_eq!(
             t.get("usr/lib/systemd/system/multi-user.target.wants/k3s.service")
                 .unwrap()

@@ -1,8 +1,9 @@
 //! `nodeimg base compose`: packages built here with `dpkg-deb --build`
 //! unpacked by nodeimg and compared with `dpkg-deb -x` (the oracle: same
 //! files, modes, owners, link targets, devices, setuid bits); merged-/usr
-//! placement and Replaces; and the real trixie base (test-images/
-//! fetch-trixie-debs.sh) composed and booted under systemd in QEMU.
+//! placement and Replaces; and the real trixie base of the committed lock
+//! (boards/base/qemu-aarch64.lock, fetched with `nodeimg base fetch`)
+//! composed, then built without --rootfs and booted under systemd in QEMU.
 
 mod common;
 
@@ -259,26 +260,84 @@ fn broken_packages_are_one_line_errors() {
     assert!(!dir.join("x.tar").exists());
 }
 
-/// The trixie arm64 packages of the default node base, fetched by
-/// test-images/fetch-trixie-debs.sh (run here if the cache is empty).
-fn trixie_debs() -> PathBuf {
-    let dir = std::env::var_os("NODEIMG_TRIXIE_DEBS")
+/// Answers SNTP requests on the host's UDP port 123 (the guest's 10.0.2.2:123
+/// under QEMU's user network) with the host's clock, until the test ends: the
+/// node's timesyncd synchronises from it, and k3s waits for that. Needs root
+/// (a port below 1024), as CI has.
+fn serve_sntp() {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:123")
+        .expect("binding UDP port 123 for the guest's SNTP server (run as root)");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            if n < 48 {
+                continue;
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            // NTP timestamps: seconds since 1900 and a 32-bit fraction.
+            let secs = (now.as_secs() + 2_208_988_800) as u32;
+            let frac = ((u64::from(now.subsec_nanos()) << 32) / 1_000_000_000) as u32;
+            let mut ts = [0u8; 8];
+            ts[..4].copy_from_slice(&secs.to_be_bytes());
+            ts[4..].copy_from_slice(&frac.to_be_bytes());
+            let mut r = [0u8; 48];
+            r[0] = (buf[0] & 0x38) | 4; // no leap warning, the client's version, server mode
+            r[1] = 1; // stratum 1
+            r[2] = buf[2];
+            r[3] = 0xec; // precision 2^-20
+            r[12..16].copy_from_slice(b"LOCL");
+            r[16..24].copy_from_slice(&ts); // reference
+            r[24..32].copy_from_slice(&buf[40..48]); // originate = the client's transmit
+            r[32..40].copy_from_slice(&ts); // receive
+            r[40..48].copy_from_slice(&ts); // transmit
+            let _ = sock.send_to(&r, from);
+        }
+    });
+}
+
+/// The package cache the trixie tests share ($XDG_CACHE_HOME for nodeimg):
+/// `NODEIMG_TEST_XDG_CACHE`, else test-images/cache/xdg.
+fn xdg_cache() -> PathBuf {
+    std::env::var_os("NODEIMG_TEST_XDG_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("test-images/cache/trixie-debs"));
-    if !dir.join("packages.txt").is_file() {
-        run_ok(Command::new(repo().join("test-images/fetch-trixie-debs.sh")).arg(&dir));
+        .unwrap_or_else(|| repo().join("test-images/cache/xdg"))
+}
+
+/// The qemu-aarch64 lock's packages, fetched into the shared cache with
+/// `nodeimg base fetch` (from the machine's Debian mirror when not cached),
+/// linked into `dir` as `NNNN_<name>.deb` in lock order for `base compose`;
+/// with the lock's `name=version` list.
+fn locked_debs(dir: &Path) -> (PathBuf, Vec<String>) {
+    run_ok(
+        nodeimg()
+            .args(["base", "fetch", "qemu-aarch64"])
+            .env("XDG_CACHE_HOME", xdg_cache()),
+    );
+    let text = fs::read_to_string(repo().join("boards/base/qemu-aarch64.lock")).unwrap();
+    let lock = nodeimg::base::lock::Lock::parse(&text).unwrap();
+    let debs = dir.join("debs");
+    let _ = fs::remove_dir_all(&debs);
+    fs::create_dir_all(&debs).unwrap();
+    let mut versions = Vec::new();
+    for (i, p) in lock.packages.iter().enumerate() {
+        let cached = xdg_cache().join("nodeimg/debs/sha256").join(&p.sha256);
+        std::os::unix::fs::symlink(&cached, debs.join(format!("{i:04}_{}.deb", p.name))).unwrap();
+        versions.push(format!("{}={}", p.name, p.version));
     }
-    dir
+    (debs, versions)
 }
 
 #[test]
-fn trixie_base_composes_and_boots_to_multi_user() {
+fn trixie_base_composes_and_the_default_build_boots_to_multi_user() {
     let dir = scratch("base-compose-trixie");
+    let (debs, versions) = locked_debs(&dir);
     let tar = dir.join("rootfs.tar");
     let out = run(nodeimg()
         .env("SOURCE_DATE_EPOCH", "1750000000")
         .args(["base", "compose", "--console", "ttyAMA0", "--debs"])
-        .arg(trixie_debs())
+        .arg(&debs)
         .arg("--out")
         .arg(&tar));
     assert!(out.status.success(), "{}", stderr(&out));
@@ -287,7 +346,7 @@ fn trixie_base_composes_and_boots_to_multi_user() {
     let out = run(nodeimg()
         .env("SOURCE_DATE_EPOCH", "1750000000")
         .args(["base", "compose", "--console", "ttyAMA0", "--debs"])
-        .arg(trixie_debs())
+        .arg(&debs)
         .arg("--out")
         .arg(&again));
     assert!(out.status.success(), "{}", stderr(&out));
@@ -330,11 +389,7 @@ fn trixie_base_composes_and_boots_to_multi_user() {
         .lines()
         .map(|l| l.trim_end().to_string())
         .collect();
-    let mut want: Vec<String> = fs::read_to_string(trixie_debs().join("packages.txt"))
-        .unwrap()
-        .lines()
-        .map(|l| format!("{l} ii"))
-        .collect();
+    let mut want: Vec<String> = versions.iter().map(|l| format!("{l} ii")).collect();
     listed.sort();
     want.sort();
     assert_eq!(listed, want);
@@ -384,6 +439,7 @@ fn trixie_base_composes_and_boots_to_multi_user() {
         &cfg,
         format!(
             "server: https://10.0.2.2:6443\ntoken_file: token\nnode_name: trixie-1\n\
+             ntp_servers: [10.0.2.2]\n\
              ssh_authorized_keys:\n  - {}\n\
              k3s:\n  source: file\n  path: {}\n",
             public.trim(),
@@ -391,15 +447,49 @@ fn trixie_base_composes_and_boots_to_multi_user() {
         ),
     )
     .unwrap();
+    // The default build: no --rootfs, the board's base from the warm cache,
+    // on a PATH without apt or dpkg.
+    let bin = dir.join("bin");
+    let _ = fs::remove_dir_all(&bin);
+    fs::create_dir_all(&bin).unwrap();
+    for tool in ["mke2fs", "debugfs", "dumpe2fs", "e2fsck", "depmod"] {
+        let found = run_ok(Command::new("sh").arg("-c").arg(format!("command -v {tool}")));
+        std::os::unix::fs::symlink(stdout(&found).trim(), bin.join(tool)).unwrap();
+    }
     let out_dir = dir.join("out");
-    let built = build(
-        "qemu-aarch64",
-        &tar,
-        &out_dir,
-        &["--join", cfg.to_str().unwrap(), "--size", "2G"],
-    );
+    let _ = fs::remove_dir_all(&out_dir);
+    let built = run(nodeimg()
+        .env("PATH", &bin)
+        .env("XDG_CACHE_HOME", xdg_cache())
+        .env("NODEIMG_DEBIAN_MIRROR", "http://127.0.0.1:1/offline")
+        .env("SOURCE_DATE_EPOCH", "1750000000")
+        .args(["build", "qemu-aarch64", "--no-cache", "--size", "2G", "--join"])
+        .arg(&cfg)
+        .arg("-o")
+        .arg(&out_dir));
     assert!(built.status.success(), "{}", stderr(&built));
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(out_dir.join("qemu-aarch64/build.json")).unwrap(),
+    )
+    .unwrap();
+    let base = &manifest["rootfs"]["base"];
+    assert_eq!(base["recipe"], "debian-trixie");
+    assert_eq!(base["lock"], "boards/base/qemu-aarch64.lock");
+    assert_eq!(
+        base["lock_sha256"].as_str().unwrap(),
+        nodeimg::base::lock::sha256_hex(
+            &fs::read(repo().join("boards/base/qemu-aarch64.lock")).unwrap()
+        )
+    );
+    let listed: Vec<String> = base["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{}={}", p["name"].as_str().unwrap(), p["version"].as_str().unwrap()))
+        .collect();
+    assert_eq!(listed, versions);
     let image = out_dir.join("qemu-aarch64/qemu-aarch64.img");
+    serve_sntp();
     let res = run(nodeimg()
         .arg("boot-test")
         .arg(&image)
@@ -415,9 +505,12 @@ fn trixie_base_composes_and_boots_to_multi_user() {
         "sshd listens on port 22",
         "networkd has a DHCP address",
         "systemd-timesyncd is active",
+        "k3s started after the clock was synchronised",
         "dpkg lists the installed packages",
         "root logs in over SSH with the key from cluster.yaml, not with a password",
         "/usr is read-only squashfs, / is writable ext4, /etc is tmpfs",
+        "data partition and filesystem grew to fill the enlarged disk",
+        "same hostname, machine-id, SSH host keys and node password on other hardware",
     ] {
         assert!(
             text.lines()

@@ -165,3 +165,35 @@ fn fetch_committed_lock_from_the_mirror() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// `nodeimg base lock` for the shipped boards against the real archive (its
+/// InRelease verified with the pinned Debian keys): every board gets a lock
+/// that holds what it asks for and loads as that board's lock. The archive
+/// moves, so versions may differ from the committed locks; names of what was
+/// asked for may not. Needs the network: runs only with
+/// `NODEIMG_TEST_DEBIAN_FETCH=1`.
+#[test]
+fn lock_shipped_boards_against_the_real_archive() {
+    if std::env::var("NODEIMG_TEST_DEBIAN_FETCH").as_deref() != Ok("1") {
+        eprintln!("NODEIMG_TEST_DEBIAN_FETCH is not 1: locking against the real archive skipped");
+        return;
+    }
+    let dir = scratch("base-lock-real");
+    let started = Instant::now();
+    run_ok(nodeimg().args(["base", "lock", "-o"]).arg(&dir));
+    eprintln!("lock: {:.1} s", started.elapsed().as_secs_f64());
+    for (base, committed) in shipped() {
+        let text = std::fs::read_to_string(dir.join(format!("{}.lock", base.board))).unwrap();
+        let fresh = Lock::parse(&text).unwrap();
+        fresh.validate().unwrap();
+        assert_eq!(fresh.requested, committed.requested, "{}", base.board);
+        for want in &fresh.requested {
+            assert!(
+                fresh.packages.iter().any(|p| &p.name == want),
+                "{}: {want} missing from the fresh lock",
+                base.board
+            );
+        }
+        assert_eq!(fresh.suite, "trixie");
+    }
+}

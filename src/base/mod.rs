@@ -12,6 +12,7 @@ pub mod deb;
 pub mod deb822;
 pub mod fetch;
 pub mod lock;
+pub mod node;
 pub mod recipe;
 pub mod resolve;
 pub mod steps;
