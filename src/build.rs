@@ -31,6 +31,7 @@ use crate::output::{self, Staging};
 use crate::progress::Progress;
 use crate::system;
 use crate::tree::{self, reader, Tree};
+use crate::update;
 
 /// `nodeimg build`.
 pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
@@ -278,7 +279,14 @@ fn prepare_system(
     };
 
     progress.step("composing the system tree");
-    let (usr, base_data_tree) = system::compose(data, board, rootfs, epoch)?;
+    let (mut usr, base_data_tree) = system::compose(data, board, rootfs, epoch)?;
+    if let Some(key) = &args.sign_key {
+        system::add_update_key(
+            &mut usr,
+            &update::sign::SecretKey::load(key)?.public(),
+            epoch,
+        )?;
+    }
     // The cache keeps the data tree without the air-gap images (they can be
     // large, and are the user's file anyway): a hit adds them again.
     let mut data_tree = base_data_tree.clone();
@@ -485,7 +493,7 @@ fn write_node_image(
 
     progress.step(format!("{name}: computing the image's SHA-256"));
     let image_sha256 = image_sha256.finish(&image_path)?;
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         nodeimg_version: env!("CARGO_PKG_VERSION"),
         board: board.name.clone(),
         board_sha256: sys.board_sha256.clone(),
@@ -513,10 +521,23 @@ fn write_node_image(
             sha256: image_sha256.clone(),
         }],
     };
+    let mut outputs = vec![(image_name, image_sha256)];
+    if let Some(key) = &args.sign_key {
+        progress.step(format!("{name}: writing the signed update bundle"));
+        let boot_files = files.iter().filter(|(p, _)| !node_files.contains_key(*p));
+        let bundle = update::bundle::for_build(
+            &staging.output(&format!("{name}.bundle")),
+            key,
+            (board, plan, sys.epoch, &sys.found),
+            &sys.squashfs,
+            boot_files,
+            args,
+        )?;
+        outputs.push((bundle.file.clone(), bundle.sha256.clone()));
+        manifest.outputs.push(bundle);
+    }
     let json = serde_json::to_vec_pretty(&manifest).context("encoding build.json")?;
     output::write_synced(&staging.output("build.json"), &json)?;
-    staging.publish(&[
-        (image_name, image_sha256),
-        ("build.json".to_string(), hex::encode(Sha256::digest(&json))),
-    ])
+    outputs.push(("build.json".to_string(), hex::encode(Sha256::digest(&json))));
+    staging.publish(&outputs)
 }

@@ -41,5 +41,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Some(outdir) => nodeimg::android::fastboot::command(&data, outdir, args.dry_run),
             None => anyhow::bail!("nothing to flash: give --fastboot OUTDIR"),
         },
+        Command::Keygen(args) => {
+            let public = nodeimg::update::sign::keygen(&args.out)?;
+            println!("secret key: {} (keep it private)", args.out.display());
+            println!("public key: {}", public.display());
+            Ok(())
+        }
+        Command::Update(cmd) => nodeimg::update::bundle::command(&cmd),
     }
 }
