@@ -125,14 +125,18 @@ fn a_trial_slot_whose_kernel_panics_falls_back_to_the_primary() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("qemu-system-aarch64");
-    // Slot a's kernel, after slot b's trial: far enough to know the loader fell back.
+    // Slot a's kernel after slot b's trial, up to the switch into its system.
     let want_a = format!("Kernel command line: {slot_a}");
     let start = Instant::now();
     let console = loop {
         let mut text = String::new();
         fs::File::open(&log).unwrap().read_to_string(&mut text).ok();
         if let Some(at) = text.find("nodeimg: slot b failed its trial") {
-            if text[at..].contains(&want_a) {
+            // ... and its initramfs mounted slot a's system and switches into it.
+            if text[at..]
+                .find(&want_a)
+                .is_some_and(|k| text[at + k..].contains("nodeimg-init: switching"))
+            {
                 break text;
             }
         }
