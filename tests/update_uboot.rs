@@ -61,10 +61,17 @@ fn a_trial_slot_whose_kernel_panics_falls_back_to_the_primary() {
     let cmdline = cmdline.trim();
     assert!(cmdline.contains("nodeimg.system=2"), "{cmdline}");
 
-    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let script =
-        uboot::script_image(&uboot::boot_script(), "nodeimg slots", 1_700_000_000).unwrap();
-    files.insert(uboot::SCRIPT_NAME.to_string(), script);
+    let image_files: BTreeMap<String, Vec<u8>> = [
+        ("vmlinuz", kernel.clone()),
+        ("initrd.img", initrd.clone()),
+        ("cmdline.txt", format!("{cmdline}\n").into_bytes()),
+    ]
+    .into_iter()
+    .map(|(n, d)| (n.to_string(), d))
+    .collect();
+    let mut files =
+        uboot::loader_files(image_files, "vmlinuz", "initrd.img", 2, 1_700_000_000).unwrap();
+    // Arm slot b for one trial, as the node-side helper will.
     let state = State {
         primary: 'a',
         trial: Some(('b', 1)),
@@ -78,7 +85,6 @@ fn a_trial_slot_whose_kernel_panics_falls_back_to_the_primary() {
         "{} panic=1 rdinit=/nonexistent init=/nonexistent",
         uboot::slot_cmdline(cmdline, 3)
     );
-    files.extend(uboot::slot_files('a', &kernel, &initrd, &slot_a));
     files.extend(uboot::slot_files('b', &kernel, &initrd, &slot_b));
     let fat = dir.join("boot.vfat");
     nodeimg::fs::fat::write(

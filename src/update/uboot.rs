@@ -199,6 +199,45 @@ pub fn slot_files(
     f
 }
 
+/// An image's boot partition files (`boot_files`, with the kernel and
+/// initramfs under the board's names) in the loader's layout: the kernel,
+/// initramfs and cmdline move into `slot-a/`, everything else (device trees,
+/// firmware, node config) stays where it was; `boot.scr` and a `slots.env`
+/// with slot a primary and no trial are added. `time` stamps the script.
+pub fn loader_files(
+    mut boot_files: BTreeMap<String, Vec<u8>>,
+    kernel_name: &str,
+    initramfs_name: &str,
+    system_a_partition: u32,
+    time: u32,
+) -> Result<BTreeMap<String, Vec<u8>>> {
+    let mut take = |name: &str| {
+        boot_files
+            .remove(name)
+            .ok_or_else(|| anyhow::anyhow!("the boot files have no {name}"))
+    };
+    let kernel = take(kernel_name)?;
+    let initramfs = take(initramfs_name)?;
+    let cmdline = String::from_utf8(take("cmdline.txt")?)?;
+    let cmdline = slot_cmdline(cmdline.trim(), system_a_partition);
+    for name in [SCRIPT_NAME, STATE_NAME] {
+        if boot_files.contains_key(name) {
+            bail!("the boot files already have a {name}");
+        }
+    }
+    boot_files.extend(slot_files('a', &kernel, &initramfs, &cmdline));
+    boot_files.insert(
+        SCRIPT_NAME.to_string(),
+        script_image(&boot_script(), "nodeimg slots", time)?,
+    );
+    let state = State {
+        primary: 'a',
+        trial: None,
+    };
+    boot_files.insert(STATE_NAME.to_string(), state.to_text()?.into_bytes());
+    Ok(boot_files)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +288,56 @@ mod tests {
         );
         assert!(State::parse(b"nodeimg_primary=c\n").is_err());
         assert!(State::parse(b"nodeimg_tries=1\n").is_err());
+    }
+
+    #[test]
+    fn mutated_state_files_never_panic() {
+        let good = b"nodeimg_primary=a\nnodeimg_trial=b\nnodeimg_tries=3\n\0";
+        let mut state = 0x1234_5678_9abc_def1u64;
+        for _ in 0..2000 {
+            let mut m = good.to_vec();
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let at = (state as usize) % m.len();
+            m[at] = (state >> 32) as u8;
+            if let Ok(s) = State::parse(&m) {
+                assert!(matches!(s.primary, 'a' | 'b'));
+                if let Some((t, _)) = s.trial {
+                    assert!(matches!(t, 'a' | 'b'));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn loader_files_move_the_kernel_into_slot_a() {
+        let mut f = BTreeMap::new();
+        f.insert("vmlinuz".to_string(), b"K".to_vec());
+        f.insert("initrd.img".to_string(), b"I".to_vec());
+        f.insert(
+            "cmdline.txt".to_string(),
+            b"console=x nodeimg.system=2\n".to_vec(),
+        );
+        f.insert("nodeimg/node.env".to_string(), b"N".to_vec());
+        let l = loader_files(f.clone(), "vmlinuz", "initrd.img", 2, 0).unwrap();
+        let names: Vec<&str> = l.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "boot.scr",
+                "nodeimg/node.env",
+                "slot-a/bootargs.env",
+                "slot-a/initrd.img",
+                "slot-a/vmlinuz",
+                "slots.env"
+            ]
+        );
+        assert_eq!(
+            l["slot-a/bootargs.env"],
+            b"bootargs=console=x nodeimg.system=2\n"
+        );
+        assert!(loader_files(f, "Image", "initrd.img", 2, 0).is_err());
     }
 
     #[test]
