@@ -62,6 +62,10 @@ pub enum BootMethod {
     /// The kernel, initramfs and cmdline sit on the FAT partition for a loader
     /// (QEMU `-kernel`, or a UEFI/extlinux stage) to pick up.
     DirectKernel,
+    /// U-Boot runs our boot script from the FAT partition and picks the slot:
+    /// each slot's kernel, initramfs and cmdline in `slot-a/`, `slot-b/`
+    /// (`update::uboot`, docs/updates.md).
+    UBoot,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,16 +1,14 @@
 //! The loader's trial boot and fallback, through the real loader: Debian's
-//! U-Boot for QEMU (`u-boot-qemu`) as `-bios`, running our boot script from
-//! the FAT partition of a built image. Slot b is armed for one trial with a
-//! kernel cmdline that panics (`panic=1`, an init that does not exist): the
-//! kernel reboots, U-Boot finds no tries left and boots slot a, untouched.
+//! U-Boot for QEMU (`u-boot-qemu`) as `-bios`, running the boot script the
+//! builder put on the FAT partition of an image of a `method = "u-boot"` board.
 //!
-//! The FAT partition in the loader's layout (boot.scr, slots.env, slot-a/,
-//! slot-b/) is composed with `nodeimg::update::uboot` and spliced into a copy
-//! of the image: the builder does not write this layout yet (docs/updates.md).
+//! First the image boots as built (slot a). Then slot b is armed for one
+//! trial, as the node-side helper will do (here with mtools), with a kernel
+//! cmdline that panics (`panic=1`, an init that does not exist): the kernel
+//! reboots, U-Boot finds no tries left and boots slot a, untouched.
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
 use std::path::Path;
@@ -22,93 +20,19 @@ use nodeimg::update::uboot::{self, State};
 
 const UBOOT: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
 
-fn mcopy_out(image: &Path, offset: u64, name: &str) -> Vec<u8> {
+/// `mtype`/`mcopy`/`mmd` on the FAT partition at `offset` of `image`.
+fn mtools(tool: &str, image: &Path, offset: u64, args: &[&str]) -> Vec<u8> {
     run_ok(
-        Command::new("mtype")
+        Command::new(tool)
             .arg("-i")
             .arg(format!("{}@@{offset}", image.display()))
-            .arg(format!("::{name}")),
+            .args(args),
     )
     .stdout
 }
 
-#[test]
-fn a_trial_slot_whose_kernel_panics_falls_back_to_the_primary() {
-    assert!(
-        Path::new(UBOOT).is_file(),
-        "{UBOOT} missing: install u-boot-qemu"
-    );
-    let dir = scratch("update-uboot");
-    let built = built_image("qemu-aarch64");
-    let image = dir.join("node.img");
-    run_ok(
-        Command::new("cp")
-            .arg("--sparse=always")
-            .arg(&built)
-            .arg(&image),
-    );
-    let table = sfdisk(&image);
-    let boot = &table.partitions[0];
-    let (offset, size) = (
-        boot.start * table.sector_size,
-        boot.size * table.sector_size,
-    );
-
-    // The image's own boot files, read back with mtools.
-    let kernel = mcopy_out(&image, offset, "vmlinuz");
-    let initrd = mcopy_out(&image, offset, "initrd.img");
-    let cmdline = String::from_utf8(mcopy_out(&image, offset, "cmdline.txt")).unwrap();
-    let cmdline = cmdline.trim();
-    assert!(cmdline.contains("nodeimg.system=2"), "{cmdline}");
-
-    let image_files: BTreeMap<String, Vec<u8>> = [
-        ("vmlinuz", kernel.clone()),
-        ("initrd.img", initrd.clone()),
-        ("cmdline.txt", format!("{cmdline}\n").into_bytes()),
-    ]
-    .into_iter()
-    .map(|(n, d)| (n.to_string(), d))
-    .collect();
-    let mut files =
-        uboot::loader_files(image_files, "vmlinuz", "initrd.img", 2, 1_700_000_000).unwrap();
-    // Arm slot b for one trial, as the node-side helper will.
-    let state = State {
-        primary: 'a',
-        trial: Some(('b', 1)),
-    };
-    files.insert(
-        uboot::STATE_NAME.to_string(),
-        state.to_text().unwrap().into_bytes(),
-    );
-    let slot_a = uboot::slot_cmdline(cmdline, 2);
-    let slot_b = format!(
-        "{} panic=1 rdinit=/nonexistent init=/nonexistent",
-        uboot::slot_cmdline(cmdline, 3)
-    );
-    files.extend(uboot::slot_files('b', &kernel, &initrd, &slot_b));
-    let fat = dir.join("boot.vfat");
-    nodeimg::fs::fat::write(
-        &fat,
-        size,
-        &nodeimg::fs::fat::FatOptions {
-            volume_id: 0x1234_5678,
-            label: "NODEIMGBOOT".into(),
-        },
-        &files,
-    )
-    .unwrap();
-    run_ok(
-        Command::new("dd")
-            .arg(format!("if={}", fat.display()))
-            .arg(format!("of={}", image.display()))
-            .arg("bs=1M")
-            .arg(format!("seek={offset}"))
-            .arg("oflag=seek_bytes")
-            .arg("conv=notrunc,sparse")
-            .arg("status=none"),
-    );
-
-    let log = dir.join("console.log");
+/// Boots `image` with U-Boot as the firmware until `done(console)`; returns the console.
+fn boot_until(image: &Path, log: &Path, done: impl Fn(&str) -> bool) -> String {
     let mut qemu = Command::new("qemu-system-aarch64")
         .args([
             "-M",
@@ -127,54 +51,145 @@ fn a_trial_slot_whose_kernel_panics_falls_back_to_the_primary() {
         ))
         .args(["-nic", "none", "-serial", "stdio", "-monitor", "none"])
         .stdin(Stdio::null())
-        .stdout(fs::File::create(&log).unwrap())
+        .stdout(fs::File::create(log).unwrap())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("qemu-system-aarch64");
-    // Slot a's kernel after slot b's trial, up to the switch into its system.
-    let want_a = format!("Kernel command line: {slot_a}");
     let start = Instant::now();
-    let console = loop {
+    loop {
         let mut text = String::new();
-        fs::File::open(&log).unwrap().read_to_string(&mut text).ok();
-        if let Some(at) = text.find("nodeimg: slot b failed its trial") {
-            // ... and its initramfs mounted slot a's system and switches into it.
-            if text[at..]
-                .find(&want_a)
-                .is_some_and(|k| text[at + k..].contains("nodeimg-init: switching"))
-            {
-                break text;
-            }
+        fs::File::open(log).unwrap().read_to_string(&mut text).ok();
+        if done(&text) {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            return text;
         }
         if start.elapsed() > Duration::from_secs(300) || qemu.try_wait().unwrap().is_some() {
             let _ = qemu.kill();
+            let _ = qemu.wait();
             panic!(
-                "no fallback to slot a; console in {}:\n{}",
+                "not reached; console in {}:\n{}",
                 log.display(),
                 &text[text.len().saturating_sub(3000)..]
             );
         }
         std::thread::sleep(Duration::from_millis(500));
-    };
-    let _ = qemu.kill();
-    let _ = qemu.wait();
+    }
+}
 
+/// Slot `slot`'s kernel (its cmdline) ran, then its initramfs switched into the system.
+fn reached_system(console: &str, cmdline: &str) -> bool {
+    console
+        .find(&format!("Kernel command line: {cmdline}"))
+        .is_some_and(|k| console[k..].contains("nodeimg-init: switching"))
+}
+
+#[test]
+fn a_trial_slot_whose_kernel_panics_falls_back_to_the_primary() {
+    assert!(
+        Path::new(UBOOT).is_file(),
+        "{UBOOT} missing: install u-boot-qemu"
+    );
+    let dir = scratch("update-uboot");
+    // The qemu-aarch64 board with U-Boot as the loader.
+    let data = dir.join("data");
+    fs::create_dir_all(data.join("boards")).unwrap();
+    let board = fs::read_to_string(repo().join("boards/qemu-aarch64.toml"))
+        .unwrap()
+        .replace("name = \"qemu-aarch64\"", "name = \"qemu-uboot\"")
+        .replace("method = \"direct-kernel\"", "method = \"u-boot\"");
+    assert!(board.contains("u-boot") && board.contains("qemu-uboot"));
+    fs::write(data.join("boards/qemu-uboot.toml"), board).unwrap();
+    let out = dir.join("out");
+    let data_arg = data.to_str().unwrap();
+    let res = build(
+        "qemu-uboot",
+        &test_rootfs(),
+        &out,
+        &["--data-dir", data_arg],
+    );
+    assert!(res.status.success(), "build: {}", stderr(&res));
+    let image = out.join("qemu-uboot/qemu-uboot.img");
+    let table = sfdisk(&image);
+    let offset = table.partitions[0].start * table.sector_size;
+
+    // As built: boot.scr, slots.env (a, no trial), slot a's files.
+    let state = State::parse(&mtools("mtype", &image, offset, &["::slots.env"])).unwrap();
+    assert_eq!(
+        state,
+        State {
+            primary: 'a',
+            trial: None
+        }
+    );
+    let bootargs =
+        String::from_utf8(mtools("mtype", &image, offset, &["::slot-a/bootargs.env"])).unwrap();
+    let slot_a = bootargs
+        .trim()
+        .strip_prefix("bootargs=")
+        .unwrap()
+        .to_string();
+    assert!(slot_a.contains("nodeimg.system=2"), "{slot_a}");
+    let first = boot_until(&image, &dir.join("console-1.log"), |c| {
+        reached_system(c, &slot_a)
+    });
+    assert!(first.contains("nodeimg: booting slot a"), "{first}");
+
+    // Arm slot b for one trial, its kernel set to panic.
+    let work = dir.join("slot-b");
+    fs::create_dir_all(&work).unwrap();
+    for f in [uboot::KERNEL, uboot::INITRAMFS] {
+        let bytes = mtools("mtype", &image, offset, &[&format!("::slot-a/{f}")]);
+        fs::write(work.join(f), bytes).unwrap();
+    }
+    let slot_b = format!(
+        "{} panic=1 rdinit=/nonexistent init=/nonexistent",
+        uboot::slot_cmdline(&slot_a, 3)
+    );
+    fs::write(work.join("bootargs.env"), format!("bootargs={slot_b}\n")).unwrap();
+    let armed = State {
+        primary: 'a',
+        trial: Some(('b', 1)),
+    };
+    fs::write(work.join("slots.env"), armed.to_text().unwrap()).unwrap();
+    mtools("mmd", &image, offset, &["::slot-b"]);
+    for f in [uboot::KERNEL, uboot::INITRAMFS, "bootargs.env"] {
+        let src = work.join(f);
+        mtools(
+            "mcopy",
+            &image,
+            offset,
+            &[src.to_str().unwrap(), &format!("::slot-b/{f}")],
+        );
+    }
+    let src = work.join("slots.env");
+    mtools(
+        "mcopy",
+        &image,
+        offset,
+        &["-o", src.to_str().unwrap(), "::slots.env"],
+    );
+
+    let second = boot_until(&image, &dir.join("console-2.log"), |c| {
+        c.find("nodeimg: slot b failed its trial")
+            .is_some_and(|at| reached_system(&c[at..], &slot_a))
+    });
     // In order: the trial of b (saved first), b's kernel panicking, then a.
-    let trial = console
+    let trial = second
         .find("nodeimg: trial boot of slot b")
         .expect("trial announced");
-    let b_kernel = console[trial..]
+    let b_kernel = second[trial..]
         .find("nodeimg.system=3")
         .expect("slot b's kernel ran")
         + trial;
-    let panic = console[b_kernel..]
+    let panic = second[b_kernel..]
         .find("Kernel panic")
         .expect("slot b panicked")
         + b_kernel;
-    let fell_back = console.find("nodeimg: slot b failed its trial").unwrap();
-    assert!(panic < fell_back, "{console}");
-    // The state on the FAT records the failed trial (U-Boot's fatwrite).
-    let saved = State::parse(&mcopy_out(&image, offset, uboot::STATE_NAME)).unwrap();
+    let fell_back = second.find("nodeimg: slot b failed its trial").unwrap();
+    assert!(panic < fell_back, "{second}");
+    // The state on the FAT records the failed trial (U-Boot's fatwrite) ...
+    let saved = State::parse(&mtools("mtype", &image, offset, &["::slots.env"])).unwrap();
     assert_eq!(
         saved,
         State {

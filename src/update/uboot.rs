@@ -202,14 +202,13 @@ pub fn slot_files(
 /// An image's boot partition files (`boot_files`, with the kernel and
 /// initramfs under the board's names) in the loader's layout: the kernel,
 /// initramfs and cmdline move into `slot-a/`, everything else (device trees,
-/// firmware, node config) stays where it was; `boot.scr` and a `slots.env`
-/// with slot a primary and no trial are added. `time` stamps the script.
+/// firmware, node config) stays where it was; `boot.scr` (time-stamped 0:
+/// reproducible) and a `slots.env` with slot a primary and no trial are
+/// added. The image's cmdline already names slot a's system partition.
 pub fn loader_files(
     mut boot_files: BTreeMap<String, Vec<u8>>,
     kernel_name: &str,
     initramfs_name: &str,
-    system_a_partition: u32,
-    time: u32,
 ) -> Result<BTreeMap<String, Vec<u8>>> {
     let mut take = |name: &str| {
         boot_files
@@ -219,16 +218,16 @@ pub fn loader_files(
     let kernel = take(kernel_name)?;
     let initramfs = take(initramfs_name)?;
     let cmdline = String::from_utf8(take("cmdline.txt")?)?;
-    let cmdline = slot_cmdline(cmdline.trim(), system_a_partition);
+    let cmdline = cmdline.trim();
     for name in [SCRIPT_NAME, STATE_NAME] {
         if boot_files.contains_key(name) {
             bail!("the boot files already have a {name}");
         }
     }
-    boot_files.extend(slot_files('a', &kernel, &initramfs, &cmdline));
+    boot_files.extend(slot_files('a', &kernel, &initramfs, cmdline));
     boot_files.insert(
         SCRIPT_NAME.to_string(),
-        script_image(&boot_script(), "nodeimg slots", time)?,
+        script_image(&boot_script(), "nodeimg slots", 0)?,
     );
     let state = State {
         primary: 'a',
@@ -320,7 +319,7 @@ mod tests {
             b"console=x nodeimg.system=2\n".to_vec(),
         );
         f.insert("nodeimg/node.env".to_string(), b"N".to_vec());
-        let l = loader_files(f.clone(), "vmlinuz", "initrd.img", 2, 0).unwrap();
+        let l = loader_files(f.clone(), "vmlinuz", "initrd.img").unwrap();
         let names: Vec<&str> = l.keys().map(String::as_str).collect();
         assert_eq!(
             names,
@@ -337,7 +336,7 @@ mod tests {
             l["slot-a/bootargs.env"],
             b"bootargs=console=x nodeimg.system=2\n"
         );
-        assert!(loader_files(f, "Image", "initrd.img", 2, 0).is_err());
+        assert!(loader_files(f, "Image", "initrd.img").is_err());
     }
 
     #[test]
