@@ -102,14 +102,32 @@ fn a_trial_slot_whose_kernel_panics_falls_back_to_the_primary() {
     fs::write(data.join("boards/qemu-uboot.toml"), board).unwrap();
     let out = dir.join("out");
     let data_arg = data.to_str().unwrap();
+    let key = dir.join("update.key");
+    run_ok(nodeimg().arg("keygen").arg("--out").arg(&key));
+    let key_arg = key.to_str().unwrap();
     let res = build(
         "qemu-uboot",
         &test_rootfs(),
         &out,
-        &["--data-dir", data_arg],
+        &["--data-dir", data_arg, "--sign-key", key_arg],
     );
     assert!(res.status.success(), "build: {}", stderr(&res));
     let image = out.join("qemu-uboot/qemu-uboot.img");
+    let bundle = out.join("qemu-uboot/qemu-uboot.bundle");
+    // The bundle carries the slot's files without the slot directory, and
+    // not the loader's state.
+    let list = stdout(&run_ok(Command::new("tar").arg("-tf").arg(&bundle)));
+    let names: Vec<&str> = list.lines().collect();
+    assert_eq!(
+        &names[2..],
+        [
+            "system.squashfs",
+            "boot/boot.scr",
+            "boot/bootargs.env",
+            "boot/initrd.img",
+            "boot/vmlinuz"
+        ]
+    );
     let table = sfdisk(&image);
     let offset = table.partitions[0].start * table.sector_size;
 

@@ -22,6 +22,7 @@ use crate::cli::UpdateCommand;
 use crate::disk::plan::DiskPlan;
 use crate::manifest::OutputInfo;
 use crate::update::sign::{PublicKey, SecretKey};
+use crate::update::uboot;
 
 pub const FORMAT: u32 = 1;
 pub const MANIFEST: &str = "manifest.json";
@@ -107,8 +108,15 @@ pub fn for_build<'a>(
     if min_version > version {
         bail!("--min-version {min_version} is above the build's version {version}");
     }
-    let boot_files: BTreeMap<String, Vec<u8>> =
-        boot_files.map(|(k, v)| (k.clone(), v.clone())).collect();
+    // A slot's files travel without their slot directory (the helper writes
+    // them to the slot it updates); the loader's state is the node's own.
+    let boot_files: BTreeMap<String, Vec<u8>> = boot_files
+        .filter(|(k, _)| k.as_str() != uboot::STATE_NAME)
+        .map(|(k, v)| {
+            let name = k.strip_prefix("slot-a/").unwrap_or(k);
+            (name.to_string(), v.clone())
+        })
+        .collect();
     let sha256 = write(
         out,
         &Contents {
