@@ -329,6 +329,21 @@ pub fn read(
             );
         }
     }
+    for (i, p) in m.payloads.iter().enumerate() {
+        let plain = |rest: &str| {
+            !rest.is_empty()
+                && rest
+                    .split('/')
+                    .all(|c| !c.is_empty() && c != "." && c != "..")
+        };
+        let ok = match i {
+            0 => p.name == SYSTEM,
+            _ => p.name.strip_prefix("boot/").is_some_and(plain),
+        };
+        if !ok {
+            bail!("payload {i} has an unexpected name: {:?}", p.name);
+        }
+    }
     let mut buf = vec![0u8; 1 << 16];
     for p in &m.payloads {
         let mut e = next(&p.name)?;
@@ -465,6 +480,44 @@ mod tests {
         t[at + 100] = 8;
         let err = format!("{:#}", check(&t, &pk, None).unwrap_err());
         assert!(err.contains("system.squashfs: SHA-256"), "{err}");
+    }
+
+    #[test]
+    fn payload_names_are_checked_even_when_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SecretKey::generate().unwrap();
+        let sq = dir.path().join("sq");
+        std::fs::write(&sq, b"s").unwrap();
+        let mut written = 0;
+        for bad in ["../x", "boot/../../etc/x", "/abs", ""] {
+            let mut boot = BTreeMap::new();
+            boot.insert(bad.to_string(), b"k".to_vec());
+            let out = dir.path().join("b.bundle");
+            let c = Contents {
+                board: "qemu-aarch64",
+                version: 1,
+                min_version: 0,
+                kernel_release: "k",
+                layout: Layout {
+                    boot_size: 1,
+                    system_slot_size: 1,
+                },
+                squashfs: &sq,
+                boot_files: &boot,
+                mtime: 0,
+            };
+            // The tar writer may refuse some names itself; any bundle written is refused.
+            if write(&out, &c, &key).is_ok() {
+                written += 1;
+                let bytes = std::fs::read(&out).unwrap();
+                let err = format!("{:#}", check(&bytes, &key.public(), None).unwrap_err());
+                assert!(err.contains("unexpected name"), "{bad}: {err}");
+            }
+        }
+        assert!(
+            written >= 2,
+            "only {written} hostile names got into a bundle"
+        );
     }
 
     #[test]
