@@ -27,6 +27,13 @@ pub struct Board {
     /// Overlay directories under `overlays/`, applied to the rootfs in this order.
     #[serde(default)]
     pub overlays: Vec<String>,
+    /// The Debian base recipe (`boards/base/<base>.toml`) an image without
+    /// `--rootfs` is built from; its lock is `boards/base/<board>.lock`.
+    #[serde(default)]
+    pub base: Option<String>,
+    /// Packages this board adds to the recipe's list.
+    #[serde(default)]
+    pub base_packages: Vec<String>,
     /// Phones: how the bootloader takes boot.img and which partitions
     /// fastboot writes. A board with it has no boot partition on its disk:
     /// kernel, initramfs and cmdline go into boot.img, and the disk is the
@@ -48,8 +55,9 @@ pub struct DiskSpec {
     pub table: Table,
     /// Medium size when `--size` is not given ("2G").
     pub default_size: String,
-    /// FAT32 boot partition (p1).
-    pub boot_size: String,
+    /// FAT32 boot partition (p1); absent on phones (boot.img instead).
+    #[serde(default)]
+    pub boot_size: Option<String>,
     /// Each system slot (p2 = A, p3 = B); the data partition (p4) takes the rest.
     pub system_size: String,
 }
@@ -62,6 +70,9 @@ pub enum BootMethod {
     /// The kernel, initramfs and cmdline sit on the FAT partition for a loader
     /// (QEMU `-kernel`, or a UEFI/extlinux stage) to pick up.
     DirectKernel,
+    /// Phones: kernel, initramfs (with the node config) and cmdline in an
+    /// Android boot.img, as the board's `[android]` section describes.
+    AndroidBootimg,
     /// U-Boot runs our boot script from the FAT partition and picks the slot:
     /// each slot's kernel, initramfs and cmdline in `slot-a/`, `slot-b/`
     /// (`update::uboot`, docs/updates.md).
@@ -73,8 +84,10 @@ pub enum BootMethod {
 pub struct BootSpec {
     pub method: BootMethod,
     /// Kernel file name on the boot partition.
+    #[serde(default = "default_kernel_name")]
     pub kernel_name: String,
     /// Initramfs file name on the boot partition.
+    #[serde(default = "default_initramfs_name")]
     pub initramfs_name: String,
     /// Kernel command line; the builder appends the `nodeimg.*` partition identifiers.
     pub cmdline: String,
@@ -125,11 +138,20 @@ pub struct InitramfsSpec {
     pub optional_tools: Vec<String>,
 }
 
+fn default_kernel_name() -> String {
+    "vmlinuz".to_string()
+}
+
+fn default_initramfs_name() -> String {
+    "initrd.img".to_string()
+}
+
 /// The sizes of a board's disk, parsed.
 #[derive(Debug, Clone, Copy)]
 pub struct DiskSizes {
     pub default_size: u64,
-    pub boot: u64,
+    /// None on phones, whose disk has no boot partition.
+    pub boot: Option<u64>,
     pub system: u64,
 }
 
@@ -180,6 +202,14 @@ impl Board {
         if board.boot.method != BootMethod::RpiFirmware && !board.boot.config_txt.is_empty() {
             bail!("boot.config_txt is only used with method = \"rpi-firmware\"");
         }
+        board.check_android()?;
+        if let Some(b) = &board.base {
+            if !crate::base::recipe::is_name(b) {
+                bail!("base = {b:?} is not a recipe name");
+            }
+        } else if !board.base_packages.is_empty() {
+            bail!("base_packages needs base = \"<recipe>\"");
+        }
         for o in &board.overlays {
             if o.is_empty() || o.contains('/') || o.starts_with('.') {
                 bail!("overlays: {o:?} is not an overlay directory name");
@@ -192,9 +222,53 @@ impl Board {
         let get = |key: &str, v: &str| parse_size(v).with_context(|| format!("disk.{key} = {v:?}"));
         Ok(DiskSizes {
             default_size: get("default_size", &self.disk.default_size)?,
-            boot: get("boot_size", &self.disk.boot_size)?,
+            boot: match &self.disk.boot_size {
+                Some(v) => Some(get("boot_size", v)?),
+                None => None,
+            },
             system: get("system_size", &self.disk.system_size)?,
         })
+    }
+
+    /// A phone board (`[android]`) boots from boot.img: method
+    /// "android-bootimg", no boot partition, a GPT disk (the userdata image);
+    /// every other board has a boot partition and no `[android]`.
+    fn check_android(&self) -> Result<()> {
+        let phone = self.boot.method == BootMethod::AndroidBootimg;
+        match &self.android {
+            Some(a) => {
+                if !phone {
+                    bail!("an [android] section needs boot.method = \"android-bootimg\"");
+                }
+                a.validate()?;
+                if self.disk.boot_size.is_some() {
+                    bail!("disk.boot_size: a phone's disk has no boot partition (boot.img takes kernel and initramfs)");
+                }
+                if self.disk.table != Table::Gpt {
+                    bail!(
+                        "disk.table must be \"gpt\" on a phone (the userdata image is a GPT disk)"
+                    );
+                }
+                if !self.sources.dtbs.is_empty() || !self.sources.firmware.is_empty() {
+                    bail!("sources.dtbs and sources.firmware are for boot partitions; a phone names its dtb in android.dtb");
+                }
+                if let Some(d) = &a.dtb {
+                    if d.is_empty()
+                        || d.starts_with('/')
+                        || d.split('/').any(|c| c.is_empty() || c == "..")
+                    {
+                        bail!("android.dtb {d:?} must be a relative path under /boot/dtbs (\"qcom/sdm845-oneplus-enchilada.dtb\")");
+                    }
+                }
+            }
+            None if phone => bail!("boot.method = \"android-bootimg\" needs an [android] section"),
+            None => {
+                if self.disk.boot_size.is_none() {
+                    bail!("disk.boot_size is missing (the size of the FAT boot partition)");
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -391,6 +465,27 @@ impl DataDir {
         Ok((board, bytes))
     }
 
+    /// The data file at `rel` (a path under the data directories, such as
+    /// `boards/base/debian-trixie.toml`): the `--data-dir` one wins over the
+    /// built-in one. Returns where it came from (for messages) and its bytes,
+    /// or None when neither has it.
+    pub fn data_file(&self, rel: &str) -> Result<Option<(String, Vec<u8>)>> {
+        if let Some(extra) = &self.extra {
+            let p = extra.join(rel);
+            if p.is_file() {
+                let bytes =
+                    std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+                return Ok(Some((p.display().to_string(), bytes)));
+            }
+        }
+        Ok(ENTRIES.iter().find_map(|e| match e.kind {
+            EmbeddedKind::File { data, .. } if e.path == rel => {
+                Some((format!("built-in {rel}"), data.to_vec()))
+            }
+            _ => None,
+        }))
+    }
+
     /// The overlay `name`: `<data-dir>/overlays/<name>/` if there is one,
     /// else the built-in one.
     pub fn overlay(&self, name: &str) -> Result<Overlay> {
@@ -512,7 +607,18 @@ mod tests {
             builtin_text("qemu-aarch64").replace("name = \"qemu-aarch64\"", "name = \"extra\"");
         std::fs::write(dir.path().join("boards/extra.toml"), text).unwrap();
         let dd = DataDir::locate(Some(dir.path())).unwrap();
-        assert_eq!(dd.board_names().unwrap(), ["extra", "qemu-aarch64", "rpi4"]);
+        assert_eq!(
+            dd.board_names().unwrap(),
+            [
+                "extra",
+                "oneplus-dumpling",
+                "oneplus-enchilada",
+                "oneplus-instantnoodlep",
+                "qemu-aarch64",
+                "qemu-aarch64-phone",
+                "rpi4"
+            ]
+        );
         assert_eq!(dd.load("extra").unwrap().0.name, "extra");
         let base = dd.overlay("base").unwrap();
         assert!(base.tree.contains("etc/motd") && !base.tree.contains("etc/fstab"));
@@ -533,6 +639,112 @@ mod tests {
         let q = repo_board("qemu-aarch64");
         assert_eq!(q.disk.table, Table::Gpt);
         assert_eq!(q.boot.method, BootMethod::DirectKernel);
+    }
+
+    #[test]
+    fn shipped_phone_boards_parse_with_their_deviceinfo_values() {
+        for (name, version, dtb) in [
+            (
+                "oneplus-enchilada",
+                0,
+                Some("qcom/sdm845-oneplus-enchilada.dtb"),
+            ),
+            (
+                "oneplus-dumpling",
+                0,
+                Some("qcom/msm8998-oneplus-dumpling.dtb"),
+            ),
+            (
+                "oneplus-instantnoodlep",
+                2,
+                Some("qcom/sm8250-oneplus-instantnoodlep.dtb"),
+            ),
+            ("qemu-aarch64-phone", 0, None),
+        ] {
+            let b = repo_board(name);
+            assert_eq!(b.boot.method, BootMethod::AndroidBootimg, "{name}");
+            assert_eq!(b.disk.table, Table::Gpt, "{name}");
+            assert!(b.sizes().unwrap().boot.is_none(), "{name}");
+            let a = b.android.as_ref().expect("[android]");
+            assert_eq!(a.header_version, version, "{name}");
+            assert_eq!(a.dtb.as_deref(), dtb, "{name}");
+            assert_eq!(
+                (a.sector_size, a.rootfs_partition.as_str()),
+                (4096, "userdata")
+            );
+            assert!(a.max_download_size.is_some(), "{name}");
+            assert!(b.overlays.iter().any(|o| o == "postmarketos"), "{name}");
+        }
+        let e = repo_board("oneplus-enchilada");
+        let a = e.android.unwrap();
+        assert_eq!(
+            (
+                a.base,
+                a.kernel_offset,
+                a.ramdisk_offset,
+                a.tags_offset,
+                a.page_size
+            ),
+            (0, 0x8000, 0x0100_0000, 0x100, 4096)
+        );
+        assert!(a.append_dtb);
+        let n = repo_board("oneplus-instantnoodlep").android.unwrap();
+        assert_eq!(n.dtb_offset, Some(0x01f0_0000));
+    }
+
+    #[test]
+    fn phone_and_boot_partition_settings_must_agree() {
+        let phone = builtin_text("oneplus-enchilada");
+        let pi = builtin_text("qemu-aarch64");
+        for (text, edit, needle) in [
+            (
+                &phone,
+                (
+                    "system_size = \"640M\"",
+                    "system_size = \"640M\"\nboot_size = \"128M\"",
+                ),
+                "has no boot partition",
+            ),
+            (
+                &phone,
+                ("table = \"gpt\"", "table = \"mbr\""),
+                "must be \"gpt\"",
+            ),
+            (
+                &phone,
+                ("method = \"android-bootimg\"", "method = \"direct-kernel\""),
+                "needs boot.method = \"android-bootimg\"",
+            ),
+            (
+                &phone,
+                ("dtb = \"qcom/", "dtb = \"/boot/dtbs/qcom/"),
+                "relative path under /boot/dtbs",
+            ),
+            (
+                &pi,
+                ("method = \"direct-kernel\"", "method = \"android-bootimg\""),
+                "needs an [android] section",
+            ),
+            (
+                &pi,
+                ("boot_size = \"128M\"", ""),
+                "disk.boot_size is missing",
+            ),
+        ] {
+            let name = if text == &phone {
+                "oneplus-enchilada"
+            } else {
+                "qemu-aarch64"
+            };
+            let bad = text.replacen(edit.0, edit.1, 1);
+            assert_ne!(&bad, text, "{edit:?} changed nothing");
+            let err = format!("{:#}", Board::parse(&bad, name).unwrap_err());
+            assert!(err.contains(needle), "{edit:?}: {err}");
+        }
+        // The Android section's own checks run too.
+        let bad = phone.replacen("header_version = 0", "header_version = 9", 1);
+        let err = format!("{:#}", Board::parse(&bad, "oneplus-enchilada").unwrap_err());
+        assert!(err.contains("header_version"), "{err}");
     }
 
     #[test]

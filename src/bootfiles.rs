@@ -1,6 +1,11 @@
 //! The boot files: finding what the board needs in the rootfs (kernel,
 //! modules directory, busybox, device trees, firmware) and the files of the
 //! FAT boot partition (kernel, initramfs, `cmdline.txt`, `config.txt`).
+//!
+//! A phone's dtb (`android.dtb`, a path under the kernel's dtbs directory
+//! such as `qcom/sdm845-oneplus-enchilada.dtb`) is looked for where
+//! postmarketOS installs it (`/boot/dtbs/`), then Alpine's and Debian's places
+//! ([`phone_dtb_candidates`]); it is kept in [`Found::dtbs`] under that path.
 
 use std::collections::BTreeMap;
 
@@ -89,6 +94,17 @@ pub fn locate(board: &Board, rootfs: &Tree) -> Result<Found> {
         let d = file_data(rootfs, &p)?;
         dtbs.insert(name.clone(), (p, d));
     }
+    if let Some(dtb) = board.android.as_ref().and_then(|a| a.dtb.as_ref()) {
+        let candidates = phone_dtb_candidates(dtb);
+        let p = find(&candidates).with_context(|| {
+            format!(
+                "device tree {dtb} not found; tried {}",
+                candidates.join(", ")
+            )
+        })?;
+        let d = file_data(rootfs, &p)?;
+        dtbs.insert(dtb.clone(), (p, d));
+    }
     let mut firmware = BTreeMap::new();
     for (name, candidates) in &board.sources.firmware {
         let p = find(candidates).with_context(|| format!("firmware file {name} not found"))?;
@@ -105,6 +121,16 @@ pub fn locate(board: &Board, rootfs: &Tree) -> Result<Found> {
         dtbs,
         firmware,
     })
+}
+
+/// Where a phone's dtb (`qcom/sdm845-oneplus-enchilada.dtb`) may be in a
+/// rootfs, in order: postmarketOS, Alpine, Debian.
+pub fn phone_dtb_candidates(dtb: &str) -> Vec<String> {
+    vec![
+        format!("/boot/dtbs/{dtb}"),
+        format!("/boot/dtbs-*/{dtb}"),
+        format!("/usr/lib/linux-image-*/{dtb}"),
+    ]
 }
 
 /// The board's cmdline plus where the init finds its disk and partitions.

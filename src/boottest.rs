@@ -6,6 +6,12 @@
 //! Kernel, initramfs and cmdline come out of the image's own boot partition,
 //! and the image's bytes are the VM's virtio disk, so an rpi4 `.img` is booted
 //! as it is (only `console=ttyAMA0` is appended for the VM's serial port).
+//!
+//! A phone's outputs (the output directory, or its `boot.img`) are booted the
+//! same way: kernel, ramdisk and cmdline come out of `boot.img`
+//! (`android::bootimg::parse`), and the sparse `rootfs.img` (or its pieces),
+//! expanded, is the virtio disk: the disk the phone's userdata partition
+//! holds, found and mapped by the init as on the phone.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -29,7 +35,22 @@ pub struct Options {
     pub boot_timeout: Duration,
     /// Also check that broken images end at the rescue shell.
     pub broken: bool,
+    /// The system runs systemd: reach the guest through systemd's debug shell
+    /// on the serial console (kernel cmdline `systemd.debug_shell`, its getty
+    /// masked) and add the systemd checks (see `check_systemd`).
+    pub systemd: bool,
+    /// A private key whose public half is in the image's
+    /// `ssh_authorized_keys`: check that root logs in over SSH with it.
+    pub ssh_key: Option<PathBuf>,
 }
+
+/// What `--systemd` appends to the cmdline: a root shell on the VM's serial
+/// console instead of its getty (boot-test's own way in; not in the image).
+/// systemd's status lines and kernel messages are kept off the console
+/// (`systemd.show_status=false loglevel=1`) so they do not interleave with
+/// the shell's output.
+pub const SYSTEMD_CMDLINE: &str = "systemd.debug_shell=ttyAMA0 \
+systemd.mask=serial-getty@ttyAMA0.service systemd.show_status=false loglevel=1";
 
 /// One line of the report.
 #[derive(Debug, Clone)]
@@ -70,6 +91,8 @@ pub fn command(args: &crate::cli::BootTestArgs) -> Result<()> {
         grow_by: args.grow_by.bytes(),
         boot_timeout: Duration::from_secs(args.timeout),
         broken: args.broken,
+        systemd: args.systemd,
+        ssh_key: args.ssh_key.clone(),
     };
     let result = run(&opts, |c| {
         println!(
@@ -110,10 +133,13 @@ pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {
         .with_context(|| format!("creating {}", opts.work_dir.display()))?;
     let log = opts.work_dir.join("console.log");
     let _ = std::fs::remove_file(&log);
-    let boot = BootFiles::extract(&opts.image, &opts.work_dir)?;
+    let mut boot = BootFiles::extract(&opts.image, &opts.work_dir)?;
+    if opts.systemd {
+        boot.cmdline = format!("{} {SYSTEMD_CMDLINE}", boot.cmdline);
+    }
     let qemu = qemu::find_qemu()?;
     let disk = opts.work_dir.join("disk.img");
-    let original = sparse::copy_file(&opts.image, &disk)?;
+    let original = boot.copy_disk(&opts.image, &disk)?;
     let grown = original + opts.grow_by;
     std::fs::OpenOptions::new()
         .write(true)
@@ -152,8 +178,20 @@ pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {
             console_log: log,
         });
     }
+    if opts.systemd {
+        for c in check_systemd(&mut vm, opts.boot_timeout) {
+            record(c);
+        }
+    }
+    if let Some(key) = &opts.ssh_key {
+        record(check_ssh_login(&mut vm, key));
+    }
     record(check_mounts(&mut vm));
-    record(check_grown(&mut vm, grown, boot.parts.number(Role::Data)));
+    let data = boot.parts.number(Role::Data);
+    record(match boot.rootfs_pieces {
+        None => check_grown(&mut vm, grown, data),
+        Some(_) => check_inner_grown(&mut vm, &disk, grown, data),
+    });
     let id1 = identity(&mut vm);
     let wrote = vm.sh(
         "echo gone > /etc/nodeimg-boottest && for d in /root /var/lib /home; do echo kept > $d/nodeimg-boottest || exit 1; done; \
@@ -196,7 +234,7 @@ pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {
             opts.boot_timeout,
         ));
         let no_data = opts.work_dir.join("no-data.img");
-        sparse::copy_file(&opts.image, &no_data)?;
+        boot.copy_disk(&opts.image, &no_data)?;
         let data = boot.parts.number(Role::Data);
         remove_partition(&no_data, data)?;
         record(check_rescue(
@@ -258,7 +296,8 @@ impl Partitions {
     }
 }
 
-/// Kernel, initramfs and cmdline taken from the image's boot partition.
+/// Kernel, initramfs and cmdline taken from the image's boot partition (or
+/// a phone's boot.img).
 pub struct BootFiles {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
@@ -266,12 +305,77 @@ pub struct BootFiles {
     pub cmdline: String,
     /// The partitions by role, as the image's cmdline names them.
     pub parts: Partitions,
+    /// A phone's sparse rootfs image (or its pieces, in order); None for a disk image.
+    pub rootfs_pieces: Option<Vec<PathBuf>>,
 }
 
 impl BootFiles {
-    /// Extracts them from the boot partition of `image` (the layout's
-    /// [`Role::Boot`] number) into `dir`.
+    /// Extracts them into `dir`: from a phone's boot.img when `image` is one
+    /// (or an output directory holding one), else from the boot partition
+    /// of the disk image `image` (the layout's [`Role::Boot`] number).
     pub fn extract(image: &Path, dir: &Path) -> Result<BootFiles> {
+        match phone_boot_img(image)? {
+            Some(boot_img) => BootFiles::extract_phone(&boot_img, dir),
+            None => BootFiles::extract_disk(image, dir),
+        }
+    }
+
+    /// Copies the disk the VM boots from to `to` (a phone's rootfs pieces
+    /// expanded); returns its size.
+    pub fn copy_disk(&self, image: &Path, to: &Path) -> Result<u64> {
+        match &self.rootfs_pieces {
+            None => sparse::copy_file(image, to),
+            Some(pieces) => {
+                crate::android::sparse::expand(pieces, to)?;
+                Ok(std::fs::metadata(to)
+                    .with_context(|| format!("reading {}", to.display()))?
+                    .len())
+            }
+        }
+    }
+
+    /// Kernel, ramdisk and cmdline out of a phone's boot.img; the rootfs
+    /// image beside it.
+    fn extract_phone(boot_img: &Path, dir: &Path) -> Result<BootFiles> {
+        use crate::android::bootimg::{self, Parsed};
+        let bytes =
+            std::fs::read(boot_img).with_context(|| format!("reading {}", boot_img.display()))?;
+        let parsed = match bootimg::parse(&bytes).with_context(|| boot_img.display().to_string())? {
+            Parsed::Boot(b) => b,
+            Parsed::VendorBoot(_) => bail!(
+                "{} is a vendor_boot image; boot-test takes the boot.img",
+                boot_img.display()
+            ),
+        };
+        let section = |r: &std::ops::Range<usize>, what: &str| -> Result<Vec<u8>> {
+            bytes.get(r.clone()).map(<[u8]>::to_vec).with_context(|| {
+                format!("{}: the {what} lies outside the file", boot_img.display())
+            })
+        };
+        let kernel = dir.join("kernel");
+        let initrd = dir.join("initrd");
+        for (path, range, what) in [
+            (&kernel, &parsed.kernel, "kernel"),
+            (&initrd, &parsed.ramdisk, "ramdisk"),
+        ] {
+            std::fs::write(path, section(range, what)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        let cmdline = parsed.cmdline.trim().to_string();
+        let parts = Partitions::from_cmdline(&cmdline)
+            .with_context(|| format!("the cmdline of {}", boot_img.display()))?;
+        let out_dir = boot_img.parent().unwrap_or(Path::new("."));
+        let pieces = rootfs_pieces(out_dir)?;
+        Ok(BootFiles {
+            kernel,
+            initrd,
+            cmdline: format!("{cmdline} console=ttyAMA0"),
+            parts,
+            rootfs_pieces: Some(pieces),
+        })
+    }
+
+    fn extract_disk(image: &Path, dir: &Path) -> Result<BootFiles> {
         let part = dir.join("boot.vfat");
         inspect::extract_partition(image, Role::Boot.number(), &part)?;
         let read = |name: &str| {
@@ -305,8 +409,55 @@ impl BootFiles {
             initrd,
             cmdline: format!("{} console=ttyAMA0", cmdline.trim()),
             parts,
+            rootfs_pieces: None,
         })
     }
+}
+
+/// The phone boot.img `image` names: `image` itself when it is a boot image,
+/// `image/boot.img` when `image` is an output directory; None for a disk image.
+fn phone_boot_img(image: &Path) -> Result<Option<PathBuf>> {
+    use std::io::Read;
+    let candidate = if image.is_dir() {
+        let p = image.join(crate::phone::BOOT_IMG);
+        if !p.is_file() {
+            bail!(
+                "{} is a directory without a {}: give a disk image or a phone's output directory",
+                image.display(),
+                crate::phone::BOOT_IMG
+            );
+        }
+        p
+    } else {
+        image.to_path_buf()
+    };
+    let mut magic = [0u8; 8];
+    let n = std::fs::File::open(&candidate)
+        .and_then(|mut f| f.read(&mut magic))
+        .with_context(|| format!("reading {}", candidate.display()))?;
+    Ok((n == 8 && &magic == crate::android::bootimg::BOOT_MAGIC).then_some(candidate))
+}
+
+/// A phone's rootfs image in `dir`: `rootfs.img`, or its pieces
+/// `rootfs.img.0`, `rootfs.img.1`, ... in order.
+fn rootfs_pieces(dir: &Path) -> Result<Vec<PathBuf>> {
+    let whole = dir.join(crate::phone::ROOTFS_IMG);
+    if whole.is_file() {
+        return Ok(vec![whole]);
+    }
+    let pieces: Vec<PathBuf> = (0..)
+        .map(|i| dir.join(format!("{}.{i}", crate::phone::ROOTFS_IMG)))
+        .take_while(|p| p.is_file())
+        .collect();
+    if pieces.is_empty() {
+        bail!(
+            "no {} (or {}.0, ...) beside the boot.img in {}",
+            crate::phone::ROOTFS_IMG,
+            crate::phone::ROOTFS_IMG,
+            dir.display()
+        );
+    }
+    Ok(pieces)
 }
 
 fn names_from_config_txt(cfg: &str) -> (String, String) {
@@ -360,6 +511,187 @@ fn sh(vm: &mut Vm, cmd: &str) -> Result<String> {
 }
 
 /// `/usr` is a read-only squashfs, `/` the writable ext4 data partition, `/etc` a tmpfs.
+/// The systemd checks, from the debug shell: multi-user reached (the time
+/// from kernel start, systemd's own monotonic clock) with no failed unit,
+/// sshd listening on port 22, a DHCP address from networkd, the dpkg
+/// database readable by dpkg-query, timesyncd active.
+fn check_systemd(vm: &mut Vm, timeout: Duration) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let name = "systemd reaches multi-user.target with no failed units";
+    let _ = vm.sh(
+        "export SYSTEMD_COLORS=0 SYSTEMD_PAGER=cat",
+        Duration::from_secs(10),
+    );
+    let start = Instant::now();
+    let reached = loop {
+        match vm.sh(
+            "systemctl is-active multi-user.target",
+            Duration::from_secs(30),
+        ) {
+            Ok((0, _)) => break Ok(()),
+            Ok(_) if start.elapsed() < timeout => std::thread::sleep(Duration::from_secs(2)),
+            Ok((_, out)) => {
+                let jobs = sh(vm, "systemctl list-jobs --no-legend --plain").unwrap_or_default();
+                let failed = sh(vm, "systemctl --failed --no-legend --plain").unwrap_or_default();
+                break Err(anyhow::anyhow!(
+                    "{} after {}s; jobs: {}; failed: {}",
+                    out.trim(),
+                    timeout.as_secs(),
+                    jobs.trim().replace('\n', "; "),
+                    failed.trim().replace('\n', "; ")
+                ));
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    let r = reached.and_then(|()| {
+        // Units still starting may yet fail: wait for the job queue to drain
+        // (bounded), then list what failed.
+        let _ = vm.sh(
+            "for i in $(seq 60); do [ -z \"$(systemctl list-jobs --no-legend)\" ] && break; sleep 1; done",
+            Duration::from_secs(90),
+        );
+        let at = sh(
+            vm,
+            "systemctl show -P ActiveEnterTimestampMonotonic multi-user.target",
+        )?;
+        let secs = at.trim().parse::<f64>().unwrap_or(0.0) / 1e6;
+        let failed = sh(vm, "systemctl --failed --no-legend --plain")?;
+        // When systemd itself started (after the kernel and our initramfs).
+        let userspace = sh(vm, "systemctl show -P UserspaceTimestampMonotonic")
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|us| us / 1e6);
+        if failed.trim().is_empty() {
+            Ok(match userspace {
+                Some(u) => format!(
+                    "multi-user.target reached {secs:.1}s after kernel start \
+                     (systemd started at {u:.1}s, {:.1}s in userspace)",
+                    secs - u
+                ),
+                None => format!("multi-user.target reached {secs:.1}s after kernel start"),
+            })
+        } else {
+            bail!("failed units: {}", failed.trim().replace('\n', "; "))
+        }
+    });
+    checks.push(result(name, r));
+    checks.push(result(
+        "sshd listens on port 22",
+        sh(vm, "ss -Hltn 'sport = :22'").and_then(|o| {
+            if o.trim().is_empty() {
+                bail!("nothing listens on :22")
+            }
+            Ok(o.lines()
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "))
+        }),
+    ));
+    checks.push(result(
+        "networkd has a DHCP address",
+        sh(vm, "ip -color=never -4 -o addr show scope global dynamic").and_then(|o| {
+            let addr = o
+                .split_whitespace()
+                .skip_while(|w| *w != "inet")
+                .nth(1)
+                .map(str::to_string);
+            addr.ok_or_else(|| anyhow::anyhow!("no dynamic IPv4 address: {o:?}"))
+        }),
+    ));
+    checks.push(result(
+        "dpkg lists the installed packages",
+        sh(
+            vm,
+            "dpkg-query -W -f '${db:Status-Abbrev}${Package}\\n' | grep -c '^ii'",
+        )
+        .and_then(|o| match o.trim().parse::<u32>() {
+            Ok(n) if n > 0 => Ok(format!("{n} packages installed")),
+            _ => bail!("dpkg-query lists no installed package: {o:?}"),
+        }),
+    ));
+    checks.push(result(
+        "systemd-timesyncd is active",
+        sh(vm, "systemctl is-active systemd-timesyncd.service").map(|o| o.trim().to_string()),
+    ));
+    checks
+}
+
+/// Root logs in over SSH (to the guest's own sshd, from inside the guest)
+/// with `key`, and a password login is refused. The key is typed into the
+/// guest's /run (a tmpfs), used and removed; it is a test key, never a node's.
+fn check_ssh_login(vm: &mut Vm, key: &Path) -> Check {
+    let name = "root logs in over SSH with the key from cluster.yaml, not with a password";
+    let r = (|| -> Result<String> {
+        let pem =
+            std::fs::read_to_string(key).with_context(|| format!("reading {}", key.display()))?;
+        sh(
+            vm,
+            "rm -f /run/boottest-key && umask 077 && : > /run/boottest-key",
+        )?;
+        for line in pem.lines() {
+            if line.contains('\'') {
+                bail!(
+                    "{} does not look like an OpenSSH private key",
+                    key.display()
+                );
+            }
+            sh(vm, &format!("printf '%s\\n' '{line}' >> /run/boottest-key"))?;
+        }
+        let opts =
+            "-n -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+                    -o ConnectTimeout=20 -o LogLevel=ERROR";
+        let who = sh(
+            vm,
+            &format!("ssh {opts} -i /run/boottest-key root@127.0.0.1 'id -un; hostname' 2>&1"),
+        );
+        if let Err(e) = &who {
+            // What ssh says when asked to talk (the check's detail).
+            let (_, said) = vm.sh(
+                &format!(
+                    "ssh {opts} -v -i /run/boottest-key root@127.0.0.1 true 2>&1 | tail -n 12"
+                ),
+                Duration::from_secs(60),
+            )?;
+            let _ = sh(vm, "rm -f /run/boottest-key");
+            bail!("{e:#}; ssh -v ends: {}", said.replace('\n', " | "));
+        }
+        let _ = sh(vm, "rm -f /run/boottest-key");
+        let who = who?;
+        if !who.lines().next().is_some_and(|l| l.trim() == "root") {
+            bail!("logged in, but not as root: {who:?}");
+        }
+        // Without the key the server must offer nothing else: its refusal
+        // names the methods it allows.
+        let (status, out) = vm.sh(
+            &format!("ssh {opts} -o PubkeyAuthentication=no root@127.0.0.1 true 2>&1"),
+            Duration::from_secs(40),
+        )?;
+        let refusal = out.lines().last().unwrap_or("").trim().to_string();
+        if status == 0 || !refusal.ends_with("Permission denied (publickey).") {
+            bail!("without the key: exit {status}, {refusal:?} (only publickey expected)");
+        }
+        Ok(format!(
+            "logged in as root on {}; without the key: {refusal}",
+            who.lines().nth(1).unwrap_or("?").trim()
+        ))
+    })();
+    result(name, r)
+}
+
+fn result(name: &'static str, r: Result<String>) -> Check {
+    match r {
+        Ok(detail) => Check {
+            name,
+            passed: true,
+            detail,
+        },
+        Err(e) => fail(name, format!("{e:#}")),
+    }
+}
+
 fn check_mounts(vm: &mut Vm) -> Check {
     let name = "/usr is read-only squashfs, / is writable ext4, /etc is tmpfs";
     let r = (|| -> Result<String> {
@@ -457,6 +789,48 @@ fn check_grown(vm: &mut Vm, disk_bytes: u64, data: u32) -> Check {
             size >> 20,
             fs_bytes >> 20,
             disk_size >> 20
+        ))
+    })();
+    outcome(name, r)
+}
+
+/// A phone's data partition, inside the disk image: its GPT entry (read
+/// from the VM's disk on the host) reaches the end of the enlarged disk, and
+/// the filesystem mounted on `/` fills it.
+fn check_inner_grown(vm: &mut Vm, disk: &Path, disk_bytes: u64, data: u32) -> Check {
+    let name = "data partition and filesystem grew to fill the enlarged disk";
+    let r = (|| -> Result<String> {
+        let table = inspect::read_table(disk)?;
+        let part = table
+            .partitions
+            .iter()
+            .find(|p| p.number == data)
+            .with_context(|| format!("no partition {data} in the disk's table"))?;
+        let (start, size) = (part.start, part.size);
+        let end = start + size;
+        // The backup GPT (and alignment) stays at the end: allow 1 MiB.
+        if end + (1 << 20) < disk_bytes {
+            bail!("partition {data} ends at {end} of {disk_bytes} bytes: not grown");
+        }
+        let mounts = sh(vm, "awk '$2==\"/\"{print $1}' /proc/mounts | tail -n1")?;
+        let fs = sh(vm, "stat -f -c '%b %S' /")?;
+        let mut it = fs.split_whitespace().map(|s| s.parse::<u64>());
+        let fs_bytes = match (it.next(), it.next()) {
+            (Some(Ok(b)), Some(Ok(s))) => b * s,
+            _ => bail!("unreadable `stat -f` output {fs:?}"),
+        };
+        if fs_bytes * 100 < size * 95 || fs_bytes > size {
+            bail!(
+                "the filesystem holds {fs_bytes} bytes of a {size}-byte partition: not grown to it"
+            );
+        }
+        Ok(format!(
+            "{} (partition {data} of the inner GPT, {}-byte sectors): {} MiB partition, {} MiB filesystem on a {} MiB disk",
+            mounts.trim(),
+            table.gpt.as_ref().map_or(512, |g| g.sector),
+            size >> 20,
+            fs_bytes >> 20,
+            disk_bytes >> 20
         ))
     })();
     outcome(name, r)

@@ -3,8 +3,9 @@
 //! 1. load the board; read the rootfs into a tree
 //! 2. find the kernel, modules, device trees, firmware and busybox in it
 //! 3. compose the initramfs; compose the system tree (overlays, usr-merge, factory /etc)
-//! 4. make the filesystems: squashfs of /usr, FAT boot, ext4 data
-//! 5. assemble the disk image; write build.json and SHA256SUMS; publish
+//! 4. make the filesystems: squashfs of /usr, FAT boot (phones: boot.img), ext4 data
+//! 5. assemble the disk image (phones: as a sparse rootfs image); write its block
+//!    map (.bmap), build.json and SHA256SUMS; publish
 //!
 //! Each stage takes plain data from the one before.
 
@@ -17,6 +18,7 @@ use crate::board::{Board, DataDir};
 use crate::bootfiles::{self, Found};
 use crate::cache;
 use crate::cli::BuildArgs;
+use crate::disk::bmap::Bmap;
 use crate::disk::image;
 use crate::disk::layout::{human, Role};
 use crate::disk::plan::DiskPlan;
@@ -26,8 +28,11 @@ use crate::initramfs;
 use crate::join::{self, ClusterConfig, NodeConfig};
 use crate::k3s;
 use crate::kernelconfig;
-use crate::manifest::{DiskInfo, K3sInfo, KernelInfo, Manifest, NodeInfo, OutputInfo, RootfsInput};
+use crate::manifest::{
+    BmapInfo, DiskInfo, K3sInfo, KernelInfo, Manifest, NodeInfo, OutputInfo, RootfsInput,
+};
 use crate::output::{self, Staging};
+use crate::phone;
 use crate::progress::Progress;
 use crate::system;
 use crate::tree::{self, reader, Tree};
@@ -53,7 +58,7 @@ pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
     }
     let progress = Progress::new();
     let system = prepare_system(data, &board, &board_bytes, args, &nodes, &progress)?;
-    let slot = plan.part(Role::SystemA).size;
+    let slot = plan.part(Role::SystemA)?.size;
     if system.squashfs_size > slot {
         bail!(
             "the system image (/usr of the rootfs, compressed) is {} but the system partition holds {}; \
@@ -69,13 +74,14 @@ pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
     progress.finish();
     for node in &nodes {
         let name = output_name(&board, node.as_ref(), args);
-        println!(
-            "{}",
-            args.output
-                .join(&name)
-                .join(format!("{name}.img"))
-                .display()
-        );
+        let dir = args.output.join(&name);
+        // What to flash: the disk image, or a phone's boot.img (its rootfs
+        // image beside it).
+        let main = match board.android {
+            None => format!("{name}.img"),
+            Some(_) => phone::BOOT_IMG.to_string(),
+        };
+        println!("{}", dir.join(main).display());
     }
     Ok(())
 }
@@ -281,11 +287,8 @@ fn prepare_system(
     progress.step("composing the system tree");
     let (mut usr, base_data_tree) = system::compose(data, board, rootfs, epoch)?;
     if let Some(key) = &args.sign_key {
-        system::add_update_key(
-            &mut usr,
-            &update::sign::SecretKey::load(key)?.public(),
-            epoch,
-        )?;
+        let public = update::sign::SecretKey::load(key)?.public();
+        system::add_update_key(&mut usr, &public, epoch)?;
     }
     // The cache keeps the data tree without the air-gap images (they can be
     // large, and are the user's file anyway): a hit adds them again.
@@ -414,7 +417,10 @@ fn add_airgap(data_tree: &mut Tree, images: k3s::AirgapImages, epoch: u64) -> Re
     )
 }
 
-/// Writes one node's disk image, manifest and checksums; returns the output directory.
+/// Writes one node's outputs, manifest and checksums; returns the output
+/// directory. A board with a boot partition gets one disk image; a phone
+/// gets boot.img and the same disk (without a boot partition) as a sparse
+/// rootfs image (`phone`).
 fn write_node_image(
     board: &Board,
     plan: &DiskPlan,
@@ -431,47 +437,97 @@ fn write_node_image(
     let disk_id = plan.disk_id(&seed);
     let cmdline = bootfiles::kernel_cmdline(board, plan, &disk_id);
     let staging = Staging::create(&args.output, &name)?;
-
-    progress.step(format!("{name}: writing the boot partition"));
-    let mut files = bootfiles::boot_files(board, &sys.found, &sys.initramfs, &cmdline)?;
     let node_files = node.map(|n| n.files()).unwrap_or_default();
-    for (path, f) in &node_files {
-        files.insert(path.clone(), f.data.clone());
+
+    // Boot: a FAT partition on the disk, or a phone's boot.img.
+    let mut boot_parts = Vec::new();
+    let mut boot_images = Vec::new();
+    let mut bundle = None;
+    match &board.android {
+        None => {
+            progress.step(format!("{name}: writing the boot partition"));
+            let mut files = bootfiles::boot_files(board, &sys.found, &sys.initramfs, &cmdline)?;
+            for (path, f) in &node_files {
+                files.insert(path.clone(), f.data.clone());
+            }
+            let boot_path = staging.work("boot.vfat");
+            let boot = plan.part(Role::Boot)?;
+            fat::write(
+                &boot_path,
+                boot.size,
+                &fat::FatOptions {
+                    volume_id: ids::u32_id(&seed, "boot-volume-id"),
+                    label: "NODEIMGBOOT".to_string(),
+                },
+                &files,
+            )
+            .context("writing the boot partition")?;
+            boot_parts.push((boot.start, boot.size, boot_path));
+            if let Some(key) = &args.sign_key {
+                progress.step(format!("{name}: writing the signed update bundle"));
+                let boot_files = files.iter().filter(|(p, _)| !node_files.contains_key(*p));
+                bundle = Some(update::bundle::for_build(
+                    &staging.output(&format!("{name}.bundle")),
+                    key,
+                    (board, plan, sys.epoch, &sys.found),
+                    &sys.squashfs,
+                    boot_files,
+                    args,
+                )?);
+            }
+        }
+        Some(android) => {
+            if args.sign_key.is_some() {
+                bail!("update bundles for phones are not built yet (docs/updates.md)");
+            }
+            progress.step(format!("{name}: writing boot.img"));
+            let dir = staging.output("");
+            boot_images = phone::write_boot_images(
+                &phone::BootInputs {
+                    android,
+                    found: &sys.found,
+                    initramfs: &sys.initramfs,
+                    node_files: &node_files,
+                    cmdline: &cmdline,
+                    mtime: sys.epoch,
+                },
+                &dir,
+            )
+            .context("writing boot.img")?;
+            if node.is_some() {
+                // boot.img carries the join token: owner-only.
+                for p in &boot_images {
+                    output::restrict(p)?;
+                }
+            }
+        }
     }
-    let boot_path = staging.work("boot.vfat");
-    fat::write(
-        &boot_path,
-        plan.part(Role::Boot).size,
-        &fat::FatOptions {
-            volume_id: ids::u32_id(&seed, "boot-volume-id"),
-            label: "NODEIMGBOOT".to_string(),
-        },
-        &files,
-    )
-    .context("writing the boot partition")?;
 
     let total = plan.total;
     progress.step(format!(
         "{name}: assembling the {} disk image",
         human(total)
     ));
+    // A phone's disk is an intermediate: its sparse form is the output.
     let image_name = format!("{name}.img");
-    let image_path = staging.output(&image_name);
+    let image_path = match board.android {
+        None => staging.output(&image_name),
+        Some(_) => staging.work("userdata.img"),
+    };
     let tables = plan.tables(&seed)?;
     let blobs: Vec<(u64, &[u8])> = tables.iter().map(|(o, b)| (*o, b.as_slice())).collect();
-    let (boot, system) = (plan.part(Role::Boot), plan.part(Role::SystemA));
-    let parts: Vec<(u64, u64, &Path)> = vec![
-        (boot.start, boot.size, boot_path.as_path()),
-        (system.start, system.size, sys.squashfs.as_path()),
-    ];
-    let image_sha256 =
-        image::sha256_in_background(total, &blobs, &parts, plan.part(Role::Data).start)?;
+    let system = plan.part(Role::SystemA)?;
+    let mut parts: Vec<(u64, u64, &Path)> = boot_parts
+        .iter()
+        .map(|(start, size, p)| (*start, *size, p.as_path()))
+        .collect();
+    parts.push((system.start, system.size, sys.squashfs.as_path()));
+    let data_part = plan.part(Role::Data)?;
     image::assemble(&image_path, total, &blobs, &parts).context("assembling the disk image")?;
 
     // Made in its place in the image, not in a temporary file: nothing is
     // copied, and the image stays sparse whatever the data partition's size.
     progress.step(format!("{name}: writing the data partition"));
-    let data_part = plan.part(Role::Data);
     ext4::write_into(
         &image_path,
         data_part.start,
@@ -486,14 +542,59 @@ fn write_node_image(
     )
     .context("writing the data partition")?;
     output::sync(&image_path)?;
-    if node.is_some() {
-        // The image carries the join token: owner-only, like every file holding it.
-        output::restrict(&image_path)?;
-    }
 
-    progress.step(format!("{name}: computing the image's SHA-256"));
-    let image_sha256 = image_sha256.finish(&image_path)?;
-    let mut manifest = Manifest {
+    let mut outputs = match &board.android {
+        None => {
+            // The image's checksums are its block map's: hashing only the mapped
+            // ranges costs time in proportion to the payload, not to --size.
+            progress.step(format!("{name}: mapping and hashing the image's blocks"));
+            if node.is_some() {
+                // The image carries the join token: owner-only, like every file holding it.
+                output::restrict(&image_path)?;
+            }
+            let boot_fs = boot_parts
+                .first()
+                .map(|(_, _, p)| p.as_path())
+                .ok_or_else(|| anyhow!("internal: a disk image without a boot partition"))?;
+            let bmap_name = format!("{image_name}.bmap");
+            let bmap = image_bmap(&image_path, plan, &tables, boot_fs, sys.squashfs_size)?;
+            let bmap_xml = bmap.to_xml();
+            output::write_synced(&staging.output(&bmap_name), bmap_xml.as_bytes())?;
+            let bmap_sha256 = hex::encode(Sha256::digest(bmap_xml.as_bytes()));
+            vec![
+                OutputInfo {
+                    file: image_name.clone(),
+                    size: total,
+                    sha256: None,
+                    bmap: Some(BmapInfo {
+                        file: bmap_name.clone(),
+                        sha256: bmap_sha256.clone(),
+                        mapped_bytes: bmap.mapped_bytes(),
+                    }),
+                },
+                OutputInfo {
+                    file: bmap_name,
+                    size: bmap_xml.len() as u64,
+                    sha256: Some(bmap_sha256),
+                    bmap: None,
+                },
+            ]
+        }
+        Some(android) => {
+            progress.step(format!("{name}: writing the sparse rootfs image"));
+            let pieces = phone::write_rootfs(android, &image_path, &staging.output(""))
+                .context("writing the sparse rootfs image")?;
+            std::fs::remove_file(&image_path)
+                .with_context(|| format!("removing {}", image_path.display()))?;
+            boot_images
+                .iter()
+                .chain(pieces.iter())
+                .map(|p| output_info(p))
+                .collect::<Result<Vec<_>>>()?
+        }
+    };
+    outputs.extend(bundle);
+    let manifest = Manifest {
         nodeimg_version: env!("CARGO_PKG_VERSION"),
         board: board.name.clone(),
         board_sha256: sys.board_sha256.clone(),
@@ -515,29 +616,57 @@ fn write_node_image(
         disk: DiskInfo::new(plan, disk_id),
         system_image_size: sys.squashfs_size,
         system_cache: sys.cache,
-        outputs: vec![OutputInfo {
-            file: image_name.clone(),
-            size: total,
-            sha256: image_sha256.clone(),
-        }],
+        outputs,
     };
-    let mut outputs = vec![(image_name, image_sha256)];
-    if let Some(key) = &args.sign_key {
-        progress.step(format!("{name}: writing the signed update bundle"));
-        let boot_files = files.iter().filter(|(p, _)| !node_files.contains_key(*p));
-        let bundle = update::bundle::for_build(
-            &staging.output(&format!("{name}.bundle")),
-            key,
-            (board, plan, sys.epoch, &sys.found),
-            &sys.squashfs,
-            boot_files,
-            args,
-        )?;
-        outputs.push((bundle.file.clone(), bundle.sha256.clone()));
-        manifest.outputs.push(bundle);
-    }
     let json = serde_json::to_vec_pretty(&manifest).context("encoding build.json")?;
     output::write_synced(&staging.output("build.json"), &json)?;
-    outputs.push(("build.json".to_string(), hex::encode(Sha256::digest(&json))));
-    staging.publish(&outputs)
+    // The checksummed files: a disk image through its block map, the rest whole.
+    let mut sums: Vec<(String, String)> = manifest
+        .outputs
+        .iter()
+        .filter_map(|o| Some((o.file.clone(), o.sha256.clone()?)))
+        .collect();
+    sums.push(("build.json".to_string(), hex::encode(Sha256::digest(&json))));
+    staging.publish(&sums)
+}
+
+/// An output file's name, size and SHA-256.
+fn output_info(path: &Path) -> Result<OutputInfo> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    Ok(OutputInfo {
+        file: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        size,
+        sha256: Some(output::sha256_file(path)?),
+        bmap: None,
+    })
+}
+
+/// The block map of a finished image: its data regions, plus what reads as
+/// zeros yet must be written over whatever a card held before (the tables,
+/// the boot partition's FATs, the whole system image).
+fn image_bmap(
+    image: &Path,
+    plan: &DiskPlan,
+    tables: &[(u64, Vec<u8>)],
+    boot_fs: &Path,
+    system_size: u64,
+) -> Result<Bmap> {
+    let mut meaningful: Vec<(u64, u64)> = tables
+        .iter()
+        .map(|(o, b)| (*o, o.saturating_add(b.len() as u64)))
+        .collect();
+    let mut boot_sector = [0u8; 512];
+    std::fs::File::open(boot_fs)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut boot_sector))
+        .with_context(|| format!("reading the boot sector of {}", boot_fs.display()))?;
+    let fat = crate::inspect::probe::FatGeometry::parse(&boot_sector)?;
+    let (boot, system) = (plan.part(Role::Boot)?, plan.part(Role::SystemA)?);
+    meaningful.push((boot.start, boot.start + fat.metadata_bytes().min(boot.size)));
+    meaningful.push((system.start, system.start + system_size.min(system.size)));
+    Bmap::create(image, &meaningful)
 }

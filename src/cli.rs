@@ -37,7 +37,11 @@ pub enum Command {
     /// Boot a built disk image in QEMU (aarch64 virt, TCG) and check it behaves
     /// as an immutable, portable node. Works on a copy; the image is not changed.
     BootTest(BootTestArgs),
-    /// Flash a build: a phone's output directory with fastboot (--fastboot OUTDIR).
+    /// Write a disk image to an SD card or a file: only the blocks that hold
+    /// data (from IMAGE.bmap beside it, or --bmap), the first MiB last, then
+    /// read back and verified. Refuses partitions, mounted or busy disks, the
+    /// disk holding / and disks smaller than the image; asks before writing a
+    /// disk. With --fastboot OUTDIR: a phone's build, with fastboot.
     Flash(FlashArgs),
     /// Make an Ed25519 signing key pair for update bundles, in minisign's
     /// formats: the secret key in FILE (unencrypted, mode 0600), the public
@@ -46,6 +50,62 @@ pub enum Command {
     /// Update bundles (see docs/updates.md).
     #[command(subcommand)]
     Update(UpdateCommand),
+    /// Show what an image holds: for a disk image the partition table,
+    /// filesystems, boot files, node config (secrets redacted), and the
+    /// SHA256SUMS/.bmap checks when it sits in its output directory; for a
+    /// boot.img, vendor_boot.img or Android sparse image, its sections.
+    Inspect(InspectArgs),
+    /// The Debian base images are built from without --rootfs: lock files,
+    /// the package cache, composing a node OS from packages (docs/base.md).
+    #[command(subcommand)]
+    Base(BaseCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BaseCommand {
+    /// Resolve each board's base recipe against the Debian archive (InRelease
+    /// verified with the pinned archive keys) and write <DIR>/<board>.lock.
+    Lock(BaseLockArgs),
+    /// Download every package of the boards' locks into the package cache
+    /// ($XDG_CACHE_HOME/nodeimg/debs, else ~/.cache/nodeimg/debs), checked
+    /// against the lock, so that builds need no network.
+    Fetch(BaseFetchArgs),
+    /// Compose the node OS tree from .deb files (unpacked in-process, no maintainer
+    /// scripts, then the declarative steps) and write it as a rootfs tarball for
+    /// `build --rootfs`. A developer tool: builds without --rootfs do this themselves.
+    Compose(BaseComposeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BaseLockArgs {
+    /// Boards whose base to lock [default: every board that names a base recipe].
+    #[arg(value_name = "BOARD")]
+    pub boards: Vec<String>,
+
+    /// Debian mirror URL [default: $NODEIMG_DEBIAN_MIRROR, else the first Debian
+    /// mirror in this machine's apt sources].
+    #[arg(long, value_name = "URL")]
+    pub mirror: Option<String>,
+
+    /// Directory the lock files are written to.
+    #[arg(short, long, value_name = "DIR", default_value = "boards/base")]
+    pub output_dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BaseFetchArgs {
+    /// Boards whose locked packages to fetch [default: every board that names a base recipe].
+    #[arg(value_name = "BOARD", conflicts_with = "lock")]
+    pub boards: Vec<String>,
+
+    /// Debian mirror URL, asked only for packages not yet cached [default:
+    /// $NODEIMG_DEBIAN_MIRROR, else the first Debian mirror in this machine's apt sources].
+    #[arg(long, value_name = "URL")]
+    pub mirror: Option<String>,
+
+    /// A lock file to fetch instead of the boards' own.
+    #[arg(long, value_name = "FILE")]
+    pub lock: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,20 +144,75 @@ pub struct UpdateVerifyArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct FlashArgs {
+    /// The disk image: .img, or .img.zst, .img.gz, .img.xz (decompressed as streamed).
+    #[arg(required_unless_present = "fastboot", conflicts_with = "fastboot")]
+    pub image: Option<PathBuf>,
+
+    /// A block device (/dev/sdX, /dev/mmcblkN: the whole disk) or a file.
+    #[arg(required_unless_present = "fastboot", conflicts_with = "fastboot")]
+    pub target: Option<PathBuf>,
+
+    /// Write a block device without asking (for scripts).
+    #[arg(long)]
+    pub yes: bool,
+
+    /// The image's block map [default: IMAGE.bmap, or X.img.bmap for X.img.zst, if present].
+    #[arg(long, value_name = "FILE")]
+    pub bmap: Option<PathBuf>,
+
+    /// Do not read back and compare what was written.
+    #[arg(long)]
+    pub no_verify: bool,
+
     /// A phone build's output directory (out/<board>/): checks the attached
     /// phone's `fastboot getvar product`, then flashes boot.img (and
     /// vendor_boot.img) and the rootfs sparse image(s) to the board's partitions.
-    #[arg(long, value_name = "OUTDIR", required = true)]
+    #[arg(long, value_name = "OUTDIR")]
     pub fastboot: Option<PathBuf>,
 
-    /// Print the fastboot commands instead of running them.
+    /// Print the fastboot commands instead of running them (with --fastboot).
     #[arg(long)]
     pub dry_run: bool,
 }
 
 #[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// The image (out/<board>/<board>.img, or a boot.img, vendor_boot.img or sparse image).
+    pub image: PathBuf,
+
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write the sections of a boot.img, vendor_boot.img or sparse image into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub extract: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BaseComposeArgs {
+    /// Directory of verified .deb files, unpacked in file-name order.
+    #[arg(long, value_name = "DIR")]
+    pub debs: PathBuf,
+
+    /// The serial console a getty runs on (ttyAMA0 on qemu-aarch64, ttyS1 on rpi4).
+    #[arg(long, value_name = "TTY", default_value = "ttyAMA0")]
+    pub console: String,
+
+    /// Where the rootfs tarball (uncompressed tar) goes.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+
+    /// Only unpack the packages (merged-/usr placement, Replaces), without the
+    /// declarative steps: to compare the unpacking with dpkg-deb -x.
+    #[arg(long)]
+    pub unpack_only: bool,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct BootTestArgs {
-    /// The disk image (out/<board>/<board>.img).
+    /// The disk image (out/<board>/<board>.img), or a phone's output
+    /// directory (out/<board>/ with boot.img and rootfs.img) or its boot.img.
     pub image: PathBuf,
 
     /// Working directory for the copy, boot files and console.log [default: a new temporary directory].
@@ -116,6 +231,19 @@ pub struct BootTestArgs {
     /// partition) and check they end at the rescue shell.
     #[arg(long)]
     pub broken: bool,
+
+    /// The image's system runs systemd: enter through systemd's debug shell on the
+    /// serial console (its getty masked, for this boot only) and also check that
+    /// multi-user.target is reached with no failed units, sshd listens, networkd
+    /// has a DHCP address and timesyncd runs.
+    #[arg(long)]
+    pub systemd: bool,
+
+    /// A test private key whose public half is in the image's ssh_authorized_keys:
+    /// also check that root logs in over SSH with it (from inside the guest, to its
+    /// own sshd) and that a password login is refused.
+    #[arg(long, value_name = "FILE")]
+    pub ssh_key: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -204,6 +332,32 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("nodeimg").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn base_lock_and_fetch_take_boards_and_a_mirror() {
+        let cli = parse(&[
+            "base",
+            "lock",
+            "rpi4",
+            "qemu-aarch64",
+            "--mirror",
+            "http://m/d",
+        ])
+        .unwrap();
+        let Command::Base(BaseCommand::Lock(a)) = cli.command else {
+            panic!("not base lock")
+        };
+        assert_eq!(a.boards, ["rpi4", "qemu-aarch64"]);
+        assert_eq!(a.mirror.as_deref(), Some("http://m/d"));
+        assert_eq!(a.output_dir, PathBuf::from("boards/base"));
+        let cli = parse(&["base", "fetch", "--lock", "x.lock"]).unwrap();
+        let Command::Base(BaseCommand::Fetch(f)) = cli.command else {
+            panic!("not base fetch")
+        };
+        assert_eq!(f.lock, Some(PathBuf::from("x.lock")));
+        assert!(f.boards.is_empty() && f.mirror.is_none());
+        assert!(parse(&["base", "fetch", "rpi4", "--lock", "x.lock"]).is_err());
     }
 
     #[test]
@@ -309,6 +463,34 @@ mod tests {
             "rpi4"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn flash_takes_image_target_and_options() {
+        let Command::Flash(f) = parse(&[
+            "flash",
+            "a.img.zst",
+            "/dev/sdb",
+            "--yes",
+            "--bmap",
+            "a.bmap",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("not flash")
+        };
+        assert_eq!(f.image, Some(PathBuf::from("a.img.zst")));
+        assert_eq!(f.target, Some(PathBuf::from("/dev/sdb")));
+        assert!(f.fastboot.is_none());
+        assert!(f.yes && !f.no_verify);
+        assert_eq!(f.bmap, Some(PathBuf::from("a.bmap")));
+        assert!(parse(&["flash", "a.img"]).is_err());
+        assert!(parse(&["flash", "a.img", "/dev/sdb", "--fastboot", "o"]).is_err());
+        let Command::Inspect(i) = parse(&["inspect", "a.img", "--json"]).unwrap().command else {
+            panic!("not inspect")
+        };
+        assert!(i.json);
     }
 
     #[test]

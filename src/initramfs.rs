@@ -16,6 +16,11 @@
 //! never replaced: where one is in the way, the requested library path gets
 //! an absolute symlink to the canonical file instead. `/etc/nodeimg/tools`
 //! lists the tools included, one canonical absolute path per line.
+//!
+//! On phones the node config travels inside boot.img: [`node_config_archive`]
+//! makes a second, small archive with `etc/nodeimg/boot/nodeimg/*` that is
+//! appended to the shared initramfs (the kernel unpacks concatenated archives
+//! in order), so the shared part stays the same for every node and cacheable.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -50,6 +55,41 @@ pub fn write_in_background(tree: Tree, path: std::path::PathBuf) -> Result<Pendi
         .spawn(work)
         .context("starting a thread to write the initramfs")?;
     Ok(PendingWrite(handle))
+}
+
+/// Where the init looks for the node config inside the initramfs (see
+/// `find_node_config` in `overlays/initramfs/init`).
+pub const NODE_CONFIG_DIR: &str = "etc/nodeimg/boot";
+
+/// A gzip'd newc archive holding the node's config files (`nodeimg/node.env`,
+/// ... as [`crate::join::NodeConfig::files`] names them) under
+/// [`NODE_CONFIG_DIR`], with their modes (the token's 0600) in directories
+/// only root can enter; appended to the initramfs of a phone's boot.img.
+pub fn node_config_archive(
+    files: &BTreeMap<String, crate::join::NodeFile>,
+    mtime: u64,
+) -> Result<Vec<u8>> {
+    let open = Meta::root(0o755, mtime);
+    let private = Meta::root(0o700, mtime);
+    let mut t = Tree::new(open);
+    t.insert("etc", Entry::dir(open))?;
+    t.insert("etc/nodeimg", Entry::dir(open))?;
+    t.insert(NODE_CONFIG_DIR, Entry::dir(private))?;
+    for (name, f) in files {
+        let path = tree::join(NODE_CONFIG_DIR, name);
+        t.insert_with_parents(
+            &path,
+            Entry::file(Meta::root(f.mode, mtime), f.data.clone()),
+            private,
+        )
+        .with_context(|| format!("the node config file {name}"))?;
+    }
+    let gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .operating_system(3)
+        .write(Vec::new(), flate2::Compression::new(9));
+    let gz = crate::fs::cpio::write(&t, gz).context("writing the node config archive")?;
+    gz.finish().context("compressing the node config archive")
 }
 
 /// The kernel's module dependency graph, from `modules.dep` and `modules.builtin`.
@@ -455,6 +495,57 @@ fn file_text(t: &Tree, path: &str) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn node_config_archive_holds_the_files_under_etc_nodeimg_boot_with_their_modes() {
+        let mut files = BTreeMap::new();
+        for (name, mode, data) in [
+            ("nodeimg/node.env", 0o644, "NODEIMG_CONFIG_VERSION='1'\n"),
+            ("nodeimg/token", 0o600, "secret\n"),
+        ] {
+            files.insert(
+                name.to_string(),
+                crate::join::NodeFile {
+                    mode,
+                    data: data.as_bytes().to_vec(),
+                },
+            );
+        }
+        let gz = node_config_archive(&files, 1_700_000_000).unwrap();
+        assert_eq!(gz, node_config_archive(&files, 1_700_000_000).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.cpio.gz");
+        std::fs::write(&path, &gz).unwrap();
+        // GNU cpio is the oracle.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("zcat '{}' | cpio -itv --quiet", path.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let listing = String::from_utf8(out.stdout).unwrap();
+        let modes: Vec<(&str, &str)> = listing
+            .lines()
+            .map(|l| {
+                (
+                    l.split_whitespace().next().unwrap(),
+                    l.rsplit(' ').next().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            modes,
+            [
+                ("drwxr-xr-x", "etc"),
+                ("drwxr-xr-x", "etc/nodeimg"),
+                ("drwx------", "etc/nodeimg/boot"),
+                ("drwx------", "etc/nodeimg/boot/nodeimg"),
+                ("-rw-r--r--", "etc/nodeimg/boot/nodeimg/node.env"),
+                ("-rw-------", "etc/nodeimg/boot/nodeimg/token"),
+            ],
+            "{listing}"
+        );
+    }
     use super::*;
 
     const DEP: &str = "kernel/fs/ext4/ext4.ko.xz: kernel/lib/crc16.ko.xz kernel/fs/mbcache.ko.xz kernel/fs/jbd2/jbd2.ko.xz\n\

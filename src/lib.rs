@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod android;
+pub mod base;
 pub mod board;
 pub mod bootfiles;
 pub mod boottest;
@@ -14,6 +15,7 @@ pub mod cache;
 pub mod cli;
 pub mod disk;
 pub mod elf;
+pub mod flash;
 pub mod fs;
 pub mod ids;
 pub mod initramfs;
@@ -24,6 +26,7 @@ pub mod k3s;
 pub mod kernelconfig;
 pub mod manifest;
 pub mod output;
+pub mod phone;
 pub mod progress;
 pub mod qemu;
 pub mod service;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use nodeimg::board::DataDir;
-use nodeimg::cli::{Cli, Command};
+use nodeimg::cli::{BaseCommand, Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -37,9 +37,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::BootTest(args) => nodeimg::boottest::command(&args),
+        Command::Base(BaseCommand::Lock(args)) => nodeimg::base::lock_command(&data, &args),
+        Command::Base(BaseCommand::Fetch(args)) => nodeimg::base::fetch_command(&data, &args),
         Command::Flash(args) => match &args.fastboot {
             Some(outdir) => nodeimg::android::fastboot::command(&data, outdir, args.dry_run),
-            None => anyhow::bail!("nothing to flash: give --fastboot OUTDIR"),
+            None => nodeimg::flash::command(&args),
         },
         Command::Keygen(args) => {
             let public = nodeimg::update::sign::keygen(&args.out)?;
@@ -48,5 +50,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Update(cmd) => nodeimg::update::bundle::command(&cmd),
+        Command::Inspect(args) => nodeimg::inspect::command(&args),
+        Command::Base(BaseCommand::Compose(a)) => {
+            nodeimg::base::compose::command(&a.debs, &a.console, a.unpack_only, &a.out)
+        }
     }
 }

@@ -83,7 +83,22 @@ pub struct PartInfo {
 pub struct OutputInfo {
     pub file: String,
     pub size: u64,
+    /// Absent for disk images: hashing one costs time in proportion to its
+    /// size, mostly holes; its block map (`bmap`) holds the SHA-256 of every
+    /// range that holds data, and `SHA256SUMS` lists the map.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bmap: Option<BmapInfo>,
+}
+
+/// A disk image's block map (`<image>.bmap`, bmaptool's format).
+#[derive(Serialize)]
+pub struct BmapInfo {
+    pub file: String,
     pub sha256: String,
+    /// The bytes the map says to write.
+    pub mapped_bytes: u64,
 }
 
 impl DiskInfo {

@@ -298,7 +298,10 @@ fn data_partition_is_clean_ext4() {
 fn outputs_come_with_manifest_and_checksums() {
     let img = built_image("rpi4");
     let dir = img.parent().unwrap();
-    assert_eq!(dir_names(dir), ["SHA256SUMS", "build.json", "rpi4.img"]);
+    assert_eq!(
+        dir_names(dir),
+        ["SHA256SUMS", "build.json", "rpi4.img", "rpi4.img.bmap"]
+    );
     let sums = fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
     let check = run_ok(
         Command::new("sha256sum")
@@ -307,9 +310,20 @@ fn outputs_come_with_manifest_and_checksums() {
             .arg("SHA256SUMS")
             .current_dir(dir),
     );
-    assert!(stdout(&check).contains("rpi4.img: OK"), "{sums}");
+    assert!(stdout(&check).contains("rpi4.img.bmap: OK"), "{sums}");
+    assert!(stdout(&check).contains("build.json: OK"), "{sums}");
     let m: serde_json::Value =
         serde_json::from_slice(&fs::read(dir.join("build.json")).unwrap()).unwrap();
+    // build.json names the map, with the SHA-256 SHA256SUMS has for it.
+    let image_out = &m["outputs"][0];
+    assert_eq!(image_out["file"], "rpi4.img");
+    assert_eq!(image_out["size"], fs::metadata(&img).unwrap().len());
+    assert_eq!(image_out["bmap"]["file"], "rpi4.img.bmap");
+    let bmap_sha = image_out["bmap"]["sha256"].as_str().unwrap_or_default();
+    assert!(
+        bmap_sha.len() == 64 && sums.contains(&format!("{bmap_sha}  rpi4.img.bmap\n")),
+        "{sums} vs {image_out}"
+    );
     assert_eq!(m["board"], "rpi4");
     assert_eq!(m["source_date_epoch"], 1700000000);
     // The rootfs file's SHA-256, exactly: 64 lowercase hex digits equal to sha256sum's.
@@ -512,7 +526,17 @@ fn boards_lists_one_line_each() {
         .lines()
         .map(|l| l.split_whitespace().next().unwrap())
         .collect();
-    assert_eq!(names, ["qemu-aarch64", "rpi4"]);
+    assert_eq!(
+        names,
+        [
+            "oneplus-dumpling",
+            "oneplus-enchilada",
+            "oneplus-instantnoodlep",
+            "qemu-aarch64",
+            "qemu-aarch64-phone",
+            "rpi4"
+        ]
+    );
 }
 
 /// The board's optional tools (sfdisk, resize2fs, e2fsck) are in the
@@ -650,4 +674,97 @@ fn initramfs_tools_come_with_their_interpreter_and_libraries() {
     );
     // The initramfs's own busybox directory is left alone.
     assert!(fs::symlink_metadata(x.join("bin")).unwrap().is_dir());
+}
+
+/// The ranges of a .bmap, read with plain string handling (not nodeimg's
+/// reader): (image size, block size, [(first, last, sha256)]).
+fn bmap_ranges(path: &Path) -> (u64, u64, Vec<(u64, u64, String)>) {
+    let text = fs::read_to_string(path).unwrap();
+    let field = |tag: &str| -> u64 {
+        let open = format!("<{tag}>");
+        let at = text.find(&open).unwrap_or_else(|| panic!("no {open}")) + open.len();
+        let end = at + text[at..].find('<').unwrap();
+        text[at..end].trim().parse().unwrap()
+    };
+    let ranges = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("<Range chksum=\""))
+        .map(|l| {
+            let (sum, rest) = l.split_once('"').unwrap();
+            let span = rest.trim_start_matches('>').split('<').next().unwrap();
+            let (a, b) = span.trim().split_once('-').unwrap();
+            (
+                a.trim().parse().unwrap(),
+                b.trim().parse().unwrap(),
+                sum.to_string(),
+            )
+        })
+        .collect();
+    (field("ImageSize"), field("BlockSize"), ranges)
+}
+
+/// The image's content is checked independently of the map's own claims:
+/// every range's SHA-256 recomputed from the image, the ranges covering the
+/// tables and every partition's start, and bmaptool (the format's own tool)
+/// accepting the map, verifying every range and writing the same bytes.
+#[test]
+fn bmap_checksums_match_the_image_and_bmaptool_copies_it() {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Seek, SeekFrom};
+    for board in ["rpi4", "qemu-aarch64"] {
+        let img = built_image(board);
+        let bmap = img.with_file_name(format!("{board}.img.bmap"));
+        let (size, bs, ranges) = bmap_ranges(&bmap);
+        assert_eq!(size, fs::metadata(&img).unwrap().len(), "{board}");
+        assert_eq!(bs, 4096);
+        assert!(!ranges.is_empty());
+        let mut f = fs::File::open(&img).unwrap();
+        let mut mapped = 0u64;
+        for (first, last, sum) in &ranges {
+            let (s, e) = (first * bs, ((last + 1) * bs).min(size));
+            let mut buf = vec![0u8; (e - s) as usize];
+            f.seek(SeekFrom::Start(s)).unwrap();
+            f.read_exact(&mut buf).unwrap();
+            assert_eq!(
+                &hex::encode(Sha256::digest(&buf)),
+                sum,
+                "{board}: blocks {first}-{last}"
+            );
+            mapped += e - s;
+        }
+        let covered = |off: u64| {
+            ranges
+                .iter()
+                .any(|(a, b, _)| a * bs <= off && off < (b + 1) * bs)
+        };
+        assert!(covered(0), "{board}: the table is not mapped");
+        // Boot, system A and data hold data; slot B is empty until an update.
+        let table = sfdisk(&img);
+        for i in [0, 1, 3] {
+            let p = &table.partitions[i];
+            assert!(
+                covered(p.start * table.sector_size),
+                "{board}: the start of {} is not mapped",
+                p.node
+            );
+        }
+        // A small part of the 2 GiB image.
+        assert!(
+            mapped < size / 2,
+            "{board}: {mapped} of {size} bytes mapped"
+        );
+
+        let scratch_dir = scratch(&format!("bmaptool-{board}"));
+        let copy = scratch_dir.join("copy.img");
+        run_ok(
+            Command::new("bmaptool")
+                .arg("copy")
+                .arg("--bmap")
+                .arg(&bmap)
+                .arg(&img)
+                .arg(&copy),
+        );
+        run_ok(Command::new("cmp").arg(&img).arg(&copy));
+        let _ = fs::remove_dir_all(&scratch_dir);
+    }
 }

@@ -80,14 +80,15 @@ impl Setup {
         v["system_cache"].as_str().unwrap().to_string()
     }
 
-    /// The image's SHA-256 as build.json records it (computed over the
-    /// whole image by the build; cheaper than reading 2 GiB here twice).
+    /// The SHA-256 of the image's block map as build.json records it (the
+    /// map holds the SHA-256 of every range of the image that holds data,
+    /// and the image's size; cheaper than reading 2 GiB here twice).
     fn image(&self, out: &str, node: &str) -> String {
         let json = fs::read_to_string(self.out(out, node).join("build.json")).unwrap();
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         let o = &v["outputs"][0];
         assert_eq!(o["file"], format!("qemu-aarch64-{node}.img"));
-        o["sha256"].as_str().unwrap().to_string()
+        o["bmap"]["sha256"].as_str().unwrap().to_string()
     }
 
     fn entries(&self) -> Vec<String> {

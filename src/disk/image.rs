@@ -6,11 +6,10 @@
 //! space and is written quickly; readers see zeros in the holes, so the bytes
 //! are the same as a fully written image.
 
-use anyhow::{anyhow, bail, Context, Result};
-use sha2::{Digest, Sha256};
+use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::sparse;
 
@@ -77,113 +76,6 @@ fn check(total: u64, blobs: &[(u64, &[u8])], partitions: &[(u64, u64, &Path)]) -
     Ok(())
 }
 
-/// The SHA-256 of a disk image, started before the image is complete.
-///
-/// Hashing a whole image is a core's work for about a second per 2 GiB
-/// (SHA-256 with the CPU's SHA extensions; the holes count as zeros), and it
-/// cannot be split across cores. [`sha256_in_background`] hashes the bytes
-/// before `upto` on a thread of its own from what [`assemble`] writes there
-/// (the tables and the partition images), while the caller assembles the
-/// image and writes the partitions after `upto` in place; [`Self::finish`]
-/// then hashes the rest from the image file.
-pub struct PendingSha256 {
-    handle: std::thread::JoinHandle<Result<Sha256>>,
-    upto: u64,
-    total: u64,
-}
-
-/// Starts hashing the first `upto` bytes of the image that `assemble(out,
-/// total, blobs, partitions)` writes (same arguments), from those inputs.
-/// Nothing may change these bytes afterwards: whatever the caller writes into
-/// the image after `assemble` (the data partition) must lie at or after `upto`.
-pub fn sha256_in_background(
-    total: u64,
-    blobs: &[(u64, &[u8])],
-    partitions: &[(u64, u64, &Path)],
-    upto: u64,
-) -> Result<PendingSha256> {
-    check(total, blobs, partitions)?;
-    if upto > total {
-        bail!("hashing {upto} bytes of a {total}-byte image");
-    }
-    enum Piece {
-        Blob(Vec<u8>),
-        File(PathBuf),
-    }
-    let mut pieces: Vec<(u64, Piece)> = blobs
-        .iter()
-        .map(|(off, b)| (*off, Piece::Blob(b.to_vec())))
-        .chain(
-            partitions
-                .iter()
-                .map(|(off, _, p)| (*off, Piece::File(p.to_path_buf()))),
-        )
-        .collect();
-    pieces.sort_by_key(|p| p.0);
-    let work = move || -> Result<Sha256> {
-        let mut h = Sha256::new();
-        // Bytes hashed so far; the pieces do not overlap (checked).
-        let mut pos = 0u64;
-        for (off, piece) in pieces {
-            if off >= upto {
-                break;
-            }
-            sparse::hash_zeros(&mut h, off - pos);
-            pos = off;
-            match piece {
-                Piece::Blob(b) => {
-                    let n = (b.len() as u64).min(upto - off);
-                    // n <= b.len(): the cast cannot truncate.
-                    h.update(&b[..n as usize]);
-                    pos += n;
-                }
-                Piece::File(p) => {
-                    let ctx = || format!("hashing partition image {}", p.display());
-                    let f = File::open(&p).with_context(ctx)?;
-                    let len = f.metadata().with_context(ctx)?.len();
-                    let n = len.min(upto - off);
-                    sparse::hash_range(&mut h, &f, 0, n).with_context(ctx)?;
-                    pos += n;
-                }
-            }
-        }
-        sparse::hash_zeros(&mut h, upto - pos);
-        Ok(h)
-    };
-    let handle = std::thread::Builder::new()
-        .name("image-sha256".into())
-        .spawn(work)
-        .context("starting a thread to hash the disk image")?;
-    Ok(PendingSha256 {
-        handle,
-        upto,
-        total,
-    })
-}
-
-impl PendingSha256 {
-    /// The hex SHA-256 of the finished image at `image`: the bytes before
-    /// `upto` as hashed in the background, the rest read from the file.
-    pub fn finish(self, image: &Path) -> Result<String> {
-        let mut h = self
-            .handle
-            .join()
-            .map_err(|_| anyhow!("the thread hashing the disk image panicked"))??;
-        let ctx = || format!("hashing disk image {}", image.display());
-        let f = File::open(image).with_context(ctx)?;
-        let len = f.metadata().with_context(ctx)?.len();
-        if len != self.total {
-            bail!(
-                "disk image {} is {len} bytes, not {}",
-                image.display(),
-                self.total
-            );
-        }
-        sparse::hash_range(&mut h, &f, self.upto, self.total).with_context(ctx)?;
-        Ok(hex::encode(h.finalize()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,56 +125,6 @@ mod tests {
     /// The background hash equals the hash of the finished image wherever
     /// its boundary lies (in a gap, inside a partition image, at the end),
     /// with data written after the boundary once the image is assembled.
-    #[test]
-    fn background_sha256_is_that_of_the_finished_image() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut p1 = pattern(70_000, 3);
-        p1.extend(vec![0u8; 3 * sparse::CHUNK]);
-        p1.extend(pattern(1000, 9));
-        let a = dir.path().join("a.img");
-        std::fs::write(&a, &p1).unwrap();
-        // A sparse partition image: data, a hole, data.
-        let b = dir.path().join("b.img");
-        {
-            use std::os::unix::fs::FileExt;
-            let f = File::create(&b).unwrap();
-            f.set_len(3 << 20).unwrap();
-            f.write_all_at(&pattern(5000, 4), 0).unwrap();
-            f.write_all_at(&pattern(5000, 5), (3 << 20) - 5000).unwrap();
-        }
-        let total = 8u64 << 20;
-        let blob = pattern(512, 1);
-        let tail = pattern(100, 2);
-        let blobs: Vec<(u64, &[u8])> = vec![(0, &blob), (total - 100, &tail)];
-        let parts: Vec<(u64, u64, &Path)> = vec![(65536, 1 << 20, &a), (2 << 20, 4 << 20, &b)];
-        for upto in [
-            0,
-            1000,
-            65536 + 500,
-            2 << 20,
-            (2 << 20) + 4096,
-            6 << 20,
-            total,
-        ] {
-            let out = dir.path().join("disk.img");
-            let pending = sha256_in_background(total, &blobs, &parts, upto).unwrap();
-            assemble(&out, total, &blobs, &parts).unwrap();
-            if upto < total - 100 {
-                // What the caller writes in place after assembling.
-                use std::os::unix::fs::FileExt;
-                let f = std::fs::OpenOptions::new().write(true).open(&out).unwrap();
-                f.write_all_at(b"data partition", upto).unwrap();
-            }
-            let got = pending.finish(&out).unwrap();
-            let want = hex::encode(Sha256::digest(std::fs::read(&out).unwrap()));
-            assert_eq!(got, want, "boundary at {upto}");
-        }
-        // Bad arguments are refused up front, like `assemble`'s.
-        assert!(sha256_in_background(total, &blobs, &parts, total + 1).is_err());
-        let bad: Vec<(u64, u64, &Path)> = vec![(65536, 1000, &a)];
-        assert!(sha256_in_background(total, &[], &bad, 0).is_err());
-    }
-
     #[test]
     fn output_is_sparse() {
         let dir = tempfile::tempdir().unwrap();

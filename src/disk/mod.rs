@@ -1,5 +1,6 @@
 //! Partition tables (MBR, GPT), layout arithmetic, the disk plan by role and disk image assembly.
 
+pub mod bmap;
 pub mod gpt;
 pub mod image;
 pub mod layout;

@@ -42,15 +42,17 @@ pub fn read_rootfs(path: &Path, spill_dir: &Path) -> Result<Tree> {
 
 /// Where an archive's file data goes once decompressed: written once, front to
 /// back, then read by range. Unlinked from the start, so it disappears with
-/// the last `Content` that refers to it, whatever happens.
-struct Spill {
+/// the last `Content` that refers to it, whatever happens. One spill file may
+/// take several archives (`read_tar_spilled`), e.g. the packages of a base.
+pub struct Spill {
     file: Arc<fs::File>,
     end: u64,
     buf: Vec<u8>,
 }
 
 impl Spill {
-    fn new(dir: &Path) -> Result<Self> {
+    /// A new, empty spill file in `dir`.
+    pub fn new(dir: &Path) -> Result<Self> {
         let file = tempfile::tempfile_in(dir)
             .with_context(|| format!("creating a spill file in {}", dir.display()))?;
         Ok(Spill {
@@ -233,7 +235,13 @@ impl<R: Read> Read for EofWatch<R> {
 /// The tar crate's errors quote raw header bytes, line breaks included; the
 /// error returned here is always one line (control characters escaped).
 pub fn read_tar<R: Read>(input: R, spill_dir: &Path) -> Result<Tree> {
-    read_tar_inner(input, spill_dir).map_err(|e| anyhow!("{}", one_line(&format!("{e:#}"))))
+    let mut spill = Spill::new(spill_dir)?;
+    read_tar_spilled(input, &mut spill)
+}
+
+/// [`read_tar`] with the file data appended to an existing spill file.
+pub fn read_tar_spilled<R: Read>(input: R, spill: &mut Spill) -> Result<Tree> {
+    read_tar_inner(input, spill).map_err(|e| anyhow!("{}", one_line(&format!("{e:#}"))))
 }
 
 /// `s` with line breaks and other control characters escaped.
@@ -249,8 +257,7 @@ fn one_line(s: &str) -> String {
         .collect()
 }
 
-fn read_tar_inner<R: Read>(mut input: R, spill_dir: &Path) -> Result<Tree> {
-    let spill = Spill::new(spill_dir)?;
+fn read_tar_inner<R: Read>(mut input: R, spill: &mut Spill) -> Result<Tree> {
     let mut magic = Vec::with_capacity(6);
     (&mut input)
         .take(6)
@@ -318,7 +325,7 @@ fn pax_number(value: &[u8]) -> Option<u64> {
     int.parse().ok()
 }
 
-fn read_tar_stream<R: Read>(reader: R, mut spill: Spill) -> Result<Tree> {
+fn read_tar_stream<R: Read>(reader: R, spill: &mut Spill) -> Result<Tree> {
     let mut archive = tar::Archive::new(EofWatch {
         inner: reader,
         hit_eof: false,
@@ -340,7 +347,7 @@ fn read_tar_stream<R: Read>(reader: R, mut spill: Spill) -> Result<Tree> {
                 continue;
             }
             let path = check_entry_path(&tree, &name)?;
-            add_tar_entry(&mut tree, &mut entry, &path, &mut spill)
+            add_tar_entry(&mut tree, &mut entry, &path, spill)
                 .with_context(|| format!("entry {name:?}"))?;
             last = Some(name);
         }

@@ -125,8 +125,8 @@ pub fn for_build<'a>(
             min_version,
             kernel_release: &found.kernel_release,
             layout: Layout {
-                boot_size: plan.part(Role::Boot).size,
-                system_slot_size: plan.part(Role::SystemA).size,
+                boot_size: plan.part(Role::Boot)?.size,
+                system_slot_size: plan.part(Role::SystemA)?.size,
             },
             squashfs,
             boot_files: &boot_files,
@@ -144,7 +144,8 @@ pub fn for_build<'a>(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
         size,
-        sha256,
+        sha256: Some(sha256),
+        bmap: None,
     })
 }
 

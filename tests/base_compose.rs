@@ -1,0 +1,429 @@
+//! `nodeimg base compose`: packages built here with `dpkg-deb --build`
+//! unpacked by nodeimg and compared with `dpkg-deb -x` (the oracle: same
+//! files, modes, owners, link targets, devices, setuid bits); merged-/usr
+//! placement and Replaces; and the real trixie base (test-images/
+//! fetch-trixie-debs.sh) composed and booted under systemd in QEMU.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+/// Builds a .deb from `root` (a package tree with DEBIAN/control) into `out`.
+fn dpkg_build(root: &Path, out: &Path) {
+    run_ok(
+        Command::new("dpkg-deb")
+            .args(["--build", "-Zxz"])
+            .arg(root)
+            .arg(out),
+    );
+}
+
+fn control(dir: &Path, name: &str, extra: &str) {
+    fs::create_dir_all(dir.join("DEBIAN")).unwrap();
+    fs::write(
+        dir.join("DEBIAN/control"),
+        format!(
+            "Package: {name}\nVersion: 1.0-1\nArchitecture: all\nMaintainer: t <t@example.org>\n{extra}Description: test package {name}\n a longer\n description\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// Shell commands run in a fresh directory to make a package's files (as a
+/// child process, so executables are not written by this process).
+fn make_files(dir: &Path, script: &str) {
+    run_ok(Command::new("sh").arg("-ec").arg(script).current_dir(dir));
+}
+
+fn compose_tar(debs: &Path, out: &Path, unpack_only: bool) -> std::process::Output {
+    let mut cmd = nodeimg();
+    cmd.args(["base", "compose", "--debs"])
+        .arg(debs)
+        .arg("--out")
+        .arg(out);
+    if unpack_only {
+        cmd.arg("--unpack-only");
+    }
+    run(&mut cmd)
+}
+
+fn untar(tar: &Path, dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    let mut cmd = Command::new("tar");
+    cmd.arg("--numeric-owner");
+    if running_as_root() {
+        cmd.arg("--same-owner");
+    }
+    run_ok(cmd.arg("-xpf").arg(tar).arg("-C").arg(dir));
+}
+
+#[test]
+fn unpacking_matches_dpkg_deb_x() {
+    let dir = scratch("base-compose-oracle");
+    let debs = dir.join("debs");
+    fs::create_dir_all(&debs).unwrap();
+    let owners = owners_survive_extraction("unpacking_matches_dpkg_deb_x");
+
+    let a = dir.join("pkg-a");
+    fs::create_dir_all(&a).unwrap();
+    make_files(
+        &a,
+        "mkdir -p usr/bin usr/share/a etc/a var/lib/a dev
+         printf 'binary\\n' > usr/bin/a && chmod 4755 usr/bin/a
+         printf 'group\\n' > usr/bin/a-sgid && chmod 2711 usr/bin/a-sgid
+         printf 'data\\n' > usr/share/a/data && ln usr/share/a/data usr/share/a/hardlink
+         : > usr/share/a/empty
+         ln -s ../share/a/data usr/bin/rel-link && ln -s /etc/a/conf usr/share/a/abs-link
+         printf 'x=1\\n' > etc/a/conf && chmod 600 etc/a/conf
+         chmod 1777 var/lib/a
+         mkfifo dev/fifo
+         long=usr/share/a/$(printf 'd%.0s' $(seq 120))/$(printf 'f%.0s' $(seq 90)); mkdir -p $(dirname $long); echo long > $long",
+    );
+    if owners {
+        make_files(
+            &a,
+            "chown 1000:1001 usr/share/a/data var/lib/a && chown 0:42 etc/a/conf
+             mknod dev/null-like c 1 3 && mknod dev/blk b 8 1 && mknod dev/big c 300 70000",
+        );
+    }
+    control(&a, "pkg-a", "");
+    fs::write(a.join("DEBIAN/conffiles"), "/etc/a/conf\n").unwrap();
+    dpkg_build(&a, &debs.join("pkg-a_1.0-1_all.deb"));
+
+    let b = dir.join("pkg-b");
+    fs::create_dir_all(&b).unwrap();
+    make_files(&b, "mkdir -p usr/bin usr/share/b && printf 'b\\n' > usr/bin/b && chmod 755 usr/bin/b && echo doc > usr/share/b/README");
+    control(&b, "pkg-b", "Depends: pkg-a\n");
+    // gzip-compressed members, as old packages have
+    run_ok(
+        Command::new("dpkg-deb")
+            .args(["--build", "-Zgzip"])
+            .arg(&b)
+            .arg(debs.join("pkg-b_1.0-1_all.deb")),
+    );
+
+    // The oracle: dpkg-deb -x of each package, in the same order.
+    let oracle = dir.join("oracle");
+    fs::create_dir_all(&oracle).unwrap();
+    for deb in ["pkg-a_1.0-1_all.deb", "pkg-b_1.0-1_all.deb"] {
+        run_ok(
+            Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(debs.join(deb))
+                .arg(&oracle),
+        );
+    }
+    let tar = dir.join("unpacked.tar");
+    let out = compose_tar(&debs, &tar, true);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).is_empty(),
+        "no warnings expected: {}",
+        stderr(&out)
+    );
+    let ours = dir.join("ours");
+    untar(&tar, &ours);
+
+    let want = describe_tree(&oracle);
+    let got = describe_tree(&ours);
+    let strip = |m: &std::collections::BTreeMap<String, String>| -> Vec<(String, String)> {
+        m.iter()
+            .map(|(k, v)| (k.clone(), if owners { v.clone() } else { without_owner(v) }))
+            .collect()
+    };
+    assert_eq!(strip(&got), strip(&want));
+    // The checks above compare something: setuid, devices and links are there.
+    assert!(
+        want["usr/bin/a"].contains("mode=4755"),
+        "{}",
+        want["usr/bin/a"]
+    );
+    assert!(want["usr/bin/rel-link"].contains("link -> ../share/a/data"));
+    if owners {
+        assert!(
+            want["dev/big"].starts_with("special"),
+            "{}",
+            want["dev/big"]
+        );
+        assert!(want["usr/share/a/data"].ends_with("uid=1000 gid=1001"));
+    }
+    // Hard links stay hard links.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        fs::metadata(ours.join("usr/share/a/data")).unwrap().ino(),
+        fs::metadata(ours.join("usr/share/a/hardlink"))
+            .unwrap()
+            .ino()
+    );
+}
+
+#[test]
+fn merged_usr_placement_and_replaces() {
+    let dir = scratch("base-compose-usrmerge");
+    let debs = dir.join("debs");
+    fs::create_dir_all(&debs).unwrap();
+    // "a-old" sorts first and ships /bin as a directory, as bookworm-era
+    // packages do; "base" ships the merged-/usr links.
+    let old = dir.join("a-old");
+    fs::create_dir_all(&old).unwrap();
+    make_files(&old, "mkdir -p bin sbin && printf 'old\\n' > bin/tool && chmod 755 bin/tool && printf s > sbin/x");
+    control(&old, "a-old", "");
+    dpkg_build(&old, &debs.join("a-old_1.0-1_all.deb"));
+    let base = dir.join("base");
+    fs::create_dir_all(&base).unwrap();
+    make_files(
+        &base,
+        "mkdir -p usr/bin usr/sbin usr/lib && ln -s usr/bin bin && ln -s usr/sbin sbin && ln -s usr/lib lib",
+    );
+    control(&base, "base", "");
+    dpkg_build(&base, &debs.join("base_1.0-1_all.deb"));
+    // "new" replaces a-old's tool; "other" overwrites it without Replaces.
+    let new = dir.join("new");
+    fs::create_dir_all(&new).unwrap();
+    make_files(
+        &new,
+        "mkdir -p usr/bin && printf 'new\\n' > usr/bin/tool && chmod 755 usr/bin/tool",
+    );
+    control(&new, "new", "Replaces: a-old (<< 2)\n");
+    dpkg_build(&new, &debs.join("new_1.0-1_all.deb"));
+
+    let tar = dir.join("unpacked.tar");
+    let out = compose_tar(&debs, &tar, true);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).is_empty(),
+        "Replaces: no warning: {}",
+        stderr(&out)
+    );
+    let root = dir.join("root");
+    untar(&tar, &root);
+    assert_eq!(
+        fs::read_link(root.join("bin")).unwrap(),
+        Path::new("usr/bin")
+    );
+    assert_eq!(
+        fs::read_link(root.join("sbin")).unwrap(),
+        Path::new("usr/sbin")
+    );
+    assert_eq!(
+        fs::read_to_string(root.join("usr/bin/tool")).unwrap(),
+        "new\n"
+    );
+    assert_eq!(fs::read_to_string(root.join("usr/sbin/x")).unwrap(), "s");
+
+    let other = dir.join("zz-other");
+    fs::create_dir_all(&other).unwrap();
+    make_files(
+        &other,
+        "mkdir -p usr/bin && printf 'other\\n' > usr/bin/tool && chmod 755 usr/bin/tool",
+    );
+    control(&other, "zz-other", "");
+    dpkg_build(&other, &debs.join("zz-other_1.0-1_all.deb"));
+    let out = compose_tar(&debs, &tar, true);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        "warning: /usr/bin/tool: zz-other overwrites the file of new (no Replaces)"
+    );
+
+    // A package that puts a file where another has a directory is refused.
+    let clash = dir.join("zzz-clash");
+    fs::create_dir_all(&clash).unwrap();
+    make_files(&clash, "mkdir -p usr && printf x > usr/lib");
+    control(&clash, "zzz-clash", "");
+    dpkg_build(&clash, &debs.join("zzz-clash_1.0-1_all.deb"));
+    let out = compose_tar(&debs, &tar, true);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("package zzz-clash: /usr/lib where another package has a directory"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn broken_packages_are_one_line_errors() {
+    let dir = scratch("base-compose-broken");
+    let debs = dir.join("debs");
+    fs::create_dir_all(&debs).unwrap();
+    fs::write(debs.join("bad_1_all.deb"), b"!<arch>\nnot really").unwrap();
+    let out = compose_tar(&debs, &dir.join("x.tar"), true);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("bad_1_all.deb"), "{err}");
+    assert!(!dir.join("x.tar").exists());
+}
+
+/// The trixie arm64 packages of the default node base, fetched by
+/// test-images/fetch-trixie-debs.sh (run here if the cache is empty).
+fn trixie_debs() -> PathBuf {
+    let dir = std::env::var_os("NODEIMG_TRIXIE_DEBS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("test-images/cache/trixie-debs"));
+    if !dir.join("packages.txt").is_file() {
+        run_ok(Command::new(repo().join("test-images/fetch-trixie-debs.sh")).arg(&dir));
+    }
+    dir
+}
+
+#[test]
+fn trixie_base_composes_and_boots_to_multi_user() {
+    let dir = scratch("base-compose-trixie");
+    let tar = dir.join("rootfs.tar");
+    let out = run(nodeimg()
+        .env("SOURCE_DATE_EPOCH", "1750000000")
+        .args(["base", "compose", "--console", "ttyAMA0", "--debs"])
+        .arg(trixie_debs())
+        .arg("--out")
+        .arg(&tar));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Reproducible: the same packages and SOURCE_DATE_EPOCH give the same bytes.
+    let again = dir.join("again.tar");
+    let out = run(nodeimg()
+        .env("SOURCE_DATE_EPOCH", "1750000000")
+        .args(["base", "compose", "--console", "ttyAMA0", "--debs"])
+        .arg(trixie_debs())
+        .arg("--out")
+        .arg(&again));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        fs::read(&tar).unwrap() == fs::read(&again).unwrap(),
+        "two composes of the same packages differ"
+    );
+    fs::remove_file(&again).unwrap();
+    let root = dir.join("root");
+    untar(&tar, &root);
+    // What the steps made, seen by the field's own tools where there is one.
+    let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap();
+    for user in [
+        "root:x:0:0:",
+        "sshd:x:",
+        "messagebus:x:",
+        "systemd-network:x:",
+    ] {
+        assert!(passwd.contains(user), "{user} missing:\n{passwd}");
+    }
+    run_ok(
+        Command::new("pwck")
+            .args(["-r", "-q"])
+            .arg(root.join("etc/passwd"))
+            .arg(root.join("etc/shadow")),
+    );
+    run_ok(
+        Command::new("grpck")
+            .arg("-r")
+            .arg(root.join("etc/group"))
+            .arg(root.join("etc/gshadow")),
+    );
+    let status = run_ok(
+        Command::new("dpkg-query")
+            .arg("--admindir")
+            .arg(root.join("var/lib/dpkg"))
+            .args(["-W", "-f", "${Package}=${Version} ${db:Status-Abbrev}\n"]),
+    );
+    let mut listed: Vec<String> = stdout(&status)
+        .lines()
+        .map(|l| l.trim_end().to_string())
+        .collect();
+    let mut want: Vec<String> = fs::read_to_string(trixie_debs().join("packages.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| format!("{l} ii"))
+        .collect();
+    listed.sort();
+    want.sort();
+    assert_eq!(listed, want);
+    let md5 = run(Command::new("sh").arg("-c").arg(format!(
+        "cd {} && md5sum --quiet -c var/lib/dpkg/info/systemd.md5sums",
+        root.display()
+    )));
+    assert!(md5.status.success(), "{}", stdout(&md5));
+    assert!(
+        fs::read_link(root.join("etc/systemd/system/multi-user.target.wants/ssh.service")).is_ok()
+    );
+    let kver = dir_names(&root.join("usr/lib/modules"));
+    assert_eq!(kver.len(), 1, "{kver:?}");
+    let modules = root.join("usr/lib/modules").join(&kver[0]);
+    let resolved = run_ok(
+        Command::new("modprobe")
+            .arg("-d")
+            .arg(&root)
+            .arg("-S")
+            .arg(&kver[0])
+            .args(["--show-depends", "ext4"]),
+    );
+    assert!(stdout(&resolved).contains("jbd2"), "{}", stdout(&resolved));
+    assert!(modules.join("modules.alias.bin").is_file());
+    let bundle = fs::read_to_string(root.join("etc/ssl/certs/ca-certificates.crt")).unwrap();
+    assert!(bundle.matches("BEGIN CERTIFICATE").count() > 100);
+
+    // Built and booted under systemd; root logs in over SSH with the key
+    // cluster.yaml authorizes.
+    let key = dir.join("id_ed25519");
+    let _ = fs::remove_file(&key);
+    let _ = fs::remove_file(dir.join("id_ed25519.pub"));
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "boot-test", "-f"])
+            .arg(&key),
+    );
+    let public = fs::read_to_string(dir.join("id_ed25519.pub")).unwrap();
+    let token = dir.join("token");
+    fs::write(
+        &token,
+        "K10aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa::server:0123456789abcdef\n",
+    )
+    .unwrap();
+    let cfg = dir.join("cluster.yaml");
+    fs::write(
+        &cfg,
+        format!(
+            "server: https://10.0.2.2:6443\ntoken_file: token\nnode_name: trixie-1\n\
+             ssh_authorized_keys:\n  - {}\n\
+             k3s:\n  source: file\n  path: {}\n",
+            public.trim(),
+            repo().join("test-images/k3s-standin").display()
+        ),
+    )
+    .unwrap();
+    let out_dir = dir.join("out");
+    let built = build(
+        "qemu-aarch64",
+        &tar,
+        &out_dir,
+        &["--join", cfg.to_str().unwrap(), "--size", "2G"],
+    );
+    assert!(built.status.success(), "{}", stderr(&built));
+    let image = out_dir.join("qemu-aarch64/qemu-aarch64.img");
+    let res = run(nodeimg()
+        .arg("boot-test")
+        .arg(&image)
+        .args(["--systemd", "--timeout", "240", "--ssh-key"])
+        .arg(&key)
+        .arg("--work-dir")
+        .arg(dir.join("work")));
+    let text = stdout(&res);
+    eprintln!("{text}");
+    for check in [
+        "first boot reaches a shell",
+        "systemd reaches multi-user.target with no failed units",
+        "sshd listens on port 22",
+        "networkd has a DHCP address",
+        "systemd-timesyncd is active",
+        "dpkg lists the installed packages",
+        "root logs in over SSH with the key from cluster.yaml, not with a password",
+        "/usr is read-only squashfs, / is writable ext4, /etc is tmpfs",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("PASS {check}:"))),
+            "check {check:?} did not pass:\n{text}\n{}",
+            stderr(&res)
+        );
+    }
+}
