@@ -73,6 +73,10 @@ pub enum BootMethod {
     /// Phones: kernel, initramfs (with the node config) and cmdline in an
     /// Android boot.img, as the board's `[android]` section describes.
     AndroidBootimg,
+    /// U-Boot runs our boot script from the FAT partition and picks the slot:
+    /// each slot's kernel, initramfs and cmdline in `slot-a/`, `slot-b/`
+    /// (`update::uboot`, docs/updates.md).
+    UBoot,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -180,6 +180,13 @@ pub fn boot_files(
         }
         files.insert("config.txt".to_string(), cfg.into_bytes());
     }
+    if board.boot.method == BootMethod::UBoot {
+        files = crate::update::uboot::loader_files(
+            files,
+            &board.boot.kernel_name,
+            &board.boot.initramfs_name,
+        )?;
+    }
     Ok(files)
 }
 

@@ -37,6 +37,7 @@ use crate::phone;
 use crate::progress::Progress;
 use crate::system;
 use crate::tree::{self, reader, Tree};
+use crate::update;
 
 /// `nodeimg build`.
 pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
@@ -312,7 +313,11 @@ fn prepare_system(
     };
 
     progress.step("composing the system tree");
-    let (usr, base_data_tree) = system::compose(data, board, rootfs, epoch)?;
+    let (mut usr, base_data_tree) = system::compose(data, board, rootfs, epoch)?;
+    if let Some(key) = &args.sign_key {
+        let public = update::sign::SecretKey::load(key)?.public();
+        system::add_update_key(&mut usr, &public, epoch)?;
+    }
     // The cache keeps the data tree without the air-gap images (they can be
     // large, and are the user's file anyway): a hit adds them again.
     let mut data_tree = base_data_tree.clone();
@@ -466,6 +471,7 @@ fn write_node_image(
     // Boot: a FAT partition on the disk, or a phone's boot.img.
     let mut boot_parts = Vec::new();
     let mut boot_images = Vec::new();
+    let mut bundle = None;
     match &board.android {
         None => {
             progress.step(format!("{name}: writing the boot partition"));
@@ -486,8 +492,23 @@ fn write_node_image(
             )
             .context("writing the boot partition")?;
             boot_parts.push((boot.start, boot.size, boot_path));
+            if let Some(key) = &args.sign_key {
+                progress.step(format!("{name}: writing the signed update bundle"));
+                let boot_files = files.iter().filter(|(p, _)| !node_files.contains_key(*p));
+                bundle = Some(update::bundle::for_build(
+                    &staging.output(&format!("{name}.bundle")),
+                    key,
+                    (board, plan, sys.epoch, &sys.found),
+                    &sys.squashfs,
+                    boot_files,
+                    args,
+                )?);
+            }
         }
         Some(android) => {
+            if args.sign_key.is_some() {
+                bail!("update bundles for phones are not built yet (docs/updates.md)");
+            }
             progress.step(format!("{name}: writing boot.img"));
             let dir = staging.output("");
             boot_images = phone::write_boot_images(
@@ -551,7 +572,7 @@ fn write_node_image(
     .context("writing the data partition")?;
     output::sync(&image_path)?;
 
-    let outputs = match &board.android {
+    let mut outputs = match &board.android {
         None => {
             // The image's checksums are its block map's: hashing only the mapped
             // ranges costs time in proportion to the payload, not to --size.
@@ -601,6 +622,7 @@ fn write_node_image(
                 .collect::<Result<Vec<_>>>()?
         }
     };
+    outputs.extend(bundle);
     let manifest = Manifest {
         nodeimg_version: env!("CARGO_PKG_VERSION"),
         board: board.name.clone(),

@@ -164,6 +164,13 @@ fn system_key(exe_sha256: &str, i: &KeyInputs) -> Result<Key> {
         }
         None => "none".to_string(),
     };
+    // The update key's public half goes into the system image.
+    let update_key = match &args.sign_key {
+        Some(p) => crate::update::sign::SecretKey::load(p)?
+            .public()
+            .to_file_text(),
+        None => "none".to_string(),
+    };
     Ok(Key::new(
         exe_sha256,
         &[
@@ -174,6 +181,7 @@ fn system_key(exe_sha256: &str, i: &KeyInputs) -> Result<Key> {
             ("compression-level", &args.compression_level.to_le_bytes()),
             ("k3s", k3s.as_bytes()),
             ("airgap-images", airgap.as_bytes()),
+            ("update-key", update_key.as_bytes()),
             (
                 "allow-missing-kernel-options",
                 &[u8::from(args.allow_missing_kernel_options)],

@@ -43,6 +43,13 @@ pub enum Command {
     /// disk holding / and disks smaller than the image; asks before writing a
     /// disk. With --fastboot OUTDIR: a phone's build, with fastboot.
     Flash(FlashArgs),
+    /// Make an Ed25519 signing key pair for update bundles, in minisign's
+    /// formats: the secret key in FILE (unencrypted, mode 0600), the public
+    /// key in FILE.pub. Refuses to overwrite either.
+    Keygen(KeygenArgs),
+    /// Update bundles (see docs/updates.md).
+    #[command(subcommand)]
+    Update(UpdateCommand),
     /// Show what an image holds: for a disk image the partition table,
     /// filesystems, boot files, node config (secrets redacted), and the
     /// SHA256SUMS/.bmap checks when it sits in its output directory; for a
@@ -99,6 +106,40 @@ pub struct BaseFetchArgs {
     /// A lock file to fetch instead of the boards' own.
     #[arg(long, value_name = "FILE")]
     pub lock: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KeygenArgs {
+    /// Where to write the secret key (the public key goes to FILE.pub).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UpdateCommand {
+    /// Check a bundle on the build machine: its manifest's signature, every
+    /// payload's size and SHA-256, and (when given) that it is for this board
+    /// and does not downgrade from this version.
+    Verify(UpdateVerifyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpdateVerifyArgs {
+    /// The bundle (out/<board>/<board>.bundle).
+    pub bundle: PathBuf,
+
+    /// The public key the bundle must be signed with (`nodeimg keygen`'s FILE.pub).
+    #[arg(long, value_name = "PUB")]
+    pub key: PathBuf,
+
+    /// Refuse a bundle for another board.
+    #[arg(long, value_name = "BOARD")]
+    pub board: Option<String>,
+
+    /// The version the node runs now: refuse the bundle if this is below its
+    /// minimum (a downgrade or a skipped step).
+    #[arg(long, value_name = "VERSION")]
+    pub from_version: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -165,7 +206,8 @@ pub struct BaseComposeArgs {
     /// Only unpack the packages (merged-/usr placement, Replaces), without the
     /// declarative steps: to compare the unpacking with dpkg-deb -x.
     #[arg(long)]
-    pub unpack_only: bool,}
+    pub unpack_only: bool,
+}
 
 #[derive(Debug, clap::Args)]
 pub struct BootTestArgs {
@@ -260,6 +302,21 @@ pub struct BuildArgs {
     /// ($XDG_CACHE_HOME/nodeimg/systems, else ~/.cache/nodeimg/systems).
     #[arg(long)]
     pub no_cache: bool,
+
+    /// Sign an update bundle with this secret key (`nodeimg keygen`) and
+    /// write it beside the image as <board>.bundle; its public key goes into
+    /// the system image as /usr/share/nodeimg/update.pub.
+    #[arg(long, value_name = "KEY")]
+    pub sign_key: Option<PathBuf>,
+
+    /// The build's version (an integer), recorded in the bundle [default: the
+    /// build's epoch: SOURCE_DATE_EPOCH, else the rootfs's newest mtime].
+    #[arg(long, value_name = "VERSION", requires = "sign_key")]
+    pub build_version: Option<u64>,
+
+    /// The oldest version the bundle may update from [default: 0, any].
+    #[arg(long, value_name = "VERSION", requires = "sign_key")]
+    pub min_version: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -32,3 +32,4 @@ pub mod qemu;
 pub mod service;
 pub mod system;
 pub mod tree;
+pub mod update;

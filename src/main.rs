@@ -43,6 +43,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Some(outdir) => nodeimg::android::fastboot::command(&data, outdir, args.dry_run),
             None => nodeimg::flash::command(&args),
         },
+        Command::Keygen(args) => {
+            let public = nodeimg::update::sign::keygen(&args.out)?;
+            println!("secret key: {} (keep it private)", args.out.display());
+            println!("public key: {}", public.display());
+            Ok(())
+        }
+        Command::Update(cmd) => nodeimg::update::bundle::command(&cmd),
         Command::Inspect(args) => nodeimg::inspect::command(&args),
         Command::Base(BaseCommand::Compose(a)) => {
             nodeimg::base::compose::command(&a.debs, &a.console, a.unpack_only, &a.out)

@@ -52,3 +52,23 @@ pub fn compose(data: &DataDir, board: &Board, mut t: Tree, epoch: u64) -> Result
     }
     Ok((usr, t))
 }
+
+/// Where a node finds the public key its update bundles must be signed with.
+pub const UPDATE_KEY: &str = "share/nodeimg/update.pub";
+
+/// Puts the update signing key's public half into the system image (/usr).
+pub fn add_update_key(
+    usr: &mut Tree,
+    key: &crate::update::sign::PublicKey,
+    epoch: u64,
+) -> Result<()> {
+    usr.insert_with_parents(
+        UPDATE_KEY,
+        tree::Entry::file(
+            tree::Meta::root(0o644, epoch),
+            key.to_file_text().into_bytes(),
+        ),
+        tree::Meta::root(0o755, epoch),
+    )
+    .with_context(|| format!("adding /usr/{UPDATE_KEY}"))
+}
