@@ -618,7 +618,10 @@ fn check_systemd(vm: &mut Vm, timeout: Duration) -> Vec<Check> {
         sh(vm, "systemctl is-active systemd-timesyncd.service").map(|o| o.trim().to_string()),
     ));
     if vm
-        .sh("systemctl cat k3s.service >/dev/null 2>&1", Duration::from_secs(30))
+        .sh(
+            "systemctl cat k3s.service >/dev/null 2>&1",
+            Duration::from_secs(30),
+        )
         .is_ok_and(|(status, _)| status == 0)
     {
         checks.push(result(

@@ -453,7 +453,11 @@ fn trixie_base_composes_and_the_default_build_boots_to_multi_user() {
     let _ = fs::remove_dir_all(&bin);
     fs::create_dir_all(&bin).unwrap();
     for tool in ["mke2fs", "debugfs", "dumpe2fs", "e2fsck", "depmod"] {
-        let found = run_ok(Command::new("sh").arg("-c").arg(format!("command -v {tool}")));
+        let found = run_ok(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}")),
+        );
         std::os::unix::fs::symlink(stdout(&found).trim(), bin.join(tool)).unwrap();
     }
     let out_dir = dir.join("out");
@@ -463,15 +467,21 @@ fn trixie_base_composes_and_the_default_build_boots_to_multi_user() {
         .env("XDG_CACHE_HOME", xdg_cache())
         .env("NODEIMG_DEBIAN_MIRROR", "http://127.0.0.1:1/offline")
         .env("SOURCE_DATE_EPOCH", "1750000000")
-        .args(["build", "qemu-aarch64", "--no-cache", "--size", "2G", "--join"])
+        .args([
+            "build",
+            "qemu-aarch64",
+            "--no-cache",
+            "--size",
+            "2G",
+            "--join",
+        ])
         .arg(&cfg)
         .arg("-o")
         .arg(&out_dir));
     assert!(built.status.success(), "{}", stderr(&built));
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &fs::read(out_dir.join("qemu-aarch64/build.json")).unwrap(),
-    )
-    .unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(out_dir.join("qemu-aarch64/build.json")).unwrap())
+            .unwrap();
     let base = &manifest["rootfs"]["base"];
     assert_eq!(base["recipe"], "debian-trixie");
     assert_eq!(base["lock"], "boards/base/qemu-aarch64.lock");
@@ -485,7 +495,13 @@ fn trixie_base_composes_and_the_default_build_boots_to_multi_user() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| format!("{}={}", p["name"].as_str().unwrap(), p["version"].as_str().unwrap()))
+        .map(|p| {
+            format!(
+                "{}={}",
+                p["name"].as_str().unwrap(),
+                p["version"].as_str().unwrap()
+            )
+        })
         .collect();
     assert_eq!(listed, versions);
     let image = out_dir.join("qemu-aarch64/qemu-aarch64.img");

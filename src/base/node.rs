@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::compose::{self, ComposeOptions};
 use super::fetch;
-use super::lock::{Lock, LoadedLock};
+use super::lock::{LoadedLock, Lock};
 use super::recipe::BoardBase;
 use crate::board::{Board, DataDir};
 use crate::progress::Progress;

@@ -1252,7 +1252,12 @@ fn parse_wifi(ctx: &Ctx, s: &Setting) -> Result<Wifi> {
     }
     let ssid = ssid.ok_or_else(|| ctx.err(s.line, "wifi needs \"ssid\""))?;
     let psk = psk
-        .ok_or_else(|| ctx.err(s.line, "wifi needs \"psk\" or \"psk_file\" (open networks are not supported)"))?
+        .ok_or_else(|| {
+            ctx.err(
+                s.line,
+                "wifi needs \"psk\" or \"psk_file\" (open networks are not supported)",
+            )
+        })?
         .0;
     Ok(Wifi { ssid, psk, country })
 }

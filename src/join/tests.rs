@@ -600,7 +600,7 @@ fn unknown_key_suggests_nearest_with_line() {
     );
     assert_eq!(
         err("role: cluster-init\nzzzzzz: 1\n"),
-        "cluster.yaml:2: unknown key \"zzzzzz\" (valid keys: server, server_url, token, token_file, role, node_name, hostname, labels, taints, k3s_args, ssh_authorized_keys, nameservers, ntp_servers, registries, k3s, nodes, k3os)"
+        "cluster.yaml:2: unknown key \"zzzzzz\" (valid keys: server, server_url, token, token_file, role, node_name, hostname, labels, taints, k3s_args, ssh_authorized_keys, nameservers, ntp_servers, registries, wifi, k3s, nodes, k3os)"
     );
     assert_eq!(
         err("role: cluster-init\nk3s:\n  versoin: v1.31.4+k3s1\n"),
@@ -1155,10 +1155,18 @@ fn bad_wifi_is_an_error_with_its_line_and_never_the_psk() {
     let base = format!("server: https://a:6443\ntoken: {}\n", secure_token());
     for (wifi, line, want) in [
         ("wifi:\n  ssid: x\n  psk: short\n", 5, "8 to 63 characters"),
-        ("wifi:\n  ssid: x\n  psk: \"has\\\"quote1\"\n", 5, "printable ASCII"),
+        (
+            "wifi:\n  ssid: x\n  psk: \"has\\\"quote1\"\n",
+            5,
+            "printable ASCII",
+        ),
         ("wifi:\n  psk: long-enough-1\n", 3, "needs \"ssid\""),
         ("wifi:\n  ssid: x\n", 3, "needs \"psk\""),
-        ("wifi:\n  ssid: x\n  psk: long-enough-1\n  country: de\n", 6, "two-letter"),
+        (
+            "wifi:\n  ssid: x\n  psk: long-enough-1\n  country: de\n",
+            6,
+            "two-letter",
+        ),
         ("wifi:\n  ssid: x\n  pks: long-enough-1\n", 5, "unknown key"),
         (
             "wifi:\n  ssid: x\n  psk: long-enough-1\n  psk_file: f\n",
