@@ -619,6 +619,18 @@ fn check_systemd(vm: &mut Vm, timeout: Duration) -> Vec<Check> {
     ));
     if vm
         .sh(
+            "test -e /etc/wpa_supplicant/wpa_supplicant-wlan0.conf",
+            Duration::from_secs(30),
+        )
+        .is_ok_and(|(status, _)| status == 0)
+    {
+        checks.push(result(
+            "the node's Wi-Fi config is installed for wpa_supplicant",
+            wifi_installed(vm),
+        ));
+    }
+    if vm
+        .sh(
             "systemctl cat k3s.service >/dev/null 2>&1",
             Duration::from_secs(30),
         )
@@ -630,6 +642,35 @@ fn check_systemd(vm: &mut Vm, timeout: Duration) -> Vec<Check> {
         ));
     }
     checks
+}
+
+/// The node config's wifi.conf is wpa_supplicant's config for wlan0, owner-only,
+/// and wpa_supplicant@wlan0 is wanted by the wlan0 device (a VM has none, so
+/// it is not started here).
+fn wifi_installed(vm: &mut Vm) -> Result<String> {
+    let conf = "/etc/wpa_supplicant/wpa_supplicant-wlan0.conf";
+    let mode = sh(vm, &format!("stat -c '%a %U' {conf}"))?;
+    if mode.trim() != "600 root" {
+        bail!("{conf} is {}, not 600 root", mode.trim());
+    }
+    sh(vm, &format!("grep -q '^network={{' {conf}"))?;
+    let link = sh(
+        vm,
+        "readlink /etc/systemd/system/sys-subsystem-net-devices-wlan0.device.wants/wpa_supplicant@wlan0.service",
+    )?;
+    if !link.trim().ends_with("/wpa_supplicant@.service") {
+        bail!(
+            "wpa_supplicant@wlan0 is not wanted by wlan0: {:?}",
+            link.trim()
+        );
+    }
+    sh(
+        vm,
+        "test -e /usr/lib/systemd/system/wpa_supplicant@.service",
+    )?;
+    Ok(format!(
+        "{conf} 600 root; wpa_supplicant@wlan0 wanted by the wlan0 device"
+    ))
 }
 
 /// k3s is active, timesyncd reports the clock synchronised, and k3s's main

@@ -265,6 +265,11 @@ fn broken_packages_are_one_line_errors() {
 /// node's timesyncd synchronises from it, and k3s waits for that. Needs root
 /// (a port below 1024), as CI has.
 fn serve_sntp() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(start_sntp);
+}
+
+fn start_sntp() {
     let sock = std::net::UdpSocket::bind("0.0.0.0:123")
         .expect("binding UDP port 123 for the guest's SNTP server (run as root)");
     std::thread::spawn(move || {
@@ -417,68 +422,10 @@ fn trixie_base_composes_and_the_default_build_boots_to_multi_user() {
     let bundle = fs::read_to_string(root.join("etc/ssl/certs/ca-certificates.crt")).unwrap();
     assert!(bundle.matches("BEGIN CERTIFICATE").count() > 100);
 
-    // Built and booted under systemd; root logs in over SSH with the key
-    // cluster.yaml authorizes.
-    let key = dir.join("id_ed25519");
-    let _ = fs::remove_file(&key);
-    let _ = fs::remove_file(dir.join("id_ed25519.pub"));
-    run_ok(
-        Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "boot-test", "-f"])
-            .arg(&key),
-    );
-    let public = fs::read_to_string(dir.join("id_ed25519.pub")).unwrap();
-    let token = dir.join("token");
-    fs::write(
-        &token,
-        "K10aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa::server:0123456789abcdef\n",
-    )
-    .unwrap();
-    let cfg = dir.join("cluster.yaml");
-    fs::write(
-        &cfg,
-        format!(
-            "server: https://10.0.2.2:6443\ntoken_file: token\nnode_name: trixie-1\n\
-             ntp_servers: [10.0.2.2]\n\
-             ssh_authorized_keys:\n  - {}\n\
-             k3s:\n  source: file\n  path: {}\n",
-            public.trim(),
-            repo().join("test-images/k3s-standin").display()
-        ),
-    )
-    .unwrap();
-    // The default build: no --rootfs, the board's base from the warm cache,
-    // on a PATH without apt or dpkg.
-    let bin = dir.join("bin");
-    let _ = fs::remove_dir_all(&bin);
-    fs::create_dir_all(&bin).unwrap();
-    for tool in ["mke2fs", "debugfs", "dumpe2fs", "e2fsck", "depmod"] {
-        let found = run_ok(
-            Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {tool}")),
-        );
-        std::os::unix::fs::symlink(stdout(&found).trim(), bin.join(tool)).unwrap();
-    }
-    let out_dir = dir.join("out");
-    let _ = fs::remove_dir_all(&out_dir);
-    let built = run(nodeimg()
-        .env("PATH", &bin)
-        .env("XDG_CACHE_HOME", xdg_cache())
-        .env("NODEIMG_DEBIAN_MIRROR", "http://127.0.0.1:1/offline")
-        .env("SOURCE_DATE_EPOCH", "1750000000")
-        .args([
-            "build",
-            "qemu-aarch64",
-            "--no-cache",
-            "--size",
-            "2G",
-            "--join",
-        ])
-        .arg(&cfg)
-        .arg("-o")
-        .arg(&out_dir));
-    assert!(built.status.success(), "{}", stderr(&built));
+    // Built without --rootfs and booted under systemd; root logs in over SSH
+    // with the key cluster.yaml authorizes.
+    let (cfg, key) = joined_config(&dir, "trixie-1", "");
+    let out_dir = default_build("qemu-aarch64", &dir, &cfg);
     let manifest: serde_json::Value =
         serde_json::from_slice(&fs::read(out_dir.join("qemu-aarch64/build.json")).unwrap())
             .unwrap();
@@ -504,13 +451,126 @@ fn trixie_base_composes_and_the_default_build_boots_to_multi_user() {
         })
         .collect();
     assert_eq!(listed, versions);
-    let image = out_dir.join("qemu-aarch64/qemu-aarch64.img");
+    boot_under_systemd(
+        &out_dir.join("qemu-aarch64/qemu-aarch64.img"),
+        &key,
+        &dir,
+        &[],
+    );
+}
+
+/// The default rpi4 image (no --rootfs: Debian trixie with the Pi's firmware,
+/// Wi-Fi packages and a getty on ttyS1) boots under systemd, booted by
+/// boot-test on `virt` from its own boot partition; its Wi-Fi config from
+/// cluster.yaml is installed for wpa_supplicant.
+#[test]
+fn default_rpi4_build_boots_to_multi_user() {
+    let dir = scratch("base-default-rpi4");
+    let (cfg, key) = joined_config(
+        &dir,
+        "pi-1",
+        "wifi:\n  ssid: lan\n  psk: wifi-pass-test-1\n  country: DE\n",
+    );
+    let out_dir = default_build("rpi4", &dir, &cfg);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(out_dir.join("rpi4/build.json")).unwrap()).unwrap();
+    let packages = manifest["rootfs"]["base"]["packages"].as_array().unwrap();
+    for p in [
+        "raspi-firmware",
+        "firmware-brcm80211",
+        "wpasupplicant",
+        "linux-image-arm64",
+    ] {
+        assert!(
+            packages.iter().any(|x| x["name"] == p),
+            "rpi4 base lacks {p}"
+        );
+    }
+    boot_under_systemd(
+        &out_dir.join("rpi4/rpi4.img"),
+        &key,
+        &dir,
+        &["the node's Wi-Fi config is installed for wpa_supplicant"],
+    );
+}
+
+/// A test SSH key pair and a cluster.yaml for one agent (stand-in k3s,
+/// the host's SNTP server, that key), plus `extra` lines.
+fn joined_config(dir: &Path, node: &str, extra: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join("id_ed25519");
+    let _ = fs::remove_file(&key);
+    let _ = fs::remove_file(dir.join("id_ed25519.pub"));
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "boot-test", "-f"])
+            .arg(&key),
+    );
+    let public = fs::read_to_string(dir.join("id_ed25519.pub")).unwrap();
+    fs::write(
+        dir.join("token"),
+        "K10aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa::server:0123456789abcdef\n",
+    )
+    .unwrap();
+    let cfg = dir.join("cluster.yaml");
+    fs::write(
+        &cfg,
+        format!(
+            "server: https://10.0.2.2:6443\ntoken_file: token\nnode_name: {node}\n\
+             ntp_servers: [10.0.2.2]\n\
+             ssh_authorized_keys:\n  - {}\n\
+             k3s:\n  source: file\n  path: {}\n{extra}",
+            public.trim(),
+            repo().join("test-images/k3s-standin").display()
+        ),
+    )
+    .unwrap();
+    (cfg, key)
+}
+
+/// `nodeimg build BOARD --join CFG` with no --rootfs: the board's base from
+/// the shared package cache (fetched first, from the machine's mirror),
+/// then built offline on a PATH without apt or dpkg. Returns the output dir.
+fn default_build(board: &str, dir: &Path, cfg: &Path) -> PathBuf {
+    run_ok(
+        nodeimg()
+            .args(["base", "fetch", board])
+            .env("XDG_CACHE_HOME", xdg_cache()),
+    );
+    let bin = dir.join("bin");
+    let _ = fs::remove_dir_all(&bin);
+    fs::create_dir_all(&bin).unwrap();
+    for tool in ["mke2fs", "debugfs", "dumpe2fs", "e2fsck", "depmod"] {
+        let found = run_ok(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}")),
+        );
+        std::os::unix::fs::symlink(stdout(&found).trim(), bin.join(tool)).unwrap();
+    }
+    let out_dir = dir.join("out");
+    let _ = fs::remove_dir_all(&out_dir);
+    let built = run(nodeimg()
+        .env("PATH", &bin)
+        .env("XDG_CACHE_HOME", xdg_cache())
+        .env("NODEIMG_DEBIAN_MIRROR", "http://127.0.0.1:1/offline")
+        .env("SOURCE_DATE_EPOCH", "1750000000")
+        .args(["build", board, "--no-cache", "--size", "2G", "--join"])
+        .arg(cfg)
+        .arg("-o")
+        .arg(&out_dir));
+    assert!(built.status.success(), "{board}: {}", stderr(&built));
+    out_dir
+}
+
+/// `boot-test --systemd --ssh-key` of `image` with the host's SNTP server
+/// running: every systemd, k3s, SSH and immutability check, plus `extra`.
+fn boot_under_systemd(image: &Path, key: &Path, dir: &Path, extra: &[&str]) {
     serve_sntp();
     let res = run(nodeimg()
         .arg("boot-test")
-        .arg(&image)
+        .arg(image)
         .args(["--systemd", "--timeout", "240", "--ssh-key"])
-        .arg(&key)
+        .arg(key)
         .arg("--work-dir")
         .arg(dir.join("work")));
     let text = stdout(&res);
@@ -527,7 +587,10 @@ fn trixie_base_composes_and_the_default_build_boots_to_multi_user() {
         "/usr is read-only squashfs, / is writable ext4, /etc is tmpfs",
         "data partition and filesystem grew to fill the enlarged disk",
         "same hostname, machine-id, SSH host keys and node password on other hardware",
-    ] {
+    ]
+    .iter()
+    .chain(extra)
+    {
         assert!(
             text.lines()
                 .any(|l| l.starts_with(&format!("PASS {check}:"))),
@@ -535,4 +598,87 @@ fn trixie_base_composes_and_the_default_build_boots_to_multi_user() {
             stderr(&res)
         );
     }
+}
+
+/// The README's command: `nodeimg build rpi4 --join docs/examples/cluster.yaml`
+/// with no --rootfs, on a PATH without apt or dpkg, from the warm package
+/// cache; the example's k3s release is the stand-in put into nodeimg's k3s
+/// cache with its hash list (no network here). Two builds of a node with the
+/// same lock and SOURCE_DATE_EPOCH are byte-identical.
+#[test]
+fn the_example_cluster_yaml_builds_the_default_rpi4_image_reproducibly() {
+    let dir = scratch("base-example-rpi4");
+    let example = fs::read_to_string(repo().join("docs/examples/cluster.yaml")).unwrap();
+    let cfg = dir.join("cluster.yaml");
+    fs::write(&cfg, &example).unwrap();
+    fs::write(
+        dir.join("node-token"),
+        "K10aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa::server:0123456789abcdef\n",
+    )
+    .unwrap();
+    let version = example
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("version:"))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .expect("the example names a k3s version");
+    let node = example
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("- name:"))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .expect("the example has an inventory");
+    // A cache of our own: the shared packages, the stand-in as the release.
+    run_ok(
+        nodeimg()
+            .args(["base", "fetch", "rpi4"])
+            .env("XDG_CACHE_HOME", xdg_cache()),
+    );
+    let cache = dir.join("cache");
+    let _ = fs::remove_dir_all(&cache);
+    fs::create_dir_all(cache.join("nodeimg")).unwrap();
+    std::os::unix::fs::symlink(xdg_cache().join("nodeimg/debs"), cache.join("nodeimg/debs"))
+        .unwrap();
+    let release = cache.join("nodeimg/k3s").join(&version);
+    fs::create_dir_all(&release).unwrap();
+    let standin = fs::read(repo().join("test-images/k3s-standin")).unwrap();
+    fs::write(release.join("k3s-arm64"), &standin).unwrap();
+    fs::write(
+        release.join("sha256sum-arm64.txt"),
+        format!(
+            "{}  k3s-arm64\n",
+            nodeimg::base::lock::sha256_hex(&standin)
+        ),
+    )
+    .unwrap();
+    let bin = dir.join("bin");
+    let _ = fs::remove_dir_all(&bin);
+    fs::create_dir_all(&bin).unwrap();
+    for tool in ["mke2fs", "debugfs", "dumpe2fs", "e2fsck", "depmod"] {
+        let found = run_ok(Command::new("sh").arg("-c").arg(format!("command -v {tool}")));
+        std::os::unix::fs::symlink(stdout(&found).trim(), bin.join(tool)).unwrap();
+    }
+    for tool in ["apt-get", "dpkg", "dpkg-deb"] {
+        assert!(!bin.join(tool).exists());
+    }
+    let build = |out: &Path| {
+        let _ = fs::remove_dir_all(out);
+        let res = run(nodeimg()
+            .env("PATH", &bin)
+            .env("XDG_CACHE_HOME", &cache)
+            .env("NODEIMG_DEBIAN_MIRROR", "http://127.0.0.1:1/offline")
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .args(["build", "rpi4", "--no-cache", "--join"])
+            .arg(&cfg)
+            .args(["--node", &node, "-o"])
+            .arg(out));
+        assert!(res.status.success(), "{}", stderr(&res));
+        out.join(format!("rpi4-{node}"))
+    };
+    let a = build(&dir.join("a"));
+    let b = build(&dir.join("b"));
+    for f in [format!("rpi4-{node}.img"), format!("rpi4-{node}.img.bmap")] {
+        let same = run(Command::new("cmp").arg(a.join(&f)).arg(b.join(&f)));
+        assert!(same.status.success(), "{f} differs: {}", stdout(&same));
+    }
+    let sums = |d: &Path| fs::read_to_string(d.join("SHA256SUMS")).unwrap();
+    assert_eq!(sums(&a), sums(&b));
 }
