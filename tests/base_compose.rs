@@ -536,17 +536,7 @@ fn default_build(board: &str, dir: &Path, cfg: &Path) -> PathBuf {
             .args(["base", "fetch", board])
             .env("XDG_CACHE_HOME", xdg_cache()),
     );
-    let bin = dir.join("bin");
-    let _ = fs::remove_dir_all(&bin);
-    fs::create_dir_all(&bin).unwrap();
-    for tool in ["mke2fs", "debugfs", "dumpe2fs", "e2fsck", "depmod"] {
-        let found = run_ok(
-            Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {tool}")),
-        );
-        std::os::unix::fs::symlink(stdout(&found).trim(), bin.join(tool)).unwrap();
-    }
+    let bin = path_without_apt(dir);
     let out_dir = dir.join("out");
     let _ = fs::remove_dir_all(&out_dir);
     let built = run(nodeimg()
@@ -560,6 +550,26 @@ fn default_build(board: &str, dir: &Path, cfg: &Path) -> PathBuf {
         .arg(&out_dir));
     assert!(built.status.success(), "{board}: {}", stderr(&built));
     out_dir
+}
+
+/// A directory for PATH holding only the host tools a build needs
+/// (e2fsprogs, depmod): no apt, no dpkg.
+fn path_without_apt(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    let _ = fs::remove_dir_all(&bin);
+    fs::create_dir_all(&bin).unwrap();
+    for tool in ["mke2fs", "debugfs", "dumpe2fs", "e2fsck", "depmod"] {
+        let found = run_ok(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}")),
+        );
+        std::os::unix::fs::symlink(stdout(&found).trim(), bin.join(tool)).unwrap();
+    }
+    for tool in ["apt-get", "dpkg", "dpkg-deb"] {
+        assert!(!bin.join(tool).exists());
+    }
+    bin
 }
 
 /// `boot-test --systemd --ssh-key` of `image` with the host's SNTP server
@@ -643,22 +653,10 @@ fn the_example_cluster_yaml_builds_the_default_rpi4_image_reproducibly() {
     fs::write(release.join("k3s-arm64"), &standin).unwrap();
     fs::write(
         release.join("sha256sum-arm64.txt"),
-        format!(
-            "{}  k3s-arm64\n",
-            nodeimg::base::lock::sha256_hex(&standin)
-        ),
+        format!("{}  k3s-arm64\n", nodeimg::base::lock::sha256_hex(&standin)),
     )
     .unwrap();
-    let bin = dir.join("bin");
-    let _ = fs::remove_dir_all(&bin);
-    fs::create_dir_all(&bin).unwrap();
-    for tool in ["mke2fs", "debugfs", "dumpe2fs", "e2fsck", "depmod"] {
-        let found = run_ok(Command::new("sh").arg("-c").arg(format!("command -v {tool}")));
-        std::os::unix::fs::symlink(stdout(&found).trim(), bin.join(tool)).unwrap();
-    }
-    for tool in ["apt-get", "dpkg", "dpkg-deb"] {
-        assert!(!bin.join(tool).exists());
-    }
+    let bin = path_without_apt(&dir);
     let build = |out: &Path| {
         let _ = fs::remove_dir_all(out);
         let res = run(nodeimg()
