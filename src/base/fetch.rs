@@ -432,20 +432,20 @@ mod tests {
         std::fs::create_dir(d.path().join("sources.list.d")).unwrap();
         std::fs::write(
             d.path().join("sources.list.d/a.sources"),
-            "Types: deb\nURIs: http://sec.example/debian-security\nSuites: trixie-security\n\
-             Components: main\n\nTypes: deb\nURIs: http://off.example/debian\nSuites: trixie\n\
-             Enabled: no\n\n# comment\nTypes: deb-src deb\nURIs: http://mirror.example/debian/\n\
+            "Types: deb\nURIs: http://127.0.0.1:9101/debian-security\nSuites: trixie-security\n\
+             Components: main\n\nTypes: deb\nURIs: http://127.0.0.1:9102/debian\nSuites: trixie\n\
+             Enabled: no\n\n# comment\nTypes: deb-src deb\nURIs: http://127.0.0.1:9103/debian/\n\
              Suites: trixie trixie-updates\nComponents: main\n",
         )
         .unwrap();
         std::fs::write(
             d.path().join("sources.list"),
-            "deb http://list.example/debian trixie main\n",
+            "deb http://127.0.0.1:9104/debian trixie main\n",
         )
         .unwrap();
         assert_eq!(
             mirror_from_apt(d.path()).unwrap().as_deref(),
-            Some("http://mirror.example/debian")
+            Some("http://127.0.0.1:9103/debian")
         );
     }
 
@@ -454,14 +454,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(
             d.path().join("sources.list"),
-            "# deb http://commented.example/debian trixie main\n\
-             deb http://security.example/debian-security trixie-security main\n\
-             deb [arch=arm64 signed-by=/k.gpg] http://list.example/debian trixie main\n",
+            "# deb http://127.0.0.1:9105/debian trixie main\n\
+             deb http://127.0.0.1:9106/debian-security trixie-security main\n\
+             deb [arch=arm64 signed-by=/k.gpg] http://127.0.0.1:9104/debian trixie main\n",
         )
         .unwrap();
         assert_eq!(
             mirror_from_apt(d.path()).unwrap().as_deref(),
-            Some("http://list.example/debian")
+            Some("http://127.0.0.1:9104/debian")
         );
         let empty = tempfile::tempdir().unwrap();
         assert_eq!(mirror_from_apt(empty.path()).unwrap(), None);
@@ -470,9 +470,9 @@ mod tests {
     #[test]
     fn explicit_mirror_must_be_http() {
         assert_eq!(
-            mirror(Some("http://m.example/debian/")).unwrap(),
-            "http://m.example/debian"
+            mirror(Some("http://127.0.0.1:9107/debian/")).unwrap(),
+            "http://127.0.0.1:9107/debian"
         );
-        assert!(mirror(Some("ftp://m.example/debian")).is_err());
+        assert!(mirror(Some("ftp://127.0.0.1:9107/debian")).is_err());
     }
 }
