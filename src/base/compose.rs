@@ -62,7 +62,7 @@ impl ComposeOptions {
 /// An installed package, as the dpkg database records it.
 #[derive(Debug, Clone)]
 pub struct Installed {
-    pub deb: super::deb::Paragraph,
+    pub deb: super::deb822::Paragraph,
     pub package: String,
     pub info_name: String,
     pub conffiles: Vec<String>,

@@ -7,10 +7,7 @@
 //! rootfs tarball's do; their bytes go to the caller's spill file, never into
 //! memory. The control archive is read the same way; its `control`,
 //! `conffiles` and `md5sums` are kept for the dpkg database.
-//!
-//! `parse_paragraph` is a minimal deb822 reader for one control paragraph (the
-//! base's full deb822 parser lives with the archive indexes; this one only
-//! needs fields, continuation lines and order kept for `dpkg`'s status file).
+//! The `control` file is read with the base's deb822 parser (`deb822::parse_one`).
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -18,85 +15,9 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::deb822::{self, Paragraph};
 use crate::tree::reader::{read_tar_spilled, Spill};
 use crate::tree::{Kind, Tree};
-
-/// One deb822 paragraph, fields in their order. Values keep their
-/// continuation lines (joined with '\n', leading space kept as written).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Paragraph {
-    pub fields: Vec<(String, String)>,
-}
-
-impl Paragraph {
-    /// A field's value (names compare case-insensitively, as in deb822).
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The paragraph as deb822 text, ending with a newline.
-    pub fn to_text(&self) -> String {
-        let mut s = String::new();
-        for (k, v) in &self.fields {
-            s.push_str(k);
-            s.push(':');
-            if !v.is_empty() && !v.starts_with('\n') {
-                s.push(' ');
-            }
-            s.push_str(v);
-            s.push('\n');
-        }
-        s
-    }
-}
-
-/// Parses one deb822 paragraph (a package's `control` file). Comment lines
-/// ('#') are skipped; a blank line ends the paragraph and nothing may follow.
-pub fn parse_paragraph(text: &str) -> Result<Paragraph> {
-    let mut p = Paragraph::default();
-    let mut ended = false;
-    for (n, line) in text.lines().enumerate() {
-        let n = n + 1;
-        if line.starts_with('#') {
-            continue;
-        }
-        if line.trim().is_empty() {
-            if !p.fields.is_empty() {
-                ended = true;
-            }
-            continue;
-        }
-        if ended {
-            bail!("line {n}: more than one paragraph");
-        }
-        if line.starts_with([' ', '\t']) {
-            let (_, v) = p
-                .fields
-                .last_mut()
-                .ok_or_else(|| anyhow!("line {n}: continuation line before any field"))?;
-            v.push('\n');
-            v.push_str(line);
-            continue;
-        }
-        let (k, v) = line
-            .split_once(':')
-            .ok_or_else(|| anyhow!("line {n}: no ':' in {line:?}"))?;
-        if k.is_empty() || k.contains(char::is_whitespace) {
-            bail!("line {n}: bad field name {k:?}");
-        }
-        if p.get(k).is_some() {
-            bail!("line {n}: field {k} given twice");
-        }
-        p.fields.push((k.to_string(), v.trim().to_string()));
-    }
-    if p.fields.is_empty() {
-        bail!("empty control paragraph");
-    }
-    Ok(p)
-}
 
 /// A package read from its `.deb`.
 #[derive(Debug)]
@@ -181,7 +102,7 @@ pub fn read_deb_from<R: Read>(input: R, spill: &mut Spill) -> Result<Deb> {
     let files = data_tree.ok_or_else(|| anyhow!("no data archive"))?;
     let control_text = member_text(&control_tree, "control")?
         .ok_or_else(|| anyhow!("the control archive has no control file"))?;
-    let control = parse_paragraph(&control_text).context("control file")?;
+    let control = deb822::parse_one(&control_text).context("control file")?;
     let field = |name: &str| -> Result<String> {
         control
             .get(name)
@@ -238,32 +159,6 @@ fn member_text(control: &Tree, name: &str) -> Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paragraph_keeps_order_and_continuations() {
-        let p =
-            parse_paragraph("Package: a\nVersion: 1.0\nDescription: short\n more\n .\n end\n\n")
-                .unwrap();
-        assert_eq!(p.get("package"), Some("a"));
-        assert_eq!(p.get("Description"), Some("short\n more\n .\n end"));
-        assert_eq!(
-            p.to_text(),
-            "Package: a\nVersion: 1.0\nDescription: short\n more\n .\n end\n"
-        );
-    }
-
-    #[test]
-    fn paragraph_errors_say_where() {
-        let e = parse_paragraph("Package: a\nbroken line\n").unwrap_err();
-        assert!(e.to_string().contains("line 2"), "{e}");
-        let e = parse_paragraph(" cont\n").unwrap_err();
-        assert!(e.to_string().contains("continuation"), "{e}");
-        let e = parse_paragraph("A: 1\n\nB: 2\n").unwrap_err();
-        assert!(e.to_string().contains("more than one"), "{e}");
-        let e = parse_paragraph("A: 1\nA: 2\n").unwrap_err();
-        assert!(e.to_string().contains("twice"), "{e}");
-        assert!(parse_paragraph("\n\n").is_err());
-    }
 
     #[test]
     fn tar_member_names() {

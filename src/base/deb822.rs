@@ -30,6 +30,48 @@ impl Paragraph {
     pub fn fields(&self) -> impl Iterator<Item = (&str, &str)> {
         self.fields.iter().map(|(n, v)| (n.as_str(), v.as_str()))
     }
+
+    /// The paragraph as deb822 text (each field through [`field_text`]).
+    pub fn to_text(&self) -> String {
+        self.fields().map(|(n, v)| field_text(n, v)).collect()
+    }
+}
+
+/// One field as deb822 text, ending with a newline: the value's first line
+/// after `Name: `, each further line as a continuation line (a leading
+/// space; an empty line as ` .`). The inverse of what [`parse`] gives.
+pub fn field_text(name: &str, value: &str) -> String {
+    let mut out = format!("{name}:");
+    let mut lines = value.split('\n');
+    if let Some(first) = lines.next() {
+        if !first.is_empty() {
+            out.push(' ');
+            out.push_str(first);
+        }
+    }
+    for l in lines {
+        out.push_str(if l.is_empty() { "\n ." } else { "\n " });
+        out.push_str(l);
+    }
+    out.push('\n');
+    out
+}
+
+/// Parses a text that holds exactly one paragraph (a package's `control`
+/// file, a pam-configs profile).
+pub fn parse_one(text: &str) -> Result<Paragraph, Deb822Error> {
+    let mut all = parse(text)?;
+    match all.len() {
+        1 => Ok(all.remove(0)),
+        0 => Err(Deb822Error {
+            line: 1,
+            why: "no paragraph".into(),
+        }),
+        _ => Err(Deb822Error {
+            line: all[1].line,
+            why: "more than one paragraph".into(),
+        }),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -101,6 +143,35 @@ fn clip(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_paragraph_round_trips_as_text() {
+        let p =
+            parse_one("Package: a\nVersion: 1.0\nDescription: short\n more\n .\n end\n\n").unwrap();
+        assert_eq!(p.get("package"), Some("a"));
+        assert_eq!(p.get("Description"), Some("short\nmore\n\nend"));
+        assert_eq!(
+            p.to_text(),
+            "Package: a\nVersion: 1.0\nDescription: short\n more\n .\n end\n"
+        );
+        assert_eq!(
+            field_text("Conffiles", "\n/etc/a 0f"),
+            "Conffiles:\n /etc/a 0f\n"
+        );
+    }
+
+    #[test]
+    fn one_paragraph_errors_say_where() {
+        let e = parse_one("Package: a\nbroken line\n").unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+        let e = parse_one(" cont\n").unwrap_err();
+        assert!(e.to_string().contains("continuation"), "{e}");
+        let e = parse_one("A: 1\n\nB: 2\n").unwrap_err();
+        assert!(e.to_string().contains("more than one"), "{e}");
+        let e = parse_one("A: 1\nA: 2\n").unwrap_err();
+        assert!(e.to_string().contains("twice"), "{e}");
+        assert!(parse_one("\n\n").is_err());
+    }
 
     #[test]
     fn paragraphs_fields_and_continuations() {

@@ -9,6 +9,7 @@ use anyhow::Result;
 use md5::{Digest, Md5};
 
 use super::super::compose::Installed;
+use super::super::deb822;
 use super::{dir, read, write};
 use crate::tree::Tree;
 
@@ -84,23 +85,15 @@ fn stanza(tree: &Tree, p: &Installed) -> Result<String> {
         if let Some(bytes) = read(tree, c.trim_start_matches('/'))? {
             let sum = Md5::digest(&bytes);
             let hex: String = sum.iter().map(|b| format!("{b:02x}")).collect();
-            conffiles.push_str(&format!("\n {c} {hex}"));
+            conffiles.push_str(&format!("\n{c} {hex}"));
         }
     }
     let mut out = String::new();
-    let mut field = |k: &str, v: &str| {
-        out.push_str(k);
-        out.push(':');
-        if !v.starts_with('\n') {
-            out.push(' ');
-        }
-        out.push_str(v);
-        out.push('\n');
-    };
+    let mut field = |k: &str, v: &str| out.push_str(&deb822::field_text(k, v));
     field("Package", &p.package);
     field("Status", "install ok installed");
     let mut conffiles_done = conffiles.is_empty();
-    for (k, v) in &p.deb.fields {
+    for (k, v) in p.deb.fields() {
         if k.eq_ignore_ascii_case("Package") || k.eq_ignore_ascii_case("Status") {
             continue;
         }
@@ -118,7 +111,7 @@ fn stanza(tree: &Tree, p: &Installed) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::super::deb::parse_paragraph;
+    use super::super::super::deb822::parse_one as parse_paragraph;
     use super::super::testutil::*;
     use super::*;
 

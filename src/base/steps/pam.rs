@@ -11,7 +11,7 @@
 
 use anyhow::{anyhow, Result};
 
-use super::super::deb::parse_paragraph;
+use super::super::deb822;
 use super::{files_in, read_text, write};
 use crate::tree::Tree;
 
@@ -27,14 +27,14 @@ const FILES: &[(&str, &str)] = &[
 struct Profile {
     name: String,
     priority: i64,
-    fields: super::super::deb::Paragraph,
+    fields: deb822::Paragraph,
 }
 
 pub fn run(tree: &mut Tree, mtime: u64) -> Result<()> {
     let mut profiles = Vec::new();
     for path in files_in(tree, "usr/share/pam-configs") {
         let text = read_text(tree, &path)?.unwrap_or_default();
-        let p = parse_paragraph(&text).map_err(|e| anyhow!("/{path}: {e:#}"))?;
+        let p = deb822::parse_one(&text).map_err(|e| anyhow!("/{path}: {e:#}"))?;
         if p.get("Default") != Some("yes") {
             continue;
         }
