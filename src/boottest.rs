@@ -822,7 +822,7 @@ fn check_mounts(vm: &mut Vm) -> Check {
             bail!(problems.join("; "))
         }
     })();
-    outcome(name, r)
+    result(name, r)
 }
 
 /// The data partition (number `data` on the disk) is `/`, and it and its
@@ -878,7 +878,7 @@ fn check_grown(vm: &mut Vm, disk_bytes: u64, data: u32) -> Check {
             disk_size >> 20
         ))
     })();
-    outcome(name, r)
+    result(name, r)
 }
 
 /// A phone's data partition, inside the disk image: its GPT entry (read
@@ -920,7 +920,7 @@ fn check_inner_grown(vm: &mut Vm, disk: &Path, disk_bytes: u64, data: u32) -> Ch
             disk_bytes >> 20
         ))
     })();
-    outcome(name, r)
+    result(name, r)
 }
 
 fn check_persistence(vm: &mut Vm) -> Check {
@@ -936,7 +936,7 @@ fn check_persistence(vm: &mut Vm) -> Check {
         }
         Ok("the /etc file is gone; 3 files on data kept".into())
     })();
-    outcome(name, r)
+    result(name, r)
 }
 
 fn check_power_loss(vm: &mut Vm) -> Check {
@@ -952,7 +952,7 @@ fn check_power_loss(vm: &mut Vm) -> Check {
         }
         Ok("synced file intact, no ext4 errors".into())
     })();
-    outcome(name, r)
+    result(name, r)
 }
 
 /// Identity facts: hostname, machine-id, SSH host key fingerprint, k3s node password.
@@ -1027,18 +1027,7 @@ fn check_rescue(name: &'static str, spec: &VmSpec, needle: &str, timeout: Durati
         }
         Ok(format!("ERROR{line}"))
     })();
-    outcome(name, r)
-}
-
-fn outcome(name: &'static str, r: Result<String>) -> Check {
-    match r {
-        Ok(detail) => Check {
-            name,
-            passed: true,
-            detail,
-        },
-        Err(e) => fail(name, format!("{e:#}")),
-    }
+    result(name, r)
 }
 
 fn wrong_disk_id(cmdline: &str) -> String {
