@@ -228,7 +228,7 @@ fn merged_usr_placement_and_replaces() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         stderr(&out).trim(),
-        "warning: /usr/bin/tool: zz-other overwrites the file of new (no Replaces)"
+        "nodeimg: warning: /usr/bin/tool: zz-other overwrites the file of new (no Replaces)"
     );
 
     // A package that puts a file where another has a directory is refused.

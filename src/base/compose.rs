@@ -91,7 +91,7 @@ pub fn compose(debs: &[PathBuf], opts: &ComposeOptions, spill_dir: &Path) -> Res
     }
     let unpacked = unpack_all(packages)?;
     for w in &unpacked.warnings {
-        eprintln!("warning: {w}");
+        eprintln!("nodeimg: warning: {w}");
     }
     let mut tree = unpacked.tree;
     steps::run_all(&mut tree, &unpacked.installed, opts)?;
@@ -287,7 +287,7 @@ pub fn command(debs_dir: &Path, serial_console: &str, unpack_only: bool, out: &P
         }
         let unpacked = unpack_all(packages)?;
         for w in &unpacked.warnings {
-            eprintln!("warning: {w}");
+            eprintln!("nodeimg: warning: {w}");
         }
         unpacked.tree
     } else {
