@@ -162,6 +162,8 @@ pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {
         cpus,
         mac: mac.to_string(),
         log: log.clone(),
+        firmware: None,
+        extra_drives: Vec::new(),
     };
 
     // First boot: 2 CPUs, 1 GiB.

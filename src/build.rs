@@ -58,7 +58,7 @@ pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
         }
     }
     let progress = Progress::new();
-    let system = prepare_system(data, &board, &board_bytes, args, &nodes, &progress)?;
+    let system = prepare_system(data, &board, &board_bytes, &plan, args, &nodes, &progress)?;
     let slot = plan.part(Role::SystemA)?.size;
     if system.squashfs_size > slot {
         bail!(
@@ -150,10 +150,21 @@ fn prepare_system(
     data: &DataDir,
     board: &Board,
     board_bytes: &[u8],
+    plan: &DiskPlan,
     args: &BuildArgs,
     nodes: &[Option<NodeConfig>],
     progress: &Progress,
 ) -> Result<System> {
+    // A signed image carries the node-side update helper: found first, so a
+    // missing one fails before any work.
+    let node_helper = match &args.sign_key {
+        Some(_) => {
+            let path = update::helper::find(args.node_helper.as_deref(), &board.arch)?;
+            let sha256 = output::sha256_file(&path)?;
+            Some((path, sha256))
+        }
+        None => None,
+    };
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("creating {}", args.output.display()))?;
     let work = tempfile::Builder::new()
@@ -237,6 +248,7 @@ fn prepare_system(
             rootfs_file_sha256: rootfs_file_sha256.as_deref(),
             rootfs_dir_digest: read_already.as_ref().map(|r| &r.2),
             base_lock_sha256: base.as_ref().map(|b| b.lock.sha256.as_str()),
+            node_helper_sha256: node_helper.as_ref().map(|h| h.1.as_str()),
             joined,
             k3s_spec,
             airgap: airgap.as_ref(),
@@ -312,11 +324,18 @@ fn prepare_system(
         None
     };
 
+    if let Some((helper, _)) = &node_helper {
+        progress.step("installing the node-side update helper");
+        update::helper::install(&mut rootfs, helper, epoch)?;
+    }
+
     progress.step("composing the system tree");
     let (mut usr, base_data_tree) = system::compose(data, board, rootfs, epoch)?;
     if let Some(key) = &args.sign_key {
         let public = update::sign::SecretKey::load(key)?.public();
-        system::add_update_key(&mut usr, &public, epoch)?;
+        let version = args.build_version.unwrap_or(epoch);
+        let release = update::release::Release::for_build(board, plan, version)?;
+        system::add_update_info(&mut usr, &public, &release, epoch)?;
     }
     // The cache keeps the data tree without the air-gap images (they can be
     // large, and are the user's file anyway): a hit adds them again.

@@ -74,6 +74,8 @@ pub struct KeyInputs<'a> {
     /// are checked against it, and composing them depends on nothing else
     /// but this executable).
     pub base_lock_sha256: Option<&'a str>,
+    /// With --sign-key: the SHA-256 of the node-side helper put into the image.
+    pub node_helper_sha256: Option<&'a str>,
     /// Whether the build has a cluster config.
     pub joined: bool,
     pub k3s_spec: Option<&'a k3s::K3sSpec>,
@@ -116,6 +118,7 @@ fn system_key(exe_sha256: &str, i: &KeyInputs) -> Result<Key> {
         rootfs_file_sha256,
         rootfs_dir_digest,
         base_lock_sha256,
+        node_helper_sha256,
         joined,
         k3s_spec,
         airgap,
@@ -182,6 +185,17 @@ fn system_key(exe_sha256: &str, i: &KeyInputs) -> Result<Key> {
             ("k3s", k3s.as_bytes()),
             ("airgap-images", airgap.as_bytes()),
             ("update-key", update_key.as_bytes()),
+            (
+                "node-helper",
+                node_helper_sha256.unwrap_or("none").as_bytes(),
+            ),
+            (
+                "build-version",
+                args.build_version
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
+                    .as_bytes(),
+            ),
             (
                 "allow-missing-kernel-options",
                 &[u8::from(args.allow_missing_kernel_options)],

@@ -121,6 +121,84 @@ pub enum UpdateCommand {
     /// payload's size and SHA-256, and (when given) that it is for this board
     /// and does not downgrade from this version.
     Verify(UpdateVerifyArgs),
+    /// On a node, as root: write a bundle (a file, or - for stdin) to the
+    /// inactive slot and arm a trial boot of it; then reboot.
+    Apply(UpdateApplyArgs),
+    /// On a node: decide a trial boot (health check, then make it the
+    /// primary slot or fall back), or record that the loader fell back.
+    /// Run at every boot by nodeimg-update-commit.service.
+    Commit(UpdateCommitArgs),
+    /// On a node: the slots, their versions, the running and primary slot,
+    /// the last update's result.
+    Status(UpdateStatusArgs),
+    /// From the build machine: send a bundle to a node over ssh and apply it
+    /// there (`ssh NODE nodeimg update apply -`; the node verifies it).
+    Push(UpdatePushArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpdateApplyArgs {
+    /// The bundle: a file, a block device holding it, or - for stdin.
+    pub bundle: String,
+
+    /// Boots the loader gives the new slot before falling back [1-9].
+    #[arg(long, default_value_t = 3)]
+    pub tries: u32,
+
+    /// Arm the trial but do not reboot.
+    #[arg(long)]
+    pub no_reboot: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpdateCommitArgs {
+    /// The health checks [default: multi-user with systemd; k3s and kubelet when k3s is installed].
+    #[arg(long = "check", value_name = "CHECK", value_enum)]
+    pub checks: Vec<crate::update::health::Check>,
+
+    /// Commit without a health check.
+    #[arg(long, conflicts_with = "checks")]
+    pub no_check: bool,
+
+    /// How long the checks may take to pass, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+
+    /// On a failed check, fall back at the next boot but do not reboot now.
+    #[arg(long)]
+    pub no_reboot: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpdateStatusArgs {
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpdatePushArgs {
+    /// The bundle (out/<board>/<board>.bundle).
+    pub bundle: PathBuf,
+
+    /// The node, as ssh takes it: [user@]host (root's, or a user who may run nodeimg as root).
+    pub node: String,
+
+    /// ssh port.
+    #[arg(long)]
+    pub port: Option<u16>,
+
+    /// ssh identity file.
+    #[arg(long, short = 'i', value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+
+    /// Boots the loader gives the new slot before falling back [node's default: 3].
+    #[arg(long)]
+    pub tries: Option<u32>,
+
+    /// Arm the trial on the node but do not reboot it.
+    #[arg(long)]
+    pub no_reboot: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -317,6 +395,13 @@ pub struct BuildArgs {
     /// The oldest version the bundle may update from [default: 0, any].
     #[arg(long, value_name = "VERSION", requires = "sign_key")]
     pub min_version: Option<u64>,
+
+    /// nodeimg built for the board (the node-side update helper, installed
+    /// with --sign-key as /usr/bin/nodeimg) [default: $NODEIMG_NODE_HELPER,
+    /// else this nodeimg on an arm64 machine, else
+    /// target/aarch64-unknown-linux-gnu/release/nodeimg beside it].
+    #[arg(long, value_name = "FILE", requires = "sign_key")]
+    pub node_helper: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

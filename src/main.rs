@@ -49,7 +49,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("public key: {}", public.display());
             Ok(())
         }
-        Command::Update(cmd) => nodeimg::update::bundle::command(&cmd),
+        Command::Update(cmd) => nodeimg::update::command(&cmd),
         Command::Inspect(args) => nodeimg::inspect::command(&args),
         Command::Base(BaseCommand::Compose(a)) => {
             nodeimg::base::compose::command(&a.debs, &a.console, a.unpack_only, &a.out)

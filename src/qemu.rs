@@ -25,6 +25,12 @@ pub struct VmSpec {
     pub mac: String,
     /// The console log is appended here.
     pub log: PathBuf,
+    /// Firmware to boot instead of `kernel`/`initrd`/`cmdline` (U-Boot as
+    /// `-bios`, which loads them from the disk); the guest may then reboot
+    /// (the firmware runs again), where a direct-kernel boot ends QEMU.
+    pub firmware: Option<PathBuf>,
+    /// More disks, read-only, after `disk` (/dev/vdb, ...).
+    pub extra_drives: Vec<PathBuf>,
 }
 
 pub struct Vm {
@@ -39,37 +45,43 @@ pub struct Vm {
 impl Vm {
     pub fn start(spec: &VmSpec) -> Result<Vm> {
         let mut cmd = Command::new(&spec.qemu);
-        cmd.args([
-            "-M",
-            "virt",
-            "-cpu",
-            "cortex-a72",
-            "-nographic",
-            "-no-reboot",
-        ])
-        .args(["-m", &spec.mem_mib.to_string()])
-        .args(["-smp", &spec.cpus.to_string()])
-        .arg("-kernel")
-        .arg(&spec.kernel)
-        .arg("-initrd")
-        .arg(&spec.initrd)
-        .arg("-append")
-        .arg(&spec.cmdline)
-        .arg("-drive")
-        .arg(format!(
+        cmd.args(["-M", "virt", "-cpu", "cortex-a72", "-nographic"])
+            .args(["-m", &spec.mem_mib.to_string()])
+            .args(["-smp", &spec.cpus.to_string()]);
+        match &spec.firmware {
+            Some(f) => {
+                cmd.arg("-bios").arg(f);
+            }
+            None => {
+                cmd.arg("-no-reboot")
+                    .arg("-kernel")
+                    .arg(&spec.kernel)
+                    .arg("-initrd")
+                    .arg(&spec.initrd)
+                    .arg("-append")
+                    .arg(&spec.cmdline);
+            }
+        }
+        cmd.arg("-drive").arg(format!(
             "file={},if=virtio,format=raw,cache=unsafe",
             spec.disk.display()
-        ))
-        .args(["-netdev", "user,id=n0"])
-        .arg("-device")
-        .arg(format!(
-            "virtio-net-pci,netdev=n0,mac={},romfile=",
-            spec.mac
-        ))
-        .args(["-serial", "stdio", "-monitor", "none"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        ));
+        for d in &spec.extra_drives {
+            cmd.arg("-drive").arg(format!(
+                "file={},if=virtio,format=raw,readonly=on",
+                d.display()
+            ));
+        }
+        cmd.args(["-netdev", "user,id=n0"])
+            .arg("-device")
+            .arg(format!(
+                "virtio-net-pci,netdev=n0,mac={},romfile=",
+                spec.mac
+            ))
+            .args(["-serial", "stdio", "-monitor", "none"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", spec.qemu.display()))?;

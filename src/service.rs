@@ -151,28 +151,31 @@ pub fn install_k3s(t: &mut Tree, mtime: u64) -> Result<InitSystem> {
                 dir,
             )?;
         }
-        InitSystem::BusyboxInit => {
-            let Some(Entry {
-                meta,
-                kind: Kind::File(data),
-            }) = t.get("etc/inittab").cloned()
-            else {
-                bail!("/etc/inittab is not a regular file");
-            };
-            let bytes = data.to_vec().context("reading /etc/inittab")?;
-            let mut text = String::from_utf8(bytes).context("/etc/inittab is not UTF-8")?;
-            if !text.lines().any(|l| l.trim() == INITTAB_LINE) {
-                if !text.is_empty() && !text.ends_with('\n') {
-                    text.push('\n');
-                }
-                text.push_str("# k3s, added by nodeimg\n");
-                text.push_str(INITTAB_LINE);
-                text.push('\n');
-            }
-            t.insert("etc/inittab", Entry::file(meta, text.into_bytes()))?;
-        }
+        InitSystem::BusyboxInit => append_inittab(t, "k3s", INITTAB_LINE)?,
     }
     Ok(init)
+}
+
+/// Adds `line` (with a comment naming `what`) to /etc/inittab, once.
+pub fn append_inittab(t: &mut Tree, what: &str, line: &str) -> Result<()> {
+    let Some(Entry {
+        meta,
+        kind: Kind::File(data),
+    }) = t.get("etc/inittab").cloned()
+    else {
+        bail!("/etc/inittab is not a regular file");
+    };
+    let bytes = data.to_vec().context("reading /etc/inittab")?;
+    let mut text = String::from_utf8(bytes).context("/etc/inittab is not UTF-8")?;
+    if !text.lines().any(|l| l.trim() == line) {
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&format!("# {what}, added by nodeimg\n"));
+        text.push_str(line);
+        text.push('\n');
+    }
+    t.insert("etc/inittab", Entry::file(meta, text.into_bytes()))
 }
 
 /// Puts the k3s binary at /usr/bin/k3s with the links k3s's installer makes.

@@ -56,19 +56,24 @@ pub fn compose(data: &DataDir, board: &Board, mut t: Tree, epoch: u64) -> Result
 /// Where a node finds the public key its update bundles must be signed with.
 pub const UPDATE_KEY: &str = "share/nodeimg/update.pub";
 
-/// Puts the update signing key's public half into the system image (/usr).
-pub fn add_update_key(
+/// Puts what a node needs to accept updates into the system image (/usr):
+/// the update signing key's public half and the release file.
+pub fn add_update_info(
     usr: &mut Tree,
     key: &crate::update::sign::PublicKey,
+    release: &crate::update::release::Release,
     epoch: u64,
 ) -> Result<()> {
-    usr.insert_with_parents(
-        UPDATE_KEY,
-        tree::Entry::file(
-            tree::Meta::root(0o644, epoch),
-            key.to_file_text().into_bytes(),
-        ),
-        tree::Meta::root(0o755, epoch),
-    )
-    .with_context(|| format!("adding /usr/{UPDATE_KEY}"))
+    for (path, bytes) in [
+        (UPDATE_KEY, key.to_file_text().into_bytes()),
+        (crate::update::release::PATH, release.to_json()?),
+    ] {
+        usr.insert_with_parents(
+            path,
+            tree::Entry::file(tree::Meta::root(0o644, epoch), bytes),
+            tree::Meta::root(0o755, epoch),
+        )
+        .with_context(|| format!("adding /usr/{path}"))?;
+    }
+    Ok(())
 }

@@ -20,17 +20,6 @@ use nodeimg::update::uboot::{self, State};
 
 const UBOOT: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
 
-/// `mtype`/`mcopy`/`mmd` on the FAT partition at `offset` of `image`.
-fn mtools(tool: &str, image: &Path, offset: u64, args: &[&str]) -> Vec<u8> {
-    run_ok(
-        Command::new(tool)
-            .arg("-i")
-            .arg(format!("{}@@{offset}", image.display()))
-            .args(args),
-    )
-    .stdout
-}
-
 /// Boots `image` with U-Boot as the firmware until `done(console)`; returns the console.
 fn boot_until(image: &Path, log: &Path, done: impl Fn(&str) -> bool) -> String {
     let mut qemu = Command::new("qemu-system-aarch64")
@@ -92,14 +81,7 @@ fn a_trial_slot_whose_kernel_panics_falls_back_to_the_primary() {
     );
     let dir = scratch("update-uboot");
     // The qemu-aarch64 board with U-Boot as the loader.
-    let data = dir.join("data");
-    fs::create_dir_all(data.join("boards")).unwrap();
-    let board = fs::read_to_string(repo().join("boards/qemu-aarch64.toml"))
-        .unwrap()
-        .replace("name = \"qemu-aarch64\"", "name = \"qemu-uboot\"")
-        .replace("method = \"direct-kernel\"", "method = \"u-boot\"");
-    assert!(board.contains("u-boot") && board.contains("qemu-uboot"));
-    fs::write(data.join("boards/qemu-uboot.toml"), board).unwrap();
+    let data = uboot_data_dir(&dir, "qemu-uboot", "");
     let out = dir.join("out");
     let data_arg = data.to_str().unwrap();
     let key = dir.join("update.key");

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use crate::board::Board;
 use crate::bootfiles::Found;
-use crate::cli::UpdateCommand;
+use crate::cli::UpdateVerifyArgs;
 use crate::disk::plan::DiskPlan;
 use crate::manifest::OutputInfo;
 use crate::update::sign::{PublicKey, SecretKey};
@@ -261,6 +261,8 @@ pub struct Expect<'a> {
     pub board: Option<&'a str>,
     /// The version running now: refused when below the bundle's minimum.
     pub from_version: Option<u64>,
+    /// The node's partition sizes: refused when the bundle was built for others.
+    pub layout: Option<&'a Layout>,
 }
 
 /// Reads a bundle from `r`, checking the signature, board, version, and each
@@ -330,6 +332,18 @@ pub fn read(
             );
         }
     }
+    if let Some(l) = expect.layout {
+        if m.layout != *l {
+            bail!(
+                "the bundle is laid out for a {}-byte boot partition and {}-byte system slots; \
+                 this node has {} and {}",
+                m.layout.boot_size,
+                m.layout.system_slot_size,
+                l.boot_size,
+                l.system_slot_size
+            );
+        }
+    }
     for (i, p) in m.payloads.iter().enumerate() {
         let plain = |rest: &str| {
             !rest.is_empty()
@@ -384,10 +398,10 @@ pub fn read(
     Ok(m)
 }
 
-/// `nodeimg update ...`.
-pub fn command(cmd: &UpdateCommand) -> Result<()> {
-    match cmd {
-        UpdateCommand::Verify(a) => {
+/// `nodeimg update verify`.
+pub fn verify_command(a: &UpdateVerifyArgs) -> Result<()> {
+    {
+        {
             let key = PublicKey::load(&a.key)?;
             let f =
                 File::open(&a.bundle).with_context(|| format!("opening {}", a.bundle.display()))?;
@@ -397,6 +411,7 @@ pub fn command(cmd: &UpdateCommand) -> Result<()> {
                     key: &key,
                     board: a.board.as_deref(),
                     from_version: a.from_version,
+                    layout: None,
                 },
                 |_, _| Ok(()),
             )
@@ -456,6 +471,7 @@ mod tests {
                 key,
                 board: Some("qemu-aarch64"),
                 from_version: from,
+                layout: None,
             },
             |_, _| Ok(()),
         )
@@ -481,6 +497,36 @@ mod tests {
         t[at + 100] = 8;
         let err = format!("{:#}", check(&t, &pk, None).unwrap_err());
         assert!(err.contains("system.squashfs: SHA-256"), "{err}");
+        // Another layout than the node's.
+        let mut layout = m.layout.clone();
+        layout.system_slot_size += 512;
+        let err = read(
+            &bytes[..],
+            &Expect {
+                key: &pk,
+                board: None,
+                from_version: None,
+                layout: Some(&layout),
+            },
+            |_, _| Ok(()),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("system slots; this node has"),
+            "{err:#}"
+        );
+        let same = m.layout.clone();
+        let ok = read(
+            &bytes[..],
+            &Expect {
+                key: &pk,
+                board: None,
+                from_version: None,
+                layout: Some(&same),
+            },
+            |_, _| Ok(()),
+        );
+        assert!(ok.is_ok());
     }
 
     #[test]
@@ -557,6 +603,7 @@ mod tests {
                         key: &pk,
                         board: None,
                         from_version: None,
+                        layout: None,
                     },
                     |p, b| {
                         seen.push((p.name.clone(), b.to_vec()));
@@ -571,6 +618,7 @@ mod tests {
                         key: &pk,
                         board: None,
                         from_version: None,
+                        layout: None,
                     },
                     |p, b| {
                         orig.push((p.name.clone(), b.to_vec()));

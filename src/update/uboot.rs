@@ -13,7 +13,9 @@
 //! The script loads the state, and when a trial is armed with tries left,
 //! decrements them and saves the state (`fatwrite`) *before* booting the
 //! trial slot; once they run out it boots the primary. A trial kernel that
-//! panics (with `panic=N` it reboots) thus falls back on its own.
+//! panics (a trial boot's cmdline gets `panic=10`: it reboots) or whose
+//! initramfs fails (`nodeimg.trial`: it reboots rather than open a rescue
+//! shell) thus falls back on its own.
 //!
 //! The uImage header is written here rather than by a crate: it is 64 bytes
 //! and two CRC-32s, and no maintained crate writes script images (`mkimage`
@@ -30,6 +32,10 @@ pub const STATE_NAME: &str = "slots.env";
 pub const KERNEL: &str = "vmlinuz";
 pub const INITRAMFS: &str = "initrd.img";
 pub const MAX_TRIES: u32 = 9;
+/// Appended to a trial boot's cmdline: the initramfs reboots (so the loader
+/// falls back) where it would otherwise stop in a rescue shell, and a kernel
+/// panic reboots after 10 s.
+pub const TRIAL_ARGS: &str = "nodeimg.trial panic=10";
 
 const IH_MAGIC: u32 = 0x2705_1956;
 const IH_OS_LINUX: u8 = 5;
@@ -94,12 +100,16 @@ fi
 echo "nodeimg: booting slot ${{nodeimg_slot}}"
 setenv nodeimg_dir slot-${{nodeimg_slot}}
 load ${{nodeimg_part}} ${{pxefile_addr_r}} ${{nodeimg_dir}}/bootargs.env && env import -t ${{pxefile_addr_r}} ${{filesize}} bootargs
+if test "${{nodeimg_slot}}" = "${{nodeimg_trial}}"; then
+  setenv bootargs "${{bootargs}} {trial_args}"
+fi
 load ${{nodeimg_part}} ${{kernel_addr_r}} ${{nodeimg_dir}}/{kernel}
 load ${{nodeimg_part}} ${{ramdisk_addr_r}} ${{nodeimg_dir}}/{initramfs}
 booti ${{kernel_addr_r}} ${{ramdisk_addr_r}}:${{filesize}} ${{fdtcontroladdr}}
 echo "nodeimg: slot ${{nodeimg_slot}} did not boot"
 "#,
         state = STATE_NAME,
+        trial_args = TRIAL_ARGS,
         kernel = KERNEL,
         initramfs = INITRAMFS,
     )

@@ -358,3 +358,36 @@ pub fn gpt_image(
     img[b..b + t.backup.len()].copy_from_slice(&t.backup);
     img
 }
+
+/// A data dir under `dir` with a board `name`: the qemu-aarch64 board with
+/// U-Boot as its loader (`method = "u-boot"`), its cmdline followed by
+/// `cmdline_extra` (when not empty).
+pub fn uboot_data_dir(dir: &Path, name: &str, cmdline_extra: &str) -> PathBuf {
+    let data = dir.join("data");
+    fs::create_dir_all(data.join("boards")).unwrap();
+    let mut board = fs::read_to_string(repo().join("boards/qemu-aarch64.toml"))
+        .unwrap()
+        .replace("name = \"qemu-aarch64\"", &format!("name = \"{name}\""))
+        .replace("method = \"direct-kernel\"", "method = \"u-boot\"");
+    if !cmdline_extra.is_empty() {
+        board = board.replace(
+            "cmdline = \"console=ttyAMA0 rootwait\"",
+            &format!("cmdline = \"console=ttyAMA0 rootwait {cmdline_extra}\""),
+        );
+        assert!(board.contains(cmdline_extra));
+    }
+    assert!(board.contains("u-boot") && board.contains(&format!("\"{name}\"")));
+    fs::write(data.join(format!("boards/{name}.toml")), board).unwrap();
+    data
+}
+
+/// `mtype`/`mcopy`/`mmd`/... on the FAT partition at byte `offset` of `image`.
+pub fn mtools(tool: &str, image: &Path, offset: u64, args: &[&str]) -> Vec<u8> {
+    run_ok(
+        Command::new(tool)
+            .arg("-i")
+            .arg(format!("{}@@{offset}", image.display()))
+            .args(args),
+    )
+    .stdout
+}

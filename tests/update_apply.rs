@@ -1,0 +1,251 @@
+//! An update applied on a running node, through the real loader: the
+//! qemu-aarch64 board with U-Boot (Debian's `u-boot-qemu` as `-bios`) runs
+//! version 1 from slot a; the node's own helper (`/usr/bin/nodeimg`, built
+//! for arm64) applies bundles from more disks of the VM:
+//! 1. version 2: a trial boot of slot b, committed at boot, kept over a reboot;
+//! 2. version 3, whose kernel panics: the loader falls back on its own, and
+//!    `update status` shows the failed trial;
+//! 3. version 4, whose initramfs fails: the same;
+//! 4. a power cut while a bundle is written: the node boots as before;
+//! 5. then a later apply succeeds.
+//!
+//! The data partition and the node's identity are kept throughout.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use nodeimg::qemu::{self, Vm, VmSpec};
+
+const UBOOT: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
+const BOARD: &str = "qemu-uboot";
+
+/// The test rootfs with a marker file only version 2 has, as a .tar.
+fn rootfs_v2(dir: &Path) -> PathBuf {
+    let tar = dir.join("rootfs-v2.tar");
+    run_ok(Command::new("sh").arg("-c").arg(format!(
+        "zstd -q -dc {} > {}",
+        test_rootfs().display(),
+        tar.display()
+    )));
+    let m = dir.join("marker");
+    fs::create_dir_all(m.join("usr/share/nodeimg-test")).unwrap();
+    fs::write(m.join("usr/share/nodeimg-test/version"), "v2\n").unwrap();
+    run_ok(
+        Command::new("tar")
+            .args(["--append", "--owner=0", "--group=0", "-f"])
+            .arg(&tar)
+            .arg("-C")
+            .arg(&m)
+            .arg("./usr/share/nodeimg-test"),
+    );
+    tar
+}
+
+fn line_after<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in:\n{text}"))
+        .trim()
+}
+
+fn sh(vm: &mut Vm, cmd: &str) -> String {
+    let (st, out) = vm.sh(cmd, Duration::from_secs(120)).unwrap();
+    assert_eq!(st, 0, "{cmd}: {out}");
+    out
+}
+
+/// Builds version `version` of the U-Boot board from `rootfs`, its cmdline
+/// followed by `extra`; returns its output directory.
+fn build_version(dir: &Path, key: &str, rootfs: &Path, version: u32, extra: &str) -> PathBuf {
+    let data = uboot_data_dir(&dir.join(format!("v{version}")), BOARD, extra);
+    let out = dir.join(format!("out{version}"));
+    let v = version.to_string();
+    let res = build(
+        BOARD,
+        rootfs,
+        &out,
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--sign-key",
+            key,
+            "--build-version",
+            &v,
+        ],
+    );
+    assert!(res.status.success(), "build v{version}: {}", stderr(&res));
+    out.join(BOARD)
+}
+
+/// The node's hostname and machine-id, as the test rootfs prints them at boot.
+fn identity(boot_log: &str) -> (String, String) {
+    (
+        line_after(boot_log, "nodeimg-test-rootfs: hostname=").to_string(),
+        line_after(boot_log, "nodeimg-test-rootfs: machine-id=").to_string(),
+    )
+}
+
+#[test]
+fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
+    assert!(
+        Path::new(UBOOT).is_file(),
+        "{UBOOT} missing: install u-boot-qemu"
+    );
+    let dir = scratch("update-apply");
+    let key = dir.join("update.key");
+    run_ok(nodeimg().arg("keygen").arg("--out").arg(&key));
+    let key = key.to_str().unwrap();
+    let rootfs = test_rootfs();
+    let v1 = build_version(&dir, key, &rootfs, 1, "");
+    // v2: another cmdline and a marker file in the system image.
+    let v2 = build_version(&dir, key, &rootfs_v2(&dir), 2, "nodeimg.test.v2");
+    // v3: a kernel that panics (no init it can run).
+    let v3 = build_version(
+        &dir,
+        key,
+        &rootfs,
+        3,
+        "rdinit=/nonexistent init=/nonexistent",
+    );
+    // v4: an initramfs that fails (the system has no such init).
+    let v4 = build_version(&dir, key, &rootfs, 4, "nodeimg.init=/nonexistent");
+    let image = dir.join("disk.img");
+    nodeimg::disk::sparse::copy_file(&v1.join(format!("{BOARD}.img")), &image).unwrap();
+    // The bundles, as disks of the VM: /dev/vdb, vdc, vdd.
+    let bundles: Vec<PathBuf> = [&v2, &v3, &v4]
+        .iter()
+        .map(|d| d.join(format!("{BOARD}.bundle")))
+        .collect();
+
+    let spec = VmSpec {
+        qemu: qemu::find_qemu().unwrap(),
+        disk: image.clone(),
+        kernel: Default::default(),
+        initrd: Default::default(),
+        cmdline: String::new(),
+        mem_mib: 1024,
+        cpus: 2,
+        mac: "52:54:00:12:34:60".into(),
+        log: dir.join("console.log"),
+        firmware: Some(UBOOT.into()),
+        extra_drives: bundles,
+    };
+    let boot = Duration::from_secs(240);
+    let up = "nodeimg-test-rootfs: mount /boot";
+    let mut vm = Vm::start(&spec).unwrap();
+    vm.wait_for("nodeimg: booting slot a", boot).unwrap();
+    let me = identity(&vm.wait_for(up, boot).unwrap());
+    assert_eq!(me.1.len(), 32, "{me:?}");
+    vm.wait_for_shell(boot).unwrap();
+    assert!(sh(&mut vm, "cat /proc/cmdline").contains("nodeimg.system=2"));
+    sh(&mut vm, "echo kept > /root/data-marker && sync");
+    let status = sh(&mut vm, "nodeimg update status");
+    assert!(
+        status.contains("running slot a (version 1), primary slot a"),
+        "{status}"
+    );
+
+    // 1. A good update: v2 from /dev/vdb; the helper reboots into the trial,
+    // which busybox init's `nodeimg update commit` commits.
+    vm.send("nodeimg update apply --tries 1 /dev/vdb").unwrap();
+    vm.wait_for("the next boot tries it", boot).unwrap();
+    vm.wait_for("nodeimg: trial boot of slot b", boot).unwrap();
+    vm.wait_for("nodeimg: booting slot b", boot).unwrap();
+    assert_eq!(identity(&vm.wait_for(up, boot).unwrap()), me);
+    vm.wait_for("nodeimg: slot b (version 2) committed", boot)
+        .unwrap();
+    vm.wait_for_shell(boot).unwrap();
+    let cmdline = sh(&mut vm, "cat /proc/cmdline");
+    assert!(
+        cmdline.contains("nodeimg.system=3") && cmdline.contains("nodeimg.test.v2"),
+        "{cmdline}"
+    );
+    assert_eq!(sh(&mut vm, "cat /usr/share/nodeimg-test/version"), "v2");
+    assert_eq!(sh(&mut vm, "cat /root/data-marker"), "kept");
+    let status = sh(&mut vm, "nodeimg update status");
+    assert!(
+        status.contains("running slot b (version 2), primary slot b"),
+        "{status}"
+    );
+    assert!(
+        status.contains("slot a: partition 2, version 1, good"),
+        "{status}"
+    );
+    let mounts = sh(&mut vm, "grep ' /boot ' /proc/mounts");
+    assert!(
+        mounts.contains(" ro,"),
+        "/boot is read-only again: {mounts}"
+    );
+    // Committed: the next boot is slot b again, not a trial.
+    vm.send("reboot").unwrap();
+    let again = vm.wait_for("nodeimg: booting slot b", boot).unwrap();
+    assert!(!again.contains("trial boot of slot"), "{again}");
+    vm.wait_for(up, boot).unwrap();
+    vm.wait_for_shell(boot).unwrap();
+    assert_eq!(sh(&mut vm, "cat /usr/share/nodeimg-test/version"), "v2");
+
+    // 2. v3's kernel panics on its trial: the loader falls back to b.
+    vm.send("nodeimg update apply --tries 1 /dev/vdc").unwrap();
+    vm.wait_for("nodeimg: trial boot of slot a", boot).unwrap();
+    vm.wait_for("Kernel panic", boot).unwrap();
+    vm.wait_for("nodeimg: slot a failed its trial; booting slot b", boot)
+        .unwrap();
+    assert_eq!(identity(&vm.wait_for(up, boot).unwrap()), me);
+    vm.wait_for("slot a (version 3) failed its trial boot", boot)
+        .unwrap();
+    vm.wait_for_shell(boot).unwrap();
+    let status = sh(&mut vm, "nodeimg update status");
+    assert!(
+        status.contains("running slot b (version 2), primary slot b")
+            && status.contains("slot a: partition 2, version 3, failed (no boot files)")
+            && status.contains("last: rollback of slot a: FAILED"),
+        "{status}"
+    );
+
+    // 3. v4's initramfs fails on its trial: it reboots, the loader falls back.
+    vm.send("nodeimg update apply --tries 1 /dev/vdd").unwrap();
+    vm.wait_for("nodeimg: trial boot of slot a", boot).unwrap();
+    vm.wait_for("this is a trial boot of an update: rebooting", boot)
+        .unwrap();
+    vm.wait_for("nodeimg: slot a failed its trial; booting slot b", boot)
+        .unwrap();
+    vm.wait_for("slot a (version 4) failed its trial boot", boot)
+        .unwrap();
+    vm.wait_for_shell(boot).unwrap();
+    assert_eq!(sh(&mut vm, "cat /root/data-marker"), "kept");
+
+    // 4. The power fails while a bundle is written (its first MB read, the
+    // rest never comes): the node boots b as before.
+    vm.send("(head -c 1000000 /dev/vdb; sleep 600) | nodeimg update apply --tries 1 -")
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    vm.kill();
+    let mut vm = Vm::start(&spec).unwrap();
+    let cut = vm.wait_for("nodeimg: booting slot b", boot).unwrap();
+    assert!(!cut.contains("trial boot of slot"), "{cut}");
+    assert_eq!(identity(&vm.wait_for(up, boot).unwrap()), me);
+    vm.wait_for_shell(boot).unwrap();
+    let status = sh(&mut vm, "nodeimg update status");
+    assert!(
+        status.contains("running slot b (version 2), primary slot b")
+            && status.contains("slot a: partition 2, version -, unusable (no boot files)"),
+        "{status}"
+    );
+
+    // 5. A later apply succeeds: v2 again, now into slot a.
+    vm.send("nodeimg update apply --tries 1 /dev/vdb").unwrap();
+    vm.wait_for("nodeimg: trial boot of slot a", boot).unwrap();
+    assert_eq!(identity(&vm.wait_for(up, boot).unwrap()), me);
+    vm.wait_for("nodeimg: slot a (version 2) committed", boot)
+        .unwrap();
+    vm.wait_for_shell(boot).unwrap();
+    assert!(sh(&mut vm, "cat /proc/cmdline").contains("nodeimg.system=2"));
+    assert_eq!(sh(&mut vm, "cat /usr/share/nodeimg-test/version"), "v2");
+    assert_eq!(sh(&mut vm, "cat /root/data-marker"), "kept");
+    vm.kill();
+}
