@@ -164,6 +164,7 @@ pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {
         log: log.clone(),
         firmware: None,
         extra_drives: Vec::new(),
+        forward: Vec::new(),
     };
 
     // First boot: 2 CPUs, 1 GiB.

@@ -199,6 +199,10 @@ pub struct UpdatePushArgs {
     /// Arm the trial on the node but do not reboot it.
     #[arg(long)]
     pub no_reboot: bool,
+
+    /// An ssh option (as ssh -o takes it), repeatable.
+    #[arg(long = "ssh-option", short = 'o', value_name = "OPTION")]
+    pub ssh_options: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -31,6 +31,8 @@ pub struct VmSpec {
     pub firmware: Option<PathBuf>,
     /// More disks, read-only, after `disk` (/dev/vdb, ...).
     pub extra_drives: Vec<PathBuf>,
+    /// TCP ports of the host's 127.0.0.1 forwarded to the guest: (host, guest).
+    pub forward: Vec<(u16, u16)>,
 }
 
 pub struct Vm {
@@ -72,7 +74,7 @@ impl Vm {
                 d.display()
             ));
         }
-        cmd.args(["-netdev", "user,id=n0"])
+        cmd.args(["-netdev", &netdev(&spec.forward)])
             .arg("-device")
             .arg(format!(
                 "virtio-net-pci,netdev=n0,mac={},romfile=",
@@ -257,6 +259,15 @@ fn pump(mut from: Box<dyn Read + Send>, to: &Mutex<Vec<u8>>, log: &mut std::fs::
 }
 
 /// Finds `qemu-system-aarch64` on PATH.
+/// QEMU's user-mode network with `forward`ed host ports.
+fn netdev(forward: &[(u16, u16)]) -> String {
+    let mut s = "user,id=n0".to_string();
+    for (host, guest) in forward {
+        s.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+    }
+    s
+}
+
 pub fn find_qemu() -> Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)

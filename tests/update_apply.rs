@@ -7,7 +7,8 @@
 //!    `update status` shows the failed trial;
 //! 3. version 4, whose initramfs fails: the same;
 //! 4. a power cut while a bundle is written: the node boots as before;
-//! 5. then a later apply succeeds.
+//! 5. then a later apply succeeds, pushed from the host with `nodeimg update
+//!    push` over ssh (user-mode networking, a forwarded port).
 //!
 //! The data partition and the node's identity are kept throughout.
 
@@ -122,6 +123,10 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
         .map(|d| d.join(format!("{BOARD}.bundle")))
         .collect();
 
+    let ssh_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
     let spec = VmSpec {
         qemu: qemu::find_qemu().unwrap(),
         disk: image.clone(),
@@ -134,6 +139,7 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
         log: dir.join("console.log"),
         firmware: Some(UBOOT.into()),
         extra_drives: bundles,
+        forward: vec![(ssh_port, 22)],
     };
     let boot = Duration::from_secs(240);
     let up = "nodeimg-test-rootfs: mount /boot";
@@ -237,8 +243,45 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
         "{status}"
     );
 
-    // 5. A later apply succeeds: v2 again, now into slot a.
-    vm.send("nodeimg update apply --tries 1 /dev/vdb").unwrap();
+    // 5. A later apply succeeds: v2 again, into slot a, pushed from the host
+    // over ssh (the test rootfs's dropbear, root's key on data; the test
+    // rootfs configures no network: QEMU's user network is 10.0.2.0/24).
+    let id = dir.join("id");
+    run_ok(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", ""])
+            .arg("-f")
+            .arg(&id),
+    );
+    let public = fs::read_to_string(dir.join("id.pub")).unwrap();
+    sh(
+        &mut vm,
+        &format!(
+            "mkdir -p /root/.ssh && chmod 700 /root/.ssh && echo '{}' > /root/.ssh/authorized_keys && \
+             chmod 600 /root/.ssh/authorized_keys && dropbear -p 22 && \
+             (modprobe virtio_net 2>/dev/null; true) && ip link set eth0 up && \
+             ip addr add 10.0.2.15/24 dev eth0",
+            public.trim()
+        ),
+    );
+    let pushed = run(nodeimg()
+        .args(["update", "push"])
+        .arg(v2.join(format!("{BOARD}.bundle")))
+        .arg("root@127.0.0.1")
+        .args(["--port", &ssh_port.to_string(), "--tries", "1", "-i"])
+        .arg(&id)
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ]));
+    assert!(pushed.status.success(), "push: {}", stderr(&pushed));
+    assert!(
+        stderr(&pushed).contains("slot a holds version 2"),
+        "the node's helper reports through ssh: {}",
+        stderr(&pushed)
+    );
     vm.wait_for("nodeimg: trial boot of slot a", boot).unwrap();
     assert_eq!(identity(&vm.wait_for(up, boot).unwrap()), me);
     vm.wait_for("nodeimg: slot a (version 2) committed", boot)

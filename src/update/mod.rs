@@ -79,6 +79,7 @@ pub fn command(cmd: &UpdateCommand) -> Result<()> {
                 identity: a.identity.as_deref(),
                 tries: a.tries,
                 reboot: !a.no_reboot,
+                ssh_options: &a.ssh_options,
             },
         ),
     }

@@ -18,6 +18,8 @@ pub struct PushOptions<'a> {
     pub identity: Option<&'a Path>,
     pub tries: Option<u32>,
     pub reboot: bool,
+    /// More `-o` options for ssh (`StrictHostKeyChecking=accept-new`, ...).
+    pub ssh_options: &'a [String],
 }
 
 /// The ssh program: `$NODEIMG_SSH`, else `ssh`.
@@ -31,6 +33,9 @@ pub fn ssh_args(target: &str, opts: &PushOptions) -> Result<Vec<String>> {
         bail!("{target:?} is not a [user@]host to push to");
     }
     let mut a = vec!["-o".to_string(), "BatchMode=yes".to_string()];
+    for o in opts.ssh_options {
+        a.extend(["-o".to_string(), o.clone()]);
+    }
     if let Some(p) = opts.port {
         a.extend(["-p".to_string(), p.to_string()]);
     }
@@ -98,12 +103,13 @@ mod tests {
                 identity: Some(Path::new("/k/id")),
                 tries: Some(2),
                 reboot: false,
+                ssh_options: &["ConnectTimeout=5".to_string()],
             },
         )
         .unwrap();
         assert_eq!(
             a.join(" "),
-            "-o BatchMode=yes -p 2222 -i /k/id -- root@node1 nodeimg update apply --tries 2 --no-reboot -"
+            "-o BatchMode=yes -o ConnectTimeout=5 -p 2222 -i /k/id -- root@node1 nodeimg update apply --tries 2 --no-reboot -"
         );
         let a = ssh_args(
             "n",
@@ -112,6 +118,7 @@ mod tests {
                 identity: None,
                 tries: None,
                 reboot: true,
+                ssh_options: &[],
             },
         )
         .unwrap();
@@ -122,6 +129,7 @@ mod tests {
                 identity: None,
                 tries: None,
                 reboot: true,
+                ssh_options: &[],
             };
             assert!(ssh_args(bad, &opts).is_err(), "{bad}");
         }
