@@ -138,8 +138,13 @@ pub enum UpdateCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct UpdateApplyArgs {
-    /// The bundle: a file, a block device holding it, or - for stdin.
+    /// The bundle: a file, a block device holding it, an http(s) URL, or - for stdin.
     pub bundle: String,
+
+    /// The bundle's version: do nothing when the node runs it already, and
+    /// refuse it when its trial failed on this node (for re-runnable upgrade plans).
+    #[arg(long, value_name = "VERSION")]
+    pub expect_version: Option<u64>,
 
     /// Boots the loader gives the new slot before falling back [1-9].
     #[arg(long, default_value_t = 3)]

@@ -320,7 +320,7 @@ fn set_executable(_: &fs::File) -> Result<()> {
 
 /// The error for a failed request; `url` is shown without its user
 /// information (`user:password@`), as everywhere a URL is shown.
-fn http_error(url: &str, e: ureq::Error) -> anyhow::Error {
+pub(crate) fn http_error(url: &str, e: ureq::Error) -> anyhow::Error {
     let url = hide_url_credentials(url);
     match e {
         ureq::Error::StatusCode(code) => anyhow!("downloading {url}: HTTP status {code}"),

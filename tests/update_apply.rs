@@ -10,7 +10,9 @@
 //! 5. then a later apply succeeds, pushed from the host with `nodeimg update
 //!    push` over ssh (user-mode networking, a forwarded port).
 //!
-//! The data partition and the node's identity are kept throughout.
+//! After 1, a tampered bundle is refused on the node and leaves the slot it
+//! was written to unusable. The data partition and the node's identity are
+//! kept throughout.
 
 mod common;
 
@@ -118,10 +120,16 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
     let image = dir.join("disk.img");
     nodeimg::disk::sparse::copy_file(&v1.join(format!("{BOARD}.img")), &image).unwrap();
     // The bundles, as disks of the VM: /dev/vdb, vdc, vdd.
-    let bundles: Vec<PathBuf> = [&v2, &v3, &v4]
+    let mut bundles: Vec<PathBuf> = [&v2, &v3, &v4]
         .iter()
         .map(|d| d.join(format!("{BOARD}.bundle")))
         .collect();
+    // /dev/vde: v3's bundle with one byte changed.
+    let mut tampered = fs::read(&bundles[1]).unwrap();
+    let mid = tampered.len() / 2;
+    tampered[mid] ^= 1;
+    bundles.push(dir.join("tampered.bundle"));
+    fs::write(&bundles[3], tampered).unwrap();
 
     let ssh_port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -194,6 +202,23 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
     vm.wait_for(up, boot).unwrap();
     vm.wait_for_shell(boot).unwrap();
     assert_eq!(sh(&mut vm, "cat /usr/share/nodeimg-test/version"), "v2");
+
+    // A tampered bundle is refused on the node; the slot it was written to
+    // is left unusable (no boot files), the running slot untouched.
+    let (code, said) = vm.sh("nodeimg update apply /dev/vde", boot).unwrap();
+    assert_eq!(code, 1, "{said}");
+    assert!(
+        said.contains("SHA-256 does not match the manifest")
+            && said.contains("slot a is left unusable"),
+        "{said}"
+    );
+    let status = sh(&mut vm, "nodeimg update status");
+    assert!(
+        status.contains("primary slot b")
+            && !status.contains("trial of slot")
+            && status.contains("slot a: partition 2, version -, unusable (no boot files)"),
+        "{status}"
+    );
 
     // 2. v3's kernel panics on its trial: the loader falls back to b.
     vm.send("nodeimg update apply --tries 1 /dev/vdc").unwrap();

@@ -493,6 +493,132 @@ fn a_fallback_by_the_loader_is_recorded_and_the_slot_made_unusable() {
     assert_eq!(s["last"]["action"], "rollback");
     let text = stdout(&on(&root, &["status"]));
     assert!(text.contains("last: rollback of slot b: FAILED"), "{text}");
+    // An upgrade plan re-run with that version does not try it again.
+    let out = on(
+        &root,
+        &[
+            "apply",
+            "--expect-version",
+            "2",
+            "--no-reboot",
+            b.bundle2.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("version 2 failed its trial on this node"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(state(&root).trial, None);
+}
+
+#[test]
+fn expect_version_makes_apply_re_runnable() {
+    let b = builds();
+    let root = node("expect");
+    // The node runs version 1: nothing to do, nothing touched.
+    let out = on(
+        &root,
+        &[
+            "apply",
+            "--expect-version",
+            "1",
+            "--no-reboot",
+            b.bundle2.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("runs version 1 (slot a) already: nothing to do"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(state(&root).trial, None);
+    assert!(!root.join("var/lib/nodeimg/update.json").exists());
+    // A bundle of another version than expected is refused.
+    let out = on(
+        &root,
+        &[
+            "apply",
+            "--expect-version",
+            "3",
+            "--no-reboot",
+            b.bundle2.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("the bundle is version 2, not the expected 3"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!root.join("boot/slot-b").exists());
+    // The expected version is applied.
+    let out = on(
+        &root,
+        &[
+            "apply",
+            "--expect-version",
+            "2",
+            "--no-reboot",
+            b.bundle2.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(state(&root).trial, Some(('b', 3)));
+}
+
+/// Serves one HTTP request on a local port with `status` and `body`; returns the URL base.
+fn serve_once(status: &'static str, body: Vec<u8>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        let mut r = BufReader::new(c.try_clone().unwrap());
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+            line.clear();
+        }
+        let _ = write!(
+            c,
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let _ = c.write_all(&body);
+    });
+    format!("127.0.0.1:{port}")
+}
+
+#[test]
+fn a_bundle_is_applied_from_a_url_and_url_credentials_are_not_shown() {
+    let b = builds();
+    let root = node("url");
+    let host = serve_once("200 OK", fs::read(&b.bundle2).unwrap());
+    let out = on(
+        &root,
+        &[
+            "apply",
+            "--no-reboot",
+            &format!("http://{host}/qemu-uboot.bundle"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(state(&root).trial, Some(('b', 3)));
+    let host = serve_once("404 Not Found", b"no".to_vec());
+    let out = on(
+        &root,
+        &[
+            "apply",
+            "--no-reboot",
+            &format!("http://user:s3cret@{host}/x.bundle"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("HTTP status 404"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
 }
 
 #[test]

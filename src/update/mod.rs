@@ -41,6 +41,7 @@ pub fn command(cmd: &UpdateCommand) -> Result<()> {
                 &node::ApplyOptions {
                     tries: a.tries,
                     reboot: !a.no_reboot,
+                    expect_version: a.expect_version,
                 },
             )?;
             Ok(())

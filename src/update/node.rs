@@ -326,10 +326,36 @@ pub struct ApplyOptions {
     /// Boots the loader gives the new slot before it falls back.
     pub tries: u32,
     pub reboot: bool,
+    /// The bundle's version, for a re-runnable apply (a cluster's upgrade
+    /// plan): done when the node runs it, refused when its trial failed here.
+    pub expect_version: Option<u64>,
 }
 
-/// `nodeimg update apply SOURCE` (a bundle file, a block device, or `-`).
-pub fn apply(node: &Node, source: &str, opts: &ApplyOptions) -> Result<Manifest> {
+/// Where a bundle comes from: a file or block device, `-` (stdin), or an
+/// http(s) URL (streamed; credentials in it are never shown).
+fn open_source(source: &str) -> Result<Box<dyn Read>> {
+    if source == "-" {
+        return Ok(Box::new(io::stdin().lock()));
+    }
+    if source.starts_with("http://") || source.starts_with("https://") {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let resp = agent
+            .get(source)
+            .call()
+            .map_err(|e| crate::k3s::http_error(source, e))?;
+        return Ok(Box::new(resp.into_body().into_reader()));
+    }
+    Ok(Box::new(
+        File::open(source).with_context(|| format!("opening {source}"))?,
+    ))
+}
+
+/// `nodeimg update apply SOURCE`: the manifest of what was written, or
+/// `None` when `expect_version` says there is nothing to do.
+pub fn apply(node: &Node, source: &str, opts: &ApplyOptions) -> Result<Option<Manifest>> {
     if opts.tries == 0 || opts.tries > uboot::MAX_TRIES {
         bail!(
             "--tries must be 1 to {}, not {}",
@@ -355,11 +381,26 @@ pub fn apply(node: &Node, source: &str, opts: &ApplyOptions) -> Result<Manifest>
         );
     }
     let target = other(f.running);
-    let input: Box<dyn Read> = if source == "-" {
-        Box::new(io::stdin().lock())
-    } else {
-        Box::new(File::open(source).with_context(|| format!("opening {source}"))?)
-    };
+    if let Some(v) = opts.expect_version {
+        if f.release.version == v {
+            eprintln!(
+                "nodeimg: this node runs version {v} (slot {}) already: nothing to do",
+                f.running
+            );
+            return Ok(None);
+        }
+        let failed = load_record(node)?
+            .slots
+            .values()
+            .any(|s| s.version == Some(v) && s.state == "failed");
+        if failed {
+            bail!(
+                "version {v} failed its trial on this node (nodeimg update status); \
+                 not trying it again (apply it without --expect-version to insist)"
+            );
+        }
+    }
+    let input = open_source(source)?;
 
     let boot = node.boot();
     let _rw = BootRw::new(node)?;
@@ -389,6 +430,9 @@ pub fn apply(node: &Node, source: &str, opts: &ApplyOptions) -> Result<Manifest>
     sync_fs(&node.path(RECORD))?;
 
     let result = write_slot(node, &f, target, input, &key, &staged).and_then(|m| {
+        if let Some(v) = opts.expect_version.filter(|v| *v != m.version) {
+            bail!("the bundle is version {}, not the expected {v}", m.version);
+        }
         fs::rename(&staged, &slot_dir)
             .with_context(|| format!("renaming {} into place", staged.display()))?;
         save_state(
@@ -423,7 +467,7 @@ pub fn apply(node: &Node, source: &str, opts: &ApplyOptions) -> Result<Manifest>
             if opts.reboot {
                 node.reboot()?;
             }
-            Ok(m)
+            Ok(Some(m))
         }
         Err(e) => {
             if staged.exists() {
