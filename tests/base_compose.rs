@@ -680,3 +680,151 @@ fn the_example_cluster_yaml_builds_the_default_rpi4_image_reproducibly() {
     let sums = |d: &Path| fs::read_to_string(d.join("SHA256SUMS")).unwrap();
     assert_eq!(sums(&a), sums(&b));
 }
+
+/// The default Debian node (qemu-aarch64's base, systemd, the stand-in k3s
+/// answering the kubelet's health endpoint) with U-Boot as its loader: version
+/// 2 pushed from the host over ssh boots on trial, and systemd's
+/// nodeimg-update-commit.service commits it after the health check (multi-user,
+/// k3s, kubelet) passed.
+#[test]
+fn the_default_node_commits_a_pushed_update_after_its_health_check_under_systemd() {
+    const UBOOT: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
+    const BOARD: &str = "qemu-uboot";
+    serve_sntp();
+    let dir = scratch("base-update-systemd");
+    let (cfg, id) = joined_config(&dir, "updated-1", "");
+    let key = dir.join("update.key");
+    run_ok(nodeimg().arg("keygen").arg("--out").arg(&key));
+    run_ok(
+        nodeimg()
+            .args(["base", "fetch", "qemu-aarch64"])
+            .env("XDG_CACHE_HOME", xdg_cache()),
+    );
+    let bin = path_without_apt(&dir);
+    let build = |version: &str, cmdline_extra: &str| -> PathBuf {
+        let vdir = dir.join(format!("v{version}"));
+        let data = uboot_data_dir(&vdir, BOARD, cmdline_extra);
+        // The qemu-aarch64 lock, for the board of another name.
+        fs::create_dir_all(data.join("boards/base")).unwrap();
+        let lock = fs::read_to_string(repo().join("boards/base/qemu-aarch64.lock"))
+            .unwrap()
+            .replacen("board = \"qemu-aarch64\"", &format!("board = \"{BOARD}\""), 1);
+        assert!(lock.contains(BOARD));
+        fs::write(data.join(format!("boards/base/{BOARD}.lock")), lock).unwrap();
+        let out = vdir.join("out");
+        let built = run(nodeimg()
+            .env("PATH", &bin)
+            .env("XDG_CACHE_HOME", xdg_cache())
+            .env("NODEIMG_DEBIAN_MIRROR", "http://127.0.0.1:1/offline")
+            .env("SOURCE_DATE_EPOCH", "1750000000")
+            .args(["build", BOARD, "--no-cache", "--size", "2G", "--data-dir"])
+            .arg(&data)
+            .arg("--join")
+            .arg(&cfg)
+            .arg("--sign-key")
+            .arg(&key)
+            .args(["--build-version", version, "-o"])
+            .arg(&out));
+        assert!(built.status.success(), "v{version}: {}", stderr(&built));
+        out.join(BOARD)
+    };
+    let v1 = build("1", "");
+    let v2 = build("2", "nodeimg.test.v2");
+    let image = dir.join("disk.img");
+    nodeimg::disk::sparse::copy_file(&v1.join(format!("{BOARD}.img")), &image).unwrap();
+    let ssh_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let spec = nodeimg::qemu::VmSpec {
+        qemu: nodeimg::qemu::find_qemu().unwrap(),
+        disk: image,
+        kernel: Default::default(),
+        initrd: Default::default(),
+        cmdline: String::new(),
+        mem_mib: 1536,
+        cpus: 2,
+        mac: "52:54:00:12:34:70".into(),
+        log: dir.join("console.log"),
+        firmware: Some(UBOOT.into()),
+        extra_drives: Vec::new(),
+        forward: vec![(ssh_port, 22)],
+    };
+    let ssh = |what: &str| -> std::process::Output {
+        run(Command::new("ssh")
+            .args([
+                "-n",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+            ])
+            .args([
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=10",
+            ])
+            .args(["-o", "LogLevel=ERROR", "-p", &ssh_port.to_string(), "-i"])
+            .arg(&id)
+            .arg("root@127.0.0.1")
+            .arg(what))
+    };
+    let wait_ssh = |needle: &str| -> String {
+        let start = std::time::Instant::now();
+        loop {
+            let out = ssh("nodeimg update status");
+            let text = stdout(&out);
+            if out.status.success() && text.contains(needle) {
+                return text;
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(300),
+                "no {needle:?} over ssh: {text} {}",
+                stderr(&out)
+            );
+            std::thread::sleep(std::time::Duration::from_secs(3));
+        }
+    };
+    let boot = std::time::Duration::from_secs(300);
+    let mut vm = nodeimg::qemu::Vm::start(&spec).unwrap();
+    vm.wait_for("nodeimg: booting slot a", boot).unwrap();
+    let status = wait_ssh("running slot a (version 1), primary slot a");
+    assert!(
+        status.contains("slot a: partition 2, version 1, good"),
+        "{status}"
+    );
+    let before = stdout(&ssh(
+        "cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub; hostname",
+    ));
+
+    let pushed = run(nodeimg()
+        .args(["update", "push"])
+        .arg(v2.join(format!("{BOARD}.bundle")))
+        .arg("root@127.0.0.1")
+        .args(["--port", &ssh_port.to_string(), "-i"])
+        .arg(&id)
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ]));
+    assert!(pushed.status.success(), "push: {}", stderr(&pushed));
+    vm.wait_for("nodeimg: trial boot of slot b", boot).unwrap();
+    let committed = vm
+        .wait_for("committed: healthy: multi-user, k3s, kubelet", boot)
+        .unwrap();
+    assert!(committed.contains("slot b (version 2)"), "{committed}");
+    let status = wait_ssh("running slot b (version 2), primary slot b");
+    assert!(
+        status.contains("slot b: partition 3, version 2, good"),
+        "{status}"
+    );
+    assert!(stdout(&ssh("cat /proc/cmdline")).contains("nodeimg.test.v2"));
+    let after = stdout(&ssh(
+        "cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub; hostname",
+    ));
+    assert_eq!(before, after, "the node's identity");
+    vm.kill();
+}
