@@ -35,6 +35,9 @@ pub struct ComposeOptions {
     pub enable: Vec<String>,
     /// The time given to files the steps create (SOURCE_DATE_EPOCH).
     pub mtime: u64,
+    /// Where the kernel's module indexes are cached (`steps::modules`);
+    /// none: depmod runs every time.
+    pub module_index_cache: Option<PathBuf>,
 }
 
 /// The units a node enables (issue 9's default base).
@@ -49,12 +52,17 @@ pub const DEFAULT_UNITS: &[&str] = &[
 ];
 
 impl ComposeOptions {
-    /// The default node base's units, a getty on `serial_console`.
+    /// The default node base's units, a getty on `serial_console`; module
+    /// indexes cached in `$XDG_CACHE_HOME/nodeimg/module-indexes` (none when
+    /// there is no cache directory).
     pub fn node(serial_console: &str, mtime: u64) -> Self {
         ComposeOptions {
             serial_console: serial_console.to_string(),
             enable: DEFAULT_UNITS.iter().map(|s| s.to_string()).collect(),
             mtime,
+            module_index_cache: super::fetch::cache_root()
+                .ok()
+                .map(|d| d.join("module-indexes")),
         }
     }
 }
