@@ -17,8 +17,10 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use super::deb::{read_deb, Deb};
 use super::steps;
@@ -92,18 +94,67 @@ pub struct Unpacked {
 /// file in `spill_dir`. Warnings (files shipped by two packages without a
 /// Replaces) are printed to stderr, in a fixed order.
 pub fn compose(debs: &[PathBuf], opts: &ComposeOptions, spill_dir: &Path) -> Result<Tree> {
-    let mut spill = Spill::new(spill_dir)?;
-    let mut packages = Vec::with_capacity(debs.len());
-    for path in debs {
-        packages.push(read_deb(path, &mut spill)?);
-    }
-    let unpacked = unpack_all(packages)?;
+    let unpacked = unpack_all(read_all(debs, spill_dir)?)?;
     for w in &unpacked.warnings {
         eprintln!("nodeimg: warning: {w}");
     }
     let mut tree = unpacked.tree;
     steps::run_all(&mut tree, &unpacked.installed, opts)?;
     Ok(tree)
+}
+
+/// At most this many packages are read at once (each reader holds a
+/// decompressor's window, up to 64 MiB for xz -9).
+const MAX_READERS: usize = 4;
+
+/// Reads the `.deb` files `debs`, on as many threads as there are cores (at
+/// most `MAX_READERS`), each thread spilling the file contents of the
+/// packages it reads to a spill file of its own in `spill_dir`. The largest
+/// packages are started first, so that the last one to finish is a small
+/// one. The result is in the order of `debs` and the same whatever the
+/// threads did: a tree holds where each file's bytes are, and the bytes are
+/// the same in whichever spill file. On failure, the error is that of the
+/// first failing package in the order of `debs`.
+pub fn read_all(debs: &[PathBuf], spill_dir: &Path) -> Result<Vec<Deb>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = cores.min(MAX_READERS).min(debs.len()).max(1);
+    let mut order: Vec<usize> = (0..debs.len()).collect();
+    let size = |i: usize| std::fs::metadata(&debs[i]).map_or(0, |m| m.len());
+    order.sort_by_cached_key(|&i| (std::cmp::Reverse(size(i)), i));
+    let next = AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<Result<Deb>>>> = debs.iter().map(|_| Mutex::new(None)).collect();
+    let spills = (0..workers)
+        .map(|_| Spill::new(spill_dir))
+        .collect::<Result<Vec<_>>>()?;
+    std::thread::scope(|s| -> Result<()> {
+        for mut spill in spills {
+            let (next, order, slots) = (&next, &order, &slots);
+            std::thread::Builder::new()
+                .name("deb-reader".into())
+                .spawn_scoped(s, move || loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&i) = order.get(k) else { break };
+                    let r = read_deb(&debs[i], &mut spill);
+                    if let Ok(mut slot) = slots[i].lock() {
+                        *slot = Some(r);
+                    }
+                })
+                .context("starting a package reader")?;
+        }
+        Ok(())
+    })?;
+    slots
+        .into_iter()
+        .zip(debs)
+        .map(|(slot, path)| {
+            slot.into_inner().ok().flatten().unwrap_or_else(|| {
+                Err(anyhow!(
+                    "reading package {}: its reader stopped",
+                    path.display()
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Lays the packages' files into one tree (see the module comment).
@@ -288,12 +339,7 @@ pub fn command(debs_dir: &Path, serial_console: &str, unpack_only: bool, out: &P
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let tree = if unpack_only {
-        let mut spill = Spill::new(dir)?;
-        let mut packages = Vec::with_capacity(debs.len());
-        for path in &debs {
-            packages.push(read_deb(path, &mut spill)?);
-        }
-        let unpacked = unpack_all(packages)?;
+        let unpacked = unpack_all(read_all(&debs, dir)?)?;
         for w in &unpacked.warnings {
             eprintln!("nodeimg: warning: {w}");
         }
