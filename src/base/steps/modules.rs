@@ -38,6 +38,9 @@ const KEY_TAG: &str = "nodeimg module indexes 1";
 /// The list of an entry's files and their SHA-256, in `sha256sum`'s format.
 const SUMS: &str = "SHA256SUMS";
 
+/// How many entries the cache keeps (about 6 MiB each for a Debian kernel).
+const KEEP: usize = 4;
+
 /// The configuration directories kmod's depmod reads (not moved by `-b`).
 const DEPMOD_CONFIG_DIRS: &[&str] = &[
     "/etc/depmod.d",
@@ -118,6 +121,9 @@ fn index(
             let key = key(&inputs, version, depmod)?;
             let entry = dir.join(&key);
             if let Some(files) = load(&entry) {
+                // Most recently used: the last to be pruned.
+                let _ = fs::File::open(&entry)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
                 return add(tree, &base, files, mtime);
             }
             Some((dir, key))
@@ -362,11 +368,33 @@ fn store(dir: &Path, key: &str, files: &[(String, Vec<u8>)]) -> Result<()> {
         fs::remove_dir_all(&entry).with_context(|| format!("removing {}", entry.display()))?;
     }
     match fs::rename(tmp.path(), &entry) {
-        Ok(()) => Ok(()),
+        Ok(()) => {}
         // Another build stored the same entry meanwhile.
-        Err(_) if load(&entry).is_some() => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("renaming to {}", entry.display())),
+        Err(_) if load(&entry).is_some() => {}
+        Err(e) => return Err(e).with_context(|| format!("renaming to {}", entry.display())),
     }
+    prune(dir, key)
+}
+
+/// Keeps the [`KEEP`] most recently used entries of `dir` (`keep` among them).
+fn prune(dir: &Path, keep: &str) -> Result<()> {
+    let mut entries = Vec::new();
+    for de in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let de = de.with_context(|| format!("listing {}", dir.display()))?;
+        let name = de.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || name == keep {
+            continue;
+        }
+        let used = de.metadata().and_then(|m| m.modified()).ok();
+        entries.push((used, name));
+    }
+    // Newest first; the entry just stored or used counts as one.
+    entries.sort_by(|a, b| b.cmp(a));
+    for (_, name) in entries.into_iter().skip(KEEP - 1) {
+        let p = dir.join(&name);
+        fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -487,6 +515,18 @@ mod tests {
         let cache = dir.path().join("cache");
         let mut t = kernel(&[("a.ko", "a")], "");
         run_with(&mut t, 3, Some(&cache), &exe).unwrap();
+        // Files depmod does not read change nothing.
+        let mut extra = kernel(&[("a.ko", "a")], "");
+        write(
+            &mut extra,
+            &format!("usr/lib/modules/{V}/README"),
+            b"x".to_vec(),
+            0o644,
+            1,
+        )
+        .unwrap();
+        run_with(&mut extra, 3, Some(&cache), &exe).unwrap();
+        assert_eq!(runs(&log), 1);
         // A module more: depmod runs again, and the new module is listed.
         let mut more = kernel(&[("a.ko", "a"), ("c.ko", "c")], "");
         run_with(&mut more, 3, Some(&cache), &exe).unwrap();
@@ -521,18 +561,36 @@ mod tests {
         }
         run_with(&mut t2, 3, Some(&cache), &exe).unwrap();
         assert_eq!(runs(&log), 6);
-        // Files depmod does not read change nothing.
-        let mut extra = kernel(&[("a.ko", "a")], "");
-        write(
-            &mut extra,
-            &format!("usr/lib/modules/{V}/README"),
-            b"x".to_vec(),
-            0o644,
-            1,
-        )
-        .unwrap();
-        run_with(&mut extra, 3, Some(&cache), &exe).unwrap();
-        assert_eq!(runs(&log), 6);
+    }
+
+    #[test]
+    fn the_cache_keeps_the_most_recently_used_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let (exe, log) = logging_depmod(dir.path());
+        let cache = dir.path().join("cache");
+        let first = [("first.ko", "1")];
+        run_with(&mut kernel(&first, ""), 3, Some(&cache), &exe).unwrap();
+        for i in 0..KEEP + 2 {
+            let name = format!("m{i}.ko");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            run_with(&mut kernel(&[(&name, "x")], ""), 3, Some(&cache), &exe).unwrap();
+            // The first one stays in use: it is never pruned.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            run_with(&mut kernel(&first, ""), 3, Some(&cache), &exe).unwrap();
+        }
+        assert_eq!(
+            runs(&log),
+            1 + KEEP + 2,
+            "the first kernel's entry was pruned"
+        );
+        let left = fs::read_dir(&cache).unwrap().count();
+        assert_eq!(left, KEEP);
+        // The oldest of the others went; the newest is a hit.
+        let last = format!("m{}.ko", KEEP + 1);
+        run_with(&mut kernel(&[(&last, "x")], ""), 3, Some(&cache), &exe).unwrap();
+        assert_eq!(runs(&log), 1 + KEEP + 2);
+        run_with(&mut kernel(&[("m0.ko", "x")], ""), 3, Some(&cache), &exe).unwrap();
+        assert_eq!(runs(&log), 1 + KEEP + 3);
     }
 
     #[test]
