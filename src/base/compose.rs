@@ -17,8 +17,10 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use super::deb::{read_deb, Deb};
 use super::steps;
@@ -35,6 +37,9 @@ pub struct ComposeOptions {
     pub enable: Vec<String>,
     /// The time given to files the steps create (SOURCE_DATE_EPOCH).
     pub mtime: u64,
+    /// Where the kernel's module indexes are cached (`steps::modules`);
+    /// none: depmod runs every time.
+    pub module_index_cache: Option<PathBuf>,
 }
 
 /// The units a node enables (issue 9's default base).
@@ -49,12 +54,17 @@ pub const DEFAULT_UNITS: &[&str] = &[
 ];
 
 impl ComposeOptions {
-    /// The default node base's units, a getty on `serial_console`.
+    /// The default node base's units, a getty on `serial_console`; module
+    /// indexes cached in `$XDG_CACHE_HOME/nodeimg/module-indexes` (none when
+    /// there is no cache directory).
     pub fn node(serial_console: &str, mtime: u64) -> Self {
         ComposeOptions {
             serial_console: serial_console.to_string(),
             enable: DEFAULT_UNITS.iter().map(|s| s.to_string()).collect(),
             mtime,
+            module_index_cache: super::fetch::cache_root()
+                .ok()
+                .map(|d| d.join("module-indexes")),
         }
     }
 }
@@ -84,18 +94,72 @@ pub struct Unpacked {
 /// file in `spill_dir`. Warnings (files shipped by two packages without a
 /// Replaces) are printed to stderr, in a fixed order.
 pub fn compose(debs: &[PathBuf], opts: &ComposeOptions, spill_dir: &Path) -> Result<Tree> {
-    let mut spill = Spill::new(spill_dir)?;
-    let mut packages = Vec::with_capacity(debs.len());
-    for path in debs {
-        packages.push(read_deb(path, &mut spill)?);
-    }
-    let unpacked = unpack_all(packages)?;
+    let unpacked = unpack_all(read_all(debs, spill_dir)?)?;
     for w in &unpacked.warnings {
         eprintln!("nodeimg: warning: {w}");
     }
     let mut tree = unpacked.tree;
     steps::run_all(&mut tree, &unpacked.installed, opts)?;
     Ok(tree)
+}
+
+/// At most this many packages are read at once (each reader holds a
+/// decompressor's window, up to 64 MiB for xz -9).
+const MAX_READERS: usize = 4;
+
+/// Reads the `.deb` files `debs`, on as many threads as there are cores (at
+/// most `MAX_READERS`), each thread spilling the file contents of the
+/// packages it reads to a spill file of its own in `spill_dir`. The largest
+/// packages are started first, so that the last one to finish is a small
+/// one. The result is in the order of `debs` and the same whatever the
+/// threads did: a tree holds where each file's bytes are, and the bytes are
+/// the same in whichever spill file. On failure, the error is that of the
+/// first failing package in the order of `debs`.
+pub fn read_all(debs: &[PathBuf], spill_dir: &Path) -> Result<Vec<Deb>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    read_all_with(debs, spill_dir, cores.min(MAX_READERS))
+}
+
+/// [`read_all`] on `workers` threads.
+fn read_all_with(debs: &[PathBuf], spill_dir: &Path, workers: usize) -> Result<Vec<Deb>> {
+    let workers = workers.min(debs.len()).max(1);
+    let mut order: Vec<usize> = (0..debs.len()).collect();
+    let size = |i: usize| std::fs::metadata(&debs[i]).map_or(0, |m| m.len());
+    order.sort_by_cached_key(|&i| (std::cmp::Reverse(size(i)), i));
+    let next = AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<Result<Deb>>>> = debs.iter().map(|_| Mutex::new(None)).collect();
+    let spills = (0..workers)
+        .map(|_| Spill::new(spill_dir))
+        .collect::<Result<Vec<_>>>()?;
+    std::thread::scope(|s| -> Result<()> {
+        for mut spill in spills {
+            let (next, order, slots) = (&next, &order, &slots);
+            std::thread::Builder::new()
+                .name("deb-reader".into())
+                .spawn_scoped(s, move || loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&i) = order.get(k) else { break };
+                    let r = read_deb(&debs[i], &mut spill);
+                    if let Ok(mut slot) = slots[i].lock() {
+                        *slot = Some(r);
+                    }
+                })
+                .context("starting a package reader")?;
+        }
+        Ok(())
+    })?;
+    slots
+        .into_iter()
+        .zip(debs)
+        .map(|(slot, path)| {
+            slot.into_inner().ok().flatten().unwrap_or_else(|| {
+                Err(anyhow!(
+                    "reading package {}: its reader stopped",
+                    path.display()
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Lays the packages' files into one tree (see the module comment).
@@ -280,12 +344,7 @@ pub fn command(debs_dir: &Path, serial_console: &str, unpack_only: bool, out: &P
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let tree = if unpack_only {
-        let mut spill = Spill::new(dir)?;
-        let mut packages = Vec::with_capacity(debs.len());
-        for path in &debs {
-            packages.push(read_deb(path, &mut spill)?);
-        }
-        let unpacked = unpack_all(packages)?;
+        let unpacked = unpack_all(read_all(&debs, dir)?)?;
         for w in &unpacked.warnings {
             eprintln!("nodeimg: warning: {w}");
         }
@@ -382,6 +441,146 @@ mod tests {
                 .unwrap();
         }
         t
+    }
+
+    /// Builds `NAME.deb` in `dir` with `dpkg-deb` from the files a shell
+    /// script makes (`bytes` KiB of incompressible data in `big`, so that
+    /// package sizes differ).
+    fn deb(dir: &Path, name: &str, bytes: usize, script: &str) -> PathBuf {
+        let root = dir.join(format!("{name}-root"));
+        std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
+        std::fs::write(
+            root.join("DEBIAN/control"),
+            format!("Package: {name}\nVersion: 1\nArchitecture: all\nMaintainer: t <t@t>\nDescription: t\n"),
+        )
+        .unwrap();
+        let st = std::process::Command::new("sh")
+            .arg("-ec")
+            .arg(format!(
+                "mkdir -p usr/share/{name} && head -c {}k /dev/urandom > usr/share/{name}/big && {script}",
+                bytes
+            ))
+            .current_dir(&root)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = dir.join(format!("{name}.deb"));
+        let st = std::process::Command::new("dpkg-deb")
+            .args(["--build", "-Zxz", "--root-owner-group"])
+            .arg(&root)
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        out
+    }
+
+    /// What a read package is: name, and each entry with its bytes.
+    fn describe(debs: &[Deb]) -> Vec<(String, Vec<(String, Entry, Option<Vec<u8>>)>)> {
+        debs.iter()
+            .map(|d| {
+                let files = d
+                    .files
+                    .iter()
+                    .map(|(k, e)| {
+                        let bytes = match &e.kind {
+                            Kind::File(c) => Some(c.to_vec().unwrap()),
+                            _ => None,
+                        };
+                        (k.clone(), e.clone(), bytes)
+                    })
+                    .collect();
+                (d.package.clone(), files)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn packages_read_on_several_threads_are_read_as_on_one() {
+        let dir = tempfile::tempdir().unwrap();
+        // Sizes out of order, so the readers take them in another order
+        // than the list's; a hard link and a file two packages ship.
+        let debs = vec![
+            deb(dir.path(), "p0", 1, "echo same > usr/share/shared"),
+            deb(
+                dir.path(),
+                "p1",
+                300,
+                "ln usr/share/p1/big usr/share/p1/link",
+            ),
+            deb(dir.path(), "p2", 2, "echo same > usr/share/shared"),
+            deb(dir.path(), "p3", 600, "ln -s big usr/share/p3/sym"),
+            deb(dir.path(), "p4", 50, "true"),
+        ];
+        // The reference: one after the other, in list order, one spill file.
+        let mut spill = Spill::new(dir.path()).unwrap();
+        let one: Vec<Deb> = debs
+            .iter()
+            .map(|p| read_deb(p, &mut spill).unwrap())
+            .collect();
+        let want = describe(&one);
+        assert_eq!(want.len(), 5);
+        assert_eq!(
+            want[1].1.iter().filter(|f| f.0.ends_with("p1/big")).count(),
+            1
+        );
+        for workers in [1, 2, 3, 8] {
+            let got = read_all_with(&debs, dir.path(), workers).unwrap();
+            assert_eq!(describe(&got), want, "{workers} readers");
+            // The same composed tree too.
+            let mut spill = Spill::new(dir.path()).unwrap();
+            let seq = debs
+                .iter()
+                .map(|p| read_deb(p, &mut spill).unwrap())
+                .collect();
+            let (a, b) = (unpack_all(got).unwrap(), unpack_all(seq).unwrap());
+            assert_eq!(
+                a.tree.iter().collect::<Vec<_>>(),
+                b.tree.iter().collect::<Vec<_>>()
+            );
+        }
+        // Hard links still share their bytes.
+        let got = read_all_with(&debs, dir.path(), 3).unwrap();
+        let p1 = &got[1].files;
+        match (
+            &p1.get("usr/share/p1/big").unwrap().kind,
+            &p1.get("usr/share/p1/link").unwrap().kind,
+        ) {
+            (Kind::File(a), Kind::File(b)) => assert!(std::sync::Arc::ptr_eq(a, b)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_error_is_the_first_broken_package_in_list_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = deb(dir.path(), "good", 1, "true");
+        let big = deb(dir.path(), "big", 400, "true");
+        let broken = |name: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, b"!<arch>\nnot a package").unwrap();
+            p
+        };
+        // The second broken one is larger, so it is read first.
+        let (b1, b2) = (broken("b1.deb"), big.clone());
+        let trunc = dir.path().join("b2.deb");
+        let bytes = std::fs::read(&b2).unwrap();
+        std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
+        for workers in [1, 2, 4] {
+            let list = [good.clone(), b1.clone(), trunc.clone()];
+            let err = format!(
+                "{:#}",
+                read_all_with(&list, dir.path(), workers).unwrap_err()
+            );
+            assert!(err.contains("b1.deb"), "{workers} readers: {err}");
+            let list = [good.clone(), trunc.clone(), b1.clone()];
+            let err = format!(
+                "{:#}",
+                read_all_with(&list, dir.path(), workers).unwrap_err()
+            );
+            assert!(err.contains("b2.deb"), "{workers} readers: {err}");
+        }
     }
 
     #[test]

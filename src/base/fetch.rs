@@ -246,6 +246,22 @@ pub enum FetchError {
     },
 }
 
+/// The base's cache directory: `$XDG_CACHE_HOME/nodeimg`, else
+/// `$HOME/.cache/nodeimg` (packages under `debs/`, module indexes under
+/// `module-indexes/`).
+pub fn cache_root() -> Result<PathBuf> {
+    let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x),
+        None => PathBuf::from(
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .context("neither XDG_CACHE_HOME nor HOME is set: no package cache")?,
+        )
+        .join(".cache"),
+    };
+    Ok(base.join("nodeimg"))
+}
+
 /// The package cache: `<dir>/sha256/<hash>`.
 pub struct Cache {
     dir: PathBuf,
@@ -254,16 +270,7 @@ pub struct Cache {
 impl Cache {
     /// `$XDG_CACHE_HOME/nodeimg/debs`, else `$HOME/.cache/nodeimg/debs`.
     pub fn default_location() -> Result<Cache> {
-        let base = match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-            Some(x) => PathBuf::from(x),
-            None => PathBuf::from(
-                std::env::var_os("HOME")
-                    .filter(|v| !v.is_empty())
-                    .context("neither XDG_CACHE_HOME nor HOME is set: no package cache")?,
-            )
-            .join(".cache"),
-        };
-        Ok(Cache::at(base.join("nodeimg").join("debs")))
+        Ok(Cache::at(cache_root()?.join("debs")))
     }
 
     pub fn at(dir: PathBuf) -> Cache {

@@ -31,7 +31,7 @@ pub fn run_all(tree: &mut Tree, installed: &[Installed], opts: &ComposeOptions) 
     pam::run(tree, t).context("PAM")?;
     ssh::run(tree, t).context("sshd_config")?;
     systemd::run(tree, opts).context("systemd")?;
-    modules::run(tree, t).context("kernel module indexes")?;
+    modules::run(tree, t, opts.module_index_cache.as_deref()).context("kernel module indexes")?;
     dpkg::run(tree, installed, t).context("dpkg database")?;
     Ok(())
 }

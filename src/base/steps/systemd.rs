@@ -191,6 +191,7 @@ mod tests {
             serial_console: "ttyAMA0".into(),
             enable: units.iter().map(|s| s.to_string()).collect(),
             mtime: 5,
+            module_index_cache: None,
         }
     }
 
