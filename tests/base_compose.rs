@@ -708,7 +708,11 @@ fn the_default_node_commits_a_pushed_update_after_its_health_check_under_systemd
         fs::create_dir_all(data.join("boards/base")).unwrap();
         let lock = fs::read_to_string(repo().join("boards/base/qemu-aarch64.lock"))
             .unwrap()
-            .replacen("board = \"qemu-aarch64\"", &format!("board = \"{BOARD}\""), 1);
+            .replacen(
+                "board = \"qemu-aarch64\"",
+                &format!("board = \"{BOARD}\""),
+                1,
+            );
         assert!(lock.contains(BOARD));
         fs::write(data.join(format!("boards/base/{BOARD}.lock")), lock).unwrap();
         let out = vdir.join("out");

@@ -3,8 +3,8 @@
 //! - units enabled from their `[Install]` sections (`WantedBy=`,
 //!   `RequiredBy=`, `Alias=`, `Also=`), as links under `/etc/systemd/system`;
 //!   templates by instance (`serial-getty@ttyAMA0.service`);
-//! - a getty on the board's serial console, `default.target` ->
-//!   `multi-user.target`;
+//! - a getty on the board's serial console, wanted by the console's device
+//!   (`dev-ttyS1.device.wants/`), `default.target` -> `multi-user.target`;
 //! - networkd: DHCP on wired interfaces (`en*`, `eth*`);
 //! - `/etc/resolv.conf` -> resolved's stub, an empty `/etc/machine-id` (the
 //!   init fills it), `/var/log/journal` (persistent journal).
@@ -32,12 +32,25 @@ pub fn run(tree: &mut Tree, opts: &ComposeOptions) -> Result<()> {
         return Ok(());
     }
     let t = opts.mtime;
-    let mut units: Vec<String> = opts.enable.clone();
-    units.push(format!("serial-getty@{}.service", opts.serial_console));
     let mut done = BTreeSet::new();
-    for u in &units {
+    for u in &opts.enable {
         enable(tree, u, &mut done, t).with_context(|| format!("enabling {u}"))?;
     }
+    // The serial console's getty is wanted by its device, not by getty.target:
+    // it starts when the port appears, and a board without it (the UART off in
+    // config.txt, a Pi image on QEMU's virt) does not hold multi-user.target
+    // back for the device's 90 s timeout.
+    let getty = format!("serial-getty@{}.service", opts.serial_console);
+    let unit = find_unit(tree, &getty).ok_or_else(|| anyhow!("no unit file for {getty}"))?;
+    symlink(
+        tree,
+        &format!(
+            "etc/systemd/system/dev-{}.device.wants/{getty}",
+            opts.serial_console
+        ),
+        &format!("/{unit}"),
+        t,
+    )?;
     symlink(
         tree,
         "etc/systemd/system/default.target",
@@ -241,10 +254,13 @@ mod tests {
         assert_eq!(
             link(
                 &t,
-                &format!("{e}/getty.target.wants/serial-getty@ttyAMA0.service")
+                &format!("{e}/dev-ttyAMA0.device.wants/serial-getty@ttyAMA0.service")
             ),
             "/usr/lib/systemd/system/serial-getty@.service"
         );
+        assert!(!t.contains(&format!(
+            "{e}/getty.target.wants/serial-getty@ttyAMA0.service"
+        )));
         assert_eq!(
             link(&t, &format!("{e}/default.target")),
             "/usr/lib/systemd/system/multi-user.target"
