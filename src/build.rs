@@ -331,8 +331,9 @@ fn prepare_system(
 
     progress.step("composing the system tree");
     let (mut usr, base_data_tree) = system::compose(data, board, rootfs, epoch)?;
-    if let Some(key) = &args.sign_key {
-        let public = update::sign::SecretKey::load(key)?.public();
+    if let Some(public) =
+        update::sign::node_key(args.sign_key.as_deref(), args.update_key.as_deref())?
+    {
         let version = args.build_version.unwrap_or(epoch);
         let release = update::release::Release::for_build(board, plan, version)?;
         system::add_update_info(&mut usr, &public, &release, epoch)?;

@@ -168,10 +168,11 @@ fn system_key(exe_sha256: &str, i: &KeyInputs) -> Result<Key> {
         None => "none".to_string(),
     };
     // The update key's public half goes into the system image.
-    let update_key = match &args.sign_key {
-        Some(p) => crate::update::sign::SecretKey::load(p)?
-            .public()
-            .to_file_text(),
+    let update_key = match crate::update::sign::node_key(
+        args.sign_key.as_deref(),
+        args.update_key.as_deref(),
+    )? {
+        Some(k) => k.to_file_text(),
         None => "none".to_string(),
     };
     Ok(Key::new(

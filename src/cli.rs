@@ -396,6 +396,12 @@ pub struct BuildArgs {
     #[arg(long, value_name = "KEY")]
     pub sign_key: Option<PathBuf>,
 
+    /// Put this public key into the system image instead of the signing
+    /// key's (rotating the key: the bundle is still signed with --sign-key,
+    /// and a node that runs it accepts only bundles signed with the new key).
+    #[arg(long, value_name = "PUB", requires = "sign_key")]
+    pub update_key: Option<PathBuf>,
+
     /// The build's version (an integer), recorded in the bundle [default: the
     /// build's epoch: SOURCE_DATE_EPOCH, else the rootfs's newest mtime].
     #[arg(long, value_name = "VERSION", requires = "sign_key")]

@@ -354,11 +354,13 @@ fn an_interrupted_write_leaves_slot_b_unusable_and_a_later_apply_succeeds() {
 /// the system image's release file are slot b's.
 fn booted_b(name: &str) -> PathBuf {
     let b = builds();
+    booted_b_from(name, &b.bundle2, &b.squashfs2)
+}
+
+/// The same with `bundle`, whose system image is `squashfs`.
+fn booted_b_from(name: &str, bundle: &Path, squashfs: &Path) -> PathBuf {
     let root = node(name);
-    let out = on(
-        &root,
-        &["apply", b.bundle2.to_str().unwrap(), "--no-reboot"],
-    );
+    let out = on(&root, &["apply", bundle.to_str().unwrap(), "--no-reboot"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let args = fs::read_to_string(root.join("boot/slot-b/bootargs.env")).unwrap();
     fs::write(
@@ -371,10 +373,75 @@ fn booted_b(name: &str) -> PathBuf {
         Command::new("unsquashfs")
             .args(["-q", "-n", "-f", "-d"])
             .arg(root.join("usr"))
-            .arg(&b.squashfs2)
+            .arg(squashfs)
             .arg("share/nodeimg"),
     );
     root
+}
+
+#[test]
+fn an_update_rotates_the_key_the_node_accepts() {
+    let b = builds();
+    let dir = b.dir.join("rotate");
+    fs::create_dir_all(&dir).unwrap();
+    let new = dir.join("new.key");
+    run_ok(nodeimg().arg("keygen").arg("--out").arg(&new));
+    let out = dir.join("out");
+    let res = build(
+        BOARD,
+        &test_rootfs(),
+        &out,
+        &[
+            "--data-dir",
+            b.dir.join("data").to_str().unwrap(),
+            "--sign-key",
+            b.key.to_str().unwrap(),
+            "--update-key",
+            dir.join("new.key.pub").to_str().unwrap(),
+            "--build-version",
+            "2",
+        ],
+    );
+    assert!(res.status.success(), "{}", stderr(&res));
+    let bundle = out.join(format!("{BOARD}/{BOARD}.bundle"));
+    let squashfs = dir.join("system.squashfs");
+    let sq = run_ok(
+        Command::new("tar")
+            .arg("-xOf")
+            .arg(&bundle)
+            .arg(bundle::SYSTEM),
+    )
+    .stdout;
+    fs::write(&squashfs, sq).unwrap();
+    // Signed with the old key, which the v1 node trusts; it carries the new one.
+    let root = booted_b_from("rotated", &bundle, &squashfs);
+    assert_eq!(
+        fs::read_to_string(root.join("usr/share/nodeimg/update.pub")).unwrap(),
+        fs::read_to_string(dir.join("new.key.pub")).unwrap()
+    );
+    let out = on(&root, &["commit", "--no-check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Now the old key's bundles are refused and the new key's accepted.
+    let old_signed = bundle_with("rot-old", &the_key(), |c| c.version = 3);
+    let out = on(
+        &root,
+        &["apply", old_signed.to_str().unwrap(), "--no-reboot"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("signed with another key"),
+        "{}",
+        stderr(&out)
+    );
+    let new_signed = bundle_with("rot-new", &SecretKey::load(&new).unwrap(), |c| {
+        c.version = 3
+    });
+    let out = on(
+        &root,
+        &["apply", new_signed.to_str().unwrap(), "--no-reboot"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(state(&root).trial, Some(('a', 3)));
 }
 
 #[test]

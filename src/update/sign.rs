@@ -281,6 +281,17 @@ impl SecretKey {
 
 /// `nodeimg keygen --out FILE`: writes FILE (secret, mode 0600) and FILE.pub.
 /// Refuses to overwrite either. Returns the public key file's path.
+/// The public key a signed build puts into the system image: `update_key`
+/// when given (a key rotation: the bundle is signed with the old key, the
+/// node accepts only the new one afterwards), else the signing key's own.
+pub fn node_key(sign_key: Option<&Path>, update_key: Option<&Path>) -> Result<Option<PublicKey>> {
+    match (sign_key, update_key) {
+        (None, _) => Ok(None),
+        (Some(_), Some(p)) => PublicKey::load(p).map(Some),
+        (Some(k), None) => Ok(Some(SecretKey::load(k)?.public())),
+    }
+}
+
 pub fn keygen(out: &Path) -> Result<PathBuf> {
     let mut pub_name = out.as_os_str().to_owned();
     pub_name.push(".pub");
