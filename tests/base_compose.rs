@@ -688,7 +688,6 @@ fn the_example_cluster_yaml_builds_the_default_rpi4_image_reproducibly() {
 /// k3s, kubelet) passed.
 #[test]
 fn the_default_node_commits_a_pushed_update_after_its_health_check_under_systemd() {
-    const UBOOT: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
     const BOARD: &str = "qemu-uboot";
     serve_sntp();
     let dir = scratch("base-update-systemd");
@@ -736,10 +735,7 @@ fn the_default_node_commits_a_pushed_update_after_its_health_check_under_systemd
     let v2 = build("2", "nodeimg.test.v2");
     let image = dir.join("disk.img");
     nodeimg::disk::sparse::copy_file(&v1.join(format!("{BOARD}.img")), &image).unwrap();
-    let ssh_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let ssh_port = free_port();
     let spec = nodeimg::qemu::VmSpec {
         qemu: nodeimg::qemu::find_qemu().unwrap(),
         disk: image,
@@ -750,7 +746,7 @@ fn the_default_node_commits_a_pushed_update_after_its_health_check_under_systemd
         cpus: 2,
         mac: "52:54:00:12:34:70".into(),
         log: dir.join("console.log"),
-        firmware: Some(UBOOT.into()),
+        firmware: Some(UBOOT_QEMU.into()),
         extra_drives: Vec::new(),
         forward: vec![(ssh_port, 22)],
     };
@@ -802,18 +798,7 @@ fn the_default_node_commits_a_pushed_update_after_its_health_check_under_systemd
         "cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub; hostname",
     ));
 
-    let pushed = run(nodeimg()
-        .args(["update", "push"])
-        .arg(v2.join(format!("{BOARD}.bundle")))
-        .arg("root@127.0.0.1")
-        .args(["--port", &ssh_port.to_string(), "-i"])
-        .arg(&id)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ]));
+    let pushed = push_to_vm(&v2.join(format!("{BOARD}.bundle")), ssh_port, &id, &[]);
     assert!(pushed.status.success(), "push: {}", stderr(&pushed));
     vm.wait_for("nodeimg: trial boot of slot b", boot).unwrap();
     let committed = vm

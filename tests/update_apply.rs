@@ -24,7 +24,6 @@ use std::time::Duration;
 use common::*;
 use nodeimg::qemu::{self, Vm, VmSpec};
 
-const UBOOT: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
 const BOARD: &str = "qemu-uboot";
 
 /// The test rootfs with a marker file only version 2 has, as a .tar.
@@ -96,8 +95,8 @@ fn identity(boot_log: &str) -> (String, String) {
 #[test]
 fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
     assert!(
-        Path::new(UBOOT).is_file(),
-        "{UBOOT} missing: install u-boot-qemu"
+        Path::new(UBOOT_QEMU).is_file(),
+        "{UBOOT_QEMU} missing: install u-boot-qemu"
     );
     let dir = scratch("update-apply");
     let key = dir.join("update.key");
@@ -131,10 +130,7 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
     bundles.push(dir.join("tampered.bundle"));
     fs::write(&bundles[3], tampered).unwrap();
 
-    let ssh_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let ssh_port = free_port();
     let spec = VmSpec {
         qemu: qemu::find_qemu().unwrap(),
         disk: image.clone(),
@@ -145,7 +141,7 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
         cpus: 2,
         mac: "52:54:00:12:34:60".into(),
         log: dir.join("console.log"),
-        firmware: Some(UBOOT.into()),
+        firmware: Some(UBOOT_QEMU.into()),
         extra_drives: bundles,
         forward: vec![(ssh_port, 22)],
     };
@@ -289,18 +285,12 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
             public.trim()
         ),
     );
-    let pushed = run(nodeimg()
-        .args(["update", "push"])
-        .arg(v2.join(format!("{BOARD}.bundle")))
-        .arg("root@127.0.0.1")
-        .args(["--port", &ssh_port.to_string(), "--tries", "1", "-i"])
-        .arg(&id)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ]));
+    let pushed = push_to_vm(
+        &v2.join(format!("{BOARD}.bundle")),
+        ssh_port,
+        &id,
+        &["--tries", "1"],
+    );
     assert!(pushed.status.success(), "push: {}", stderr(&pushed));
     assert!(
         stderr(&pushed).contains("slot a holds version 2"),

@@ -561,16 +561,7 @@ fn a_fallback_by_the_loader_is_recorded_and_the_slot_made_unusable() {
     let text = stdout(&on(&root, &["status"]));
     assert!(text.contains("last: rollback of slot b: FAILED"), "{text}");
     // An upgrade plan re-run with that version does not try it again.
-    let out = on(
-        &root,
-        &[
-            "apply",
-            "--expect-version",
-            "2",
-            "--no-reboot",
-            b.bundle2.to_str().unwrap(),
-        ],
-    );
+    let out = apply_expecting(&root, "2");
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("version 2 failed its trial on this node"),
@@ -580,21 +571,20 @@ fn a_fallback_by_the_loader_is_recorded_and_the_slot_made_unusable() {
     assert_eq!(state(&root).trial, None);
 }
 
+/// `update apply --expect-version VERSION --no-reboot` of v2's bundle.
+fn apply_expecting(root: &Path, version: &str) -> Output {
+    let bundle = builds().bundle2.to_str().unwrap();
+    on(
+        root,
+        &["apply", "--expect-version", version, "--no-reboot", bundle],
+    )
+}
+
 #[test]
 fn expect_version_makes_apply_re_runnable() {
-    let b = builds();
     let root = node("expect");
     // The node runs version 1: nothing to do, nothing touched.
-    let out = on(
-        &root,
-        &[
-            "apply",
-            "--expect-version",
-            "1",
-            "--no-reboot",
-            b.bundle2.to_str().unwrap(),
-        ],
-    );
+    let out = apply_expecting(&root, "1");
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("runs version 1 (slot a) already: nothing to do"),
@@ -604,16 +594,7 @@ fn expect_version_makes_apply_re_runnable() {
     assert_eq!(state(&root).trial, None);
     assert!(!root.join("var/lib/nodeimg/update.json").exists());
     // A bundle of another version than expected is refused.
-    let out = on(
-        &root,
-        &[
-            "apply",
-            "--expect-version",
-            "3",
-            "--no-reboot",
-            b.bundle2.to_str().unwrap(),
-        ],
-    );
+    let out = apply_expecting(&root, "3");
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("the bundle is version 2, not the expected 3"),
@@ -622,16 +603,7 @@ fn expect_version_makes_apply_re_runnable() {
     );
     assert!(!root.join("boot/slot-b").exists());
     // The expected version is applied.
-    let out = on(
-        &root,
-        &[
-            "apply",
-            "--expect-version",
-            "2",
-            "--no-reboot",
-            b.bundle2.to_str().unwrap(),
-        ],
-    );
+    let out = apply_expecting(&root, "2");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(state(&root).trial, Some(('b', 3)));
 }

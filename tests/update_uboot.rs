@@ -18,8 +18,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use nodeimg::update::uboot::{self, State};
 
-const UBOOT: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
-
 /// Boots `image` with U-Boot as the firmware until `done(console)`; returns the console.
 fn boot_until(image: &Path, log: &Path, done: impl Fn(&str) -> bool) -> String {
     let mut qemu = Command::new("qemu-system-aarch64")
@@ -32,7 +30,7 @@ fn boot_until(image: &Path, log: &Path, done: impl Fn(&str) -> bool) -> String {
             "1024",
             "-nographic",
         ])
-        .args(["-bios", UBOOT])
+        .args(["-bios", UBOOT_QEMU])
         .arg("-drive")
         .arg(format!(
             "file={},if=virtio,format=raw,cache=unsafe",
@@ -76,8 +74,8 @@ fn reached_system(console: &str, cmdline: &str) -> bool {
 #[test]
 fn a_trial_slot_whose_kernel_panics_falls_back_to_the_primary() {
     assert!(
-        Path::new(UBOOT).is_file(),
-        "{UBOOT} missing: install u-boot-qemu"
+        Path::new(UBOOT_QEMU).is_file(),
+        "{UBOOT_QEMU} missing: install u-boot-qemu"
     );
     let dir = scratch("update-uboot");
     // The qemu-aarch64 board with U-Boot as the loader.

@@ -206,6 +206,23 @@ fn save_state(node: &Node, s: &State) -> Result<()> {
     replace_file(&node.boot(), uboot::STATE_NAME, s.to_text()?.as_bytes())
 }
 
+/// Clears any trial in the loader's state, `primary` staying the primary
+/// (the boot partition made writable for it when `writable`).
+fn clear_trial(node: &Node, primary: char, writable: bool) -> Result<()> {
+    let _rw = if writable {
+        Some(BootRw::new(node)?)
+    } else {
+        None
+    };
+    save_state(
+        node,
+        &State {
+            primary,
+            trial: None,
+        },
+    )
+}
+
 /// The boot partition mounted read-write while this lives (it is read-only
 /// on a running node), synced and read-only again after.
 struct BootRw<'a>(&'a Node);
@@ -410,13 +427,7 @@ pub fn apply(node: &Node, source: &str, opts: &ApplyOptions) -> Result<Option<Ma
     let mut record = load_record(node)?;
     remember_running(&mut record, &f);
     if state.trial.is_some() {
-        save_state(
-            node,
-            &State {
-                primary: state.primary,
-                trial: None,
-            },
-        )?;
+        clear_trial(node, state.primary, false)?;
     }
     for d in [&slot_dir, &staged] {
         if d.exists() {
@@ -619,17 +630,11 @@ fn write_slot(
 
 /// A bundle's cmdline for this node: slot partition `system`, disk `disk_id`.
 fn node_cmdline(cmdline: &str, system: u32, disk_id: &str) -> String {
-    uboot::slot_cmdline(cmdline, system)
-        .split(' ')
-        .map(|w| {
-            if w.starts_with("nodeimg.disk=") {
-                format!("nodeimg.disk={disk_id}")
-            } else {
-                w.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    uboot::set_cmdline_word(
+        &uboot::slot_cmdline(cmdline, system),
+        "nodeimg.disk",
+        disk_id,
+    )
 }
 
 // ------------------------------------------------------------------ commit
@@ -679,16 +684,7 @@ pub fn commit(node: &Node, opts: &CommitOptions) -> Result<String> {
                     Ok(msg)
                 }
                 Err(e) => {
-                    {
-                        let _rw = BootRw::new(node)?;
-                        save_state(
-                            node,
-                            &State {
-                                primary: state.primary,
-                                trial: None,
-                            },
-                        )?;
-                    }
+                    clear_trial(node, state.primary, true)?;
                     set_slot(&mut record, t, Some(version), "failed");
                     let msg = format!(
                         "slot {t} (version {version}) failed its health check ({e:#}); back to slot {}",
@@ -708,13 +704,7 @@ pub fn commit(node: &Node, opts: &CommitOptions) -> Result<String> {
             // The loader used up the trial's boots and came back here.
             {
                 let _rw = BootRw::new(node)?;
-                save_state(
-                    node,
-                    &State {
-                        primary: state.primary,
-                        trial: None,
-                    },
-                )?;
+                clear_trial(node, state.primary, false)?;
                 let dir = node.boot().join(format!("slot-{t}"));
                 if dir.exists() {
                     fs::remove_dir_all(&dir)

@@ -178,14 +178,16 @@ impl State {
 
 /// A slot's cmdline: the image's, with the system partition of the slot.
 pub fn slot_cmdline(cmdline: &str, system_partition: u32) -> String {
+    set_cmdline_word(cmdline, "nodeimg.system", &system_partition.to_string())
+}
+
+/// `cmdline` with the value of each `key=...` word set to `value`.
+pub fn set_cmdline_word(cmdline: &str, key: &str, value: &str) -> String {
     cmdline
         .split_whitespace()
-        .map(|w| {
-            if w.starts_with("nodeimg.system=") {
-                format!("nodeimg.system={system_partition}")
-            } else {
-                w.to_string()
-            }
+        .map(|w| match w.split_once('=') {
+            Some((k, _)) if k == key => format!("{key}={value}"),
+            _ => w.to_string(),
         })
         .collect::<Vec<_>>()
         .join(" ")

@@ -391,3 +391,30 @@ pub fn mtools(tool: &str, image: &Path, offset: u64, args: &[&str]) -> Vec<u8> {
     )
     .stdout
 }
+
+/// Debian's U-Boot for QEMU's virt machine (u-boot-qemu), as `-bios`.
+pub const UBOOT_QEMU: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
+
+/// A TCP port of 127.0.0.1 free now (for a QEMU port forward).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// `nodeimg update push BUNDLE root@127.0.0.1 --port PORT -i ID EXTRA...`,
+/// the VM's host key neither checked nor kept.
+pub fn push_to_vm(bundle: &Path, port: u16, id: &Path, extra: &[&str]) -> Output {
+    run(nodeimg()
+        .args(["update", "push"])
+        .arg(bundle)
+        .arg("root@127.0.0.1")
+        .args(["--port", &port.to_string(), "-i"])
+        .arg(id)
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args(extra))
+}
