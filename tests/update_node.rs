@@ -581,6 +581,34 @@ fn apply_expecting(root: &Path, version: &str) -> Output {
 }
 
 #[test]
+fn a_node_whose_loader_cannot_boot_trials_says_so() {
+    let root = node("firmware-loader");
+    let release = root.join("usr/share/nodeimg/release.json");
+    let text = fs::read_to_string(&release).unwrap();
+    assert!(text.contains("\"loader\": \"u-boot\""), "{text}");
+    fs::write(&release, text.replace("\"u-boot\"", "\"rpi-firmware\"")).unwrap();
+    fs::remove_file(root.join("boot/slots.env")).unwrap();
+    let out = on(&root, &["status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("loader rpi-firmware: it cannot boot a trial of an update"),
+        "{}",
+        stdout(&out)
+    );
+    let out = on(
+        &root,
+        &["apply", "--no-reboot", builds().bundle2.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("this node's loader (rpi-firmware) cannot boot a trial slot"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!root.join("var/lib/nodeimg/update.json").exists());
+}
+
+#[test]
 fn expect_version_makes_apply_re_runnable() {
     let root = node("expect");
     // The node runs version 1: nothing to do, nothing touched.

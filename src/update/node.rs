@@ -373,6 +373,15 @@ fn open_source(source: &str) -> Result<Box<dyn Read>> {
 /// `nodeimg update apply SOURCE`: the manifest of what was written, or
 /// `None` when `expect_version` says there is nothing to do.
 pub fn apply(node: &Node, source: &str, opts: &ApplyOptions) -> Result<Option<Manifest>> {
+    if node.live {
+        use std::os::unix::fs::MetadataExt;
+        let uid = fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0);
+        if uid != 0 {
+            bail!(
+                "nodeimg update apply writes the boot partition and a system slot: run it as root"
+            );
+        }
+    }
     if opts.tries == 0 || opts.tries > uboot::MAX_TRIES {
         bail!(
             "--tries must be 1 to {}, not {}",
@@ -741,6 +750,8 @@ pub fn commit(node: &Node, opts: &CommitOptions) -> Result<String> {
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub board: String,
+    /// What boots the node; only `u-boot` boots trials of updates.
+    pub loader: String,
     pub running: String,
     pub running_version: u64,
     pub primary: String,
@@ -761,7 +772,15 @@ pub struct SlotStatus {
 
 pub fn status(node: &Node) -> Result<Status> {
     let f = facts(node)?;
-    let state = load_state(node)?;
+    let state = if f.release.loader == LOADER_UBOOT {
+        load_state(node)?
+    } else {
+        // No loader state: the firmware boots what the image was built with.
+        State {
+            primary: f.running,
+            trial: None,
+        }
+    };
     let record = load_record(node)?;
     let mut slots = BTreeMap::new();
     for slot in ['a', 'b'] {
@@ -789,6 +808,7 @@ pub fn status(node: &Node) -> Result<Status> {
     }
     Ok(Status {
         board: f.release.board.clone(),
+        loader: f.release.loader.clone(),
         running: f.running.to_string(),
         running_version: f.release.version,
         primary: state.primary.to_string(),
@@ -809,6 +829,12 @@ impl Status {
             s.push_str(&format!(", trial of slot {t} armed ({n} boots left)"));
         }
         s.push('\n');
+        if self.loader != LOADER_UBOOT {
+            s.push_str(&format!(
+                "loader {}: it cannot boot a trial of an update, so this node is updated by reflashing\n",
+                self.loader
+            ));
+        }
         for (name, sl) in &self.slots {
             s.push_str(&format!(
                 "slot {name}: partition {}, version {}, {}{}\n",
