@@ -389,16 +389,43 @@ impl BootFiles {
                 )
             })
         };
-        let cmdline =
-            String::from_utf8(read("cmdline.txt")?).context("cmdline.txt is not UTF-8")?;
-        let parts = Partitions::from_cmdline(&cmdline)
-            .with_context(|| format!("cmdline.txt of {}", image.display()))?;
-        // The kernel and initramfs names are on the cmdline's board; take the
-        // names from config.txt when present, else the defaults.
-        let (kname, iname) = match read("config.txt") {
-            Ok(cfg) => names_from_config_txt(&String::from_utf8_lossy(&cfg)),
-            Err(_) => ("vmlinuz".to_string(), "initrd.img".to_string()),
+        use crate::update::uboot;
+        // A board whose loader is U-Boot keeps each slot's kernel, initramfs
+        // and cmdline in slot-X/: boot the primary slot's directly (U-Boot's
+        // own part is tested through QEMU's -bios in tests/update_*.rs).
+        let (cmdline, kname, iname, origin) = match read(uboot::STATE_NAME) {
+            Ok(state) => {
+                let state = uboot::State::parse(&state)
+                    .with_context(|| format!("the boot partition of {}", image.display()))?;
+                let dir = format!("slot-{}", state.primary);
+                let args = String::from_utf8(read(&format!("{dir}/bootargs.env"))?)
+                    .context("bootargs.env is not UTF-8")?;
+                let cmdline = args
+                    .trim()
+                    .strip_prefix("bootargs=")
+                    .with_context(|| format!("{dir}/bootargs.env is not bootargs=..."))?
+                    .to_string();
+                (
+                    cmdline,
+                    format!("{dir}/{}", uboot::KERNEL),
+                    format!("{dir}/{}", uboot::INITRAMFS),
+                    format!("{dir}/bootargs.env"),
+                )
+            }
+            Err(_) => {
+                let cmdline =
+                    String::from_utf8(read("cmdline.txt")?).context("cmdline.txt is not UTF-8")?;
+                // The kernel and initramfs names are the board's; take them
+                // from config.txt when present, else the defaults.
+                let (kname, iname) = match read("config.txt") {
+                    Ok(cfg) => names_from_config_txt(&String::from_utf8_lossy(&cfg)),
+                    Err(_) => ("vmlinuz".to_string(), "initrd.img".to_string()),
+                };
+                (cmdline, kname, iname, "cmdline.txt".to_string())
+            }
         };
+        let parts = Partitions::from_cmdline(&cmdline)
+            .with_context(|| format!("{origin} of {}", image.display()))?;
         let write = |to: PathBuf, name: &str| -> Result<PathBuf> {
             std::fs::write(&to, read(name)?)
                 .with_context(|| format!("writing {}", to.display()))?;

@@ -2,6 +2,7 @@
 //! U-Boot for QEMU (`u-boot-qemu`) as `-bios`, running the boot script the
 //! builder put on the FAT partition of an image of a `method = "u-boot"` board.
 //!
+//! `nodeimg boot-test` checks the image (booting slot a's files directly).
 //! First the image boots as built (slot a). Then slot b is armed for one
 //! trial, as the node-side helper will do (here with mtools), with a kernel
 //! cmdline that panics (`panic=1`, an init that does not exist): the kernel
@@ -107,6 +108,23 @@ fn a_trial_slot_whose_kernel_panics_falls_back_to_the_primary() {
             "boot/initrd.img",
             "boot/vmlinuz"
         ]
+    );
+    // `nodeimg boot-test` boots such an image too: the primary slot's
+    // kernel, initramfs and cmdline out of slot-a/, all its checks.
+    let tested = run(nodeimg()
+        .arg("boot-test")
+        .arg(&image)
+        .arg("--work-dir")
+        .arg(dir.join("boot-test")));
+    let report = stdout(&tested);
+    assert!(
+        tested.status.success(),
+        "boot-test: {report}\n{}",
+        stderr(&tested)
+    );
+    assert!(
+        report.contains("PASS first boot reaches a shell") && !report.contains("FAIL"),
+        "{report}"
     );
     let table = sfdisk(&image);
     let offset = table.partitions[0].start * table.sector_size;
