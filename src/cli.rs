@@ -121,8 +121,8 @@ pub enum UpdateCommand {
     /// payload's size and SHA-256, and (when given) that it is for this board
     /// and does not downgrade from this version.
     Verify(UpdateVerifyArgs),
-    /// On a node, as root: write a bundle (a file, or - for stdin) to the
-    /// inactive slot and arm a trial boot of it; then reboot.
+    /// On a node, as root: write a bundle (a file, an http(s) URL, or - for
+    /// stdin) to the inactive slot and arm a trial boot of it; then reboot.
     Apply(UpdateApplyArgs),
     /// On a node: decide a trial boot (health check, then make it the
     /// primary slot or fall back), or record that the loader fell back.
@@ -147,7 +147,7 @@ pub struct UpdateApplyArgs {
     pub expect_version: Option<u64>,
 
     /// Boots the loader gives the new slot before falling back [1-9].
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
     pub tries: u32,
 
     /// Arm the trial but do not reboot.
