@@ -70,13 +70,33 @@ pub fn unpacked_rootfs() -> &'static Path {
     })
 }
 
-/// A fresh directory under target/ that outlives the test (for debugging failures).
+/// A fresh directory under target/ that outlives the test (for debugging
+/// failures) until a later test process starts: those of processes no
+/// longer running are removed then, so runs do not pile up images.
 pub fn scratch(name: &str) -> PathBuf {
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("nodeimg-tests");
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| remove_stale_scratch(&base));
     let dir = base.join(format!("{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Removes `base`'s `NAME-PID` directories whose process has ended.
+fn remove_stale_scratch(base: &Path) {
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.rsplit('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 pub fn nodeimg() -> Command {
