@@ -532,17 +532,17 @@ mod tests {
 
     #[test]
     fn build_without_rootfs_uses_the_base_and_takes_a_mirror() {
-        let Command::Build(b) = parse(&["build", "rpi4", "--mirror", "http://m/debian"])
+        let Command::Build(b) = parse(&["build", "rpi4", "--mirror", "http://127.0.0.1:1/debian"])
             .unwrap()
             .command
         else {
             panic!("not build")
         };
         assert_eq!(b.rootfs, None);
-        assert_eq!(b.mirror.as_deref(), Some("http://m/debian"));
+        assert_eq!(b.mirror.as_deref(), Some("http://127.0.0.1:1/debian"));
         // The mirror serves the base's packages only.
         let err =
-            parse(&["build", "rpi4", "--rootfs", "r.tar", "--mirror", "http://m"]).unwrap_err();
+            parse(&["build", "rpi4", "--rootfs", "r.tar", "--mirror", "http://127.0.0.1:1"]).unwrap_err();
         assert!(err.to_string().contains("--mirror"), "{err}");
     }
 
