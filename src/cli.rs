@@ -541,8 +541,15 @@ mod tests {
         assert_eq!(b.rootfs, None);
         assert_eq!(b.mirror.as_deref(), Some("http://127.0.0.1:1/debian"));
         // The mirror serves the base's packages only.
-        let err =
-            parse(&["build", "rpi4", "--rootfs", "r.tar", "--mirror", "http://127.0.0.1:1"]).unwrap_err();
+        let err = parse(&[
+            "build",
+            "rpi4",
+            "--rootfs",
+            "r.tar",
+            "--mirror",
+            "http://127.0.0.1:1",
+        ])
+        .unwrap_err();
         assert!(err.to_string().contains("--mirror"), "{err}");
     }
 

@@ -449,7 +449,7 @@ pub fn apply(node: &Node, source: &str, opts: &ApplyOptions) -> Result<Option<Ma
     sync_fs(&boot)?;
     sync_fs(&node.path(RECORD))?;
 
-    let result = write_slot(node, &f, target, input, &key, &staged).and_then(|m| {
+    let result = write_slot(&f, target, input, &key, &staged).and_then(|m| {
         if let Some(v) = opts.expect_version.filter(|v| *v != m.version) {
             bail!("the bundle is version {}, not the expected {v}", m.version);
         }
@@ -503,7 +503,6 @@ pub fn apply(node: &Node, source: &str, opts: &ApplyOptions) -> Result<Option<Ma
 /// Streams the bundle: the squashfs into the target's partition, the slot
 /// files into `staged`; then reads the partition back.
 fn write_slot(
-    node: &Node,
     f: &Facts,
     target: char,
     input: Box<dyn Read>,
@@ -633,7 +632,6 @@ fn write_slot(
             "slot {target}: what was read back differs from what was written (a failing medium?)"
         );
     }
-    let _ = node;
     Ok(m)
 }
 
