@@ -249,8 +249,12 @@ fn direct_source(d: &Data) -> Option<PathBuf> {
 }
 
 /// A file's data and where `debugfs write` reads it: a staged copy, or the
-/// rootfs file itself (see `direct_source`).
-type Staged = (PathBuf, Data);
+/// rootfs file itself (see `direct_source`), which must never be written to.
+struct Staged {
+    src: PathBuf,
+    data: Data,
+    direct: bool,
+}
 
 /// The debugfs script for `tree`, and the files to stage: file contents are
 /// written to `staging/<n>` and copied in from there, except rootfs files on
@@ -287,15 +291,19 @@ fn plan(tree: &Tree, staging: &Path) -> Result<(Vec<String>, Vec<Staged>)> {
                     if first == path {
                         // A rootfs file on disk is written from where it is;
                         // other contents are staged to a file first.
-                        let src = match direct_source(d) {
-                            Some(p) => p,
-                            None => staging.join(staged.len().to_string()),
+                        let (src, direct) = match direct_source(d) {
+                            Some(p) => (p, true),
+                            None => (staging.join(staged.len().to_string()), false),
                         };
                         let src_str = src
                             .to_str()
                             .context("the staging directory's path is not UTF-8")?
                             .to_string();
-                        staged.push((src, d.clone()));
+                        staged.push(Staged {
+                            src,
+                            data: d.clone(),
+                            direct,
+                        });
                         script.push(format!("write {} {qn}", q(&src_str)));
                     } else {
                         script.push(format!("mknod {qn} p"));
@@ -516,8 +524,13 @@ fn write_inner(out: &Path, offset: u64, size: u64, opts: &Ext4Options, tree: &Tr
         );
     }
 
-    for (path, data) in &staged {
-        if data.path() == Some(path.as_path()) {
+    for Staged {
+        src: path,
+        data,
+        direct,
+    } in &staged
+    {
+        if *direct {
             // Read by debugfs from where it is: only check it is still the
             // file the tree describes.
             let len = std::fs::metadata(path)
@@ -947,6 +960,31 @@ mod tests {
         std::fs::write(root.join("var/lib/small"), b"hello, world").unwrap();
         let e = format!("{:#}", write(&img, 64 * MIB, &opts(T), &tree).unwrap_err());
         assert!(e.contains("small changed during the build"), "{e}");
+    }
+
+    /// A rootfs given by a relative path: its files are read from where they
+    /// are and never written. (The check of a file's size compared the
+    /// relative path with the absolute one debugfs reads, took the rootfs
+    /// file for a staging file and truncated it: the user's rootfs lost a
+    /// file's content.)
+    #[test]
+    fn a_rootfs_directory_given_by_a_relative_path_is_left_as_it_was() {
+        std::fs::create_dir_all("target").unwrap();
+        let dir = tempfile::Builder::new().tempdir_in("target").unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let root = dir.path().strip_prefix(&cwd).unwrap().join("rootfs");
+        assert!(root.is_relative());
+        std::fs::create_dir_all(root.join("var/lib")).unwrap();
+        std::fs::write(root.join("var/lib/keep"), b"precious bytes").unwrap();
+        let tree = crate::tree::reader::read_dir_tree(&root).unwrap();
+        let img = dir.path().join("data.img");
+        write(&img, 64 * MIB, &opts(T), &tree).unwrap();
+        assert_eq!(
+            std::fs::read(root.join("var/lib/keep")).unwrap(),
+            b"precious bytes",
+            "the rootfs file was changed"
+        );
+        assert!(debugfs(&img, "cat /var/lib/keep") == "precious bytes");
     }
 
     #[test]
