@@ -282,7 +282,7 @@ fn write_inner(
     if let Some(l) = label {
         fmt = fmt.volume_label(l);
     }
-    let mut cached = PageCache::new(&mut file, size);
+    let mut cached = PageCache::over_new_file(&mut file, size);
     fatfs::format_volume(&mut cached, fmt).context("formatting FAT32")?;
     cached.seek(SeekFrom::Start(0))?;
 
@@ -359,6 +359,11 @@ struct PageCache<'a> {
     pages: std::collections::HashMap<u64, Page>,
     /// Use counter, for least-recently-used eviction.
     tick: u64,
+    /// Pages written to the file at least once: the file is new (all holes)
+    /// and written only through this cache, so any other page is zeros and
+    /// is not read (reading the holes of a 256 MiB partition, which the
+    /// kernel fills with zeros, took a fifth of a second).
+    written: std::collections::HashSet<u64>,
 }
 
 struct Page {
@@ -368,14 +373,16 @@ struct Page {
 }
 
 impl<'a> PageCache<'a> {
-    /// A cache over `file`, which is `len` bytes long.
-    fn new(file: &'a mut File, len: u64) -> Self {
+    /// A cache over `file`, just created `len` bytes long (all zeros), and
+    /// written through this cache only.
+    fn over_new_file(file: &'a mut File, len: u64) -> Self {
         PageCache {
             file,
             len,
             pos: 0,
             pages: std::collections::HashMap::new(),
             tick: 0,
+            written: std::collections::HashSet::new(),
         }
     }
 
@@ -389,7 +396,7 @@ impl<'a> PageCache<'a> {
             }
             let mut data = vec![0u8; PAGE].into_boxed_slice();
             let start = index * PAGE as u64;
-            if start < self.len {
+            if start < self.len && self.written.contains(&index) {
                 // Less than PAGE: fits.
                 let n = (self.len - start).min(PAGE as u64) as usize;
                 self.file.seek(SeekFrom::Start(start))?;
@@ -439,7 +446,9 @@ impl<'a> PageCache<'a> {
         // Less than PAGE: fits.
         let n = (self.len - start).min(PAGE as u64) as usize;
         self.file.seek(SeekFrom::Start(start))?;
-        self.file.write_all(&data[..n])
+        self.file.write_all(&data[..n])?;
+        self.written.insert(index);
+        Ok(())
     }
 
     /// Writes every changed page to the file, in order.
@@ -887,7 +896,7 @@ mod tests {
             f
         };
         let (mut fa, mut fb) = (open(&a), open(&b));
-        let mut cache = PageCache::new(&mut fb, len);
+        let mut cache = PageCache::over_new_file(&mut fb, len);
         let r = noise(4096, 7);
         let mut x = 12345u64;
         for step in 0..20_000usize {
