@@ -19,10 +19,11 @@ use crate::board::{Board, DataDir};
 use crate::bootfiles::{self, Found};
 use crate::cache;
 use crate::cli::BuildArgs;
-use crate::disk::bmap::Bmap;
-use crate::disk::image;
+use crate::disk::bmap::{self, Bmap};
+use crate::disk::image::{self, Fill};
 use crate::disk::layout::{human, Role};
 use crate::disk::plan::DiskPlan;
+use crate::file_digests::FileDigests;
 use crate::fs::{ext4, fat, squashfs};
 use crate::ids;
 use crate::initramfs;
@@ -133,6 +134,7 @@ struct System {
     /// In the work directory, the cache entry or `_pending`.
     squashfs: std::path::PathBuf,
     squashfs_size: u64,
+    squashfs_sha256: String,
     initramfs: Vec<u8>,
     data_tree: Tree,
     found: Found,
@@ -146,6 +148,8 @@ struct System {
     cache: &'static str,
 }
 
+/// [`prepare_system_with`] with this build's memo of input files' digests
+/// (none with --no-cache), saved afterwards.
 fn prepare_system(
     data: &DataDir,
     board: &Board,
@@ -155,12 +159,43 @@ fn prepare_system(
     nodes: &[Option<NodeConfig>],
     progress: &Progress,
 ) -> Result<System> {
+    let digests = match args.no_cache {
+        true => FileDigests::disabled(),
+        false => FileDigests::default_location(),
+    };
+    let system = prepare_system_with(
+        data,
+        board,
+        board_bytes,
+        plan,
+        args,
+        nodes,
+        progress,
+        &digests,
+    )?;
+    if let Err(e) = digests.save() {
+        eprintln!("nodeimg: warning: {e:#}");
+    }
+    Ok(system)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn prepare_system_with(
+    data: &DataDir,
+    board: &Board,
+    board_bytes: &[u8],
+    plan: &DiskPlan,
+    args: &BuildArgs,
+    nodes: &[Option<NodeConfig>],
+    progress: &Progress,
+    digests: &FileDigests,
+) -> Result<System> {
     // A signed image carries the node-side update helper: found first, so a
     // missing one fails before any work.
     let node_helper = match &args.sign_key {
         Some(_) => {
             let path = update::helper::find(args.node_helper.as_deref(), &board.arch)?;
-            let sha256 = output::sha256_file(&path)?;
+            let sha256 = digests.sha256_file_hex(&path)?;
             Some((path, sha256))
         }
         None => None,
@@ -177,7 +212,7 @@ fn prepare_system(
         None => Some(NodeBase::for_board(data, board)?),
     };
     let rootfs_file_sha256 = match &args.rootfs {
-        Some(p) if p.is_file() => Some(output::sha256_file(p)?),
+        Some(p) if p.is_file() => Some(digests.sha256_file_hex(p)?),
         _ => None,
     };
     // The rootfs as the build uses it: mtimes clamped to the epoch, and
@@ -217,7 +252,7 @@ fn prepare_system(
         (Some(_), _) | (None, true) => None,
         (None, false) => {
             let (rootfs, epoch) = read()?;
-            let digest = ids::tree_digest(&rootfs)?;
+            let digest = ids::tree_digest(&rootfs, digests)?;
             Some((rootfs, epoch, digest))
         }
     };
@@ -253,8 +288,12 @@ fn prepare_system(
             k3s_spec,
             airgap: airgap.as_ref(),
             progress,
+            digests,
         })?
-        .map(|key| (cache::Store::default_location(), key))
+        .map(|key| {
+            let store = cache::Store::default_location().remembering(digests.clone());
+            (store, key)
+        })
     };
     if let Some(c) = cached.as_ref().and_then(|(store, key)| store.lookup(key)) {
         progress.step(format!(
@@ -290,7 +329,7 @@ fn prepare_system(
         Some((rootfs, epoch, digest)) => (rootfs, epoch, ids::PendingDigest::ready(digest)),
         None => {
             let (rootfs, epoch) = read()?;
-            let digest = ids::tree_digest_in_background(rootfs.clone())?;
+            let digest = ids::tree_digest_in_background(rootfs.clone(), digests.clone())?;
             (rootfs, epoch, digest)
         }
     };
@@ -375,7 +414,7 @@ fn prepare_system(
         ("system", squashfs_sha256.as_bytes()),
         ("initramfs", &Sha256::digest(&initramfs)),
         ("boot-files", &found.digest()?),
-        ("data", &ids::tree_digest(&data_tree)?),
+        ("data", &ids::tree_digest(&data_tree, digests)?),
     ]);
     let rootfs_tree_sha256 = hex::encode(rootfs_digest.wait()?);
     let mut state = "off";
@@ -405,6 +444,7 @@ fn prepare_system(
         _pending: pending,
         squashfs,
         squashfs_size,
+        squashfs_sha256,
         initramfs,
         data_tree,
         found,
@@ -441,6 +481,7 @@ impl System {
             _pending: None,
             squashfs: c.squashfs,
             squashfs_size: c.scalars.squashfs_size,
+            squashfs_sha256: c.squashfs_sha256,
             initramfs: c.initramfs,
             data_tree,
             found: c.found,
@@ -566,11 +607,16 @@ fn write_node_image(
     let tables = plan.tables(&seed)?;
     let blobs: Vec<(u64, &[u8])> = tables.iter().map(|(o, b)| (*o, b.as_slice())).collect();
     let system = plan.part(Role::SystemA)?;
-    let mut parts: Vec<(u64, u64, &Path)> = boot_parts
+    let mut parts: Vec<(u64, u64, &Path, Fill)> = boot_parts
         .iter()
-        .map(|(start, size, p)| (*start, *size, p.as_path()))
+        .map(|(start, size, p)| (*start, *size, p.as_path(), Fill::Sparse))
         .collect();
-    parts.push((system.start, system.size, sys.squashfs.as_path()));
+    parts.push((
+        system.start,
+        system.size,
+        sys.squashfs.as_path(),
+        Fill::Dense,
+    ));
     let data_part = plan.part(Role::Data)?;
     image::assemble(&image_path, total, &blobs, &parts).context("assembling the disk image")?;
 
@@ -606,7 +652,7 @@ fn write_node_image(
                 .map(|(_, _, p)| p.as_path())
                 .ok_or_else(|| anyhow!("internal: a disk image without a boot partition"))?;
             let bmap_name = format!("{image_name}.bmap");
-            let bmap = image_bmap(&image_path, plan, &tables, boot_fs, sys.squashfs_size)?;
+            let bmap = image_bmap(&image_path, plan, &tables, boot_fs, sys)?;
             let bmap_xml = bmap.to_xml();
             output::write_synced(&staging.output(&bmap_name), bmap_xml.as_bytes())?;
             let bmap_sha256 = hex::encode(Sha256::digest(bmap_xml.as_bytes()));
@@ -703,7 +749,7 @@ fn image_bmap(
     plan: &DiskPlan,
     tables: &[(u64, Vec<u8>)],
     boot_fs: &Path,
-    system_size: u64,
+    sys: &System,
 ) -> Result<Bmap> {
     let mut meaningful: Vec<(u64, u64)> = tables
         .iter()
@@ -716,6 +762,12 @@ fn image_bmap(
     let fat = crate::inspect::probe::FatGeometry::parse(&boot_sector)?;
     let (boot, system) = (plan.part(Role::Boot)?, plan.part(Role::SystemA)?);
     meaningful.push((boot.start, boot.start + fat.metadata_bytes().min(boot.size)));
-    meaningful.push((system.start, system.start + system_size.min(system.size)));
-    Bmap::create(image, &meaningful)
+    // Slot A holds the system squashfs as it is (padded to 4 KiB, so on
+    // whole blocks): its digest is known, its bytes are not read again.
+    let known = bmap::Known {
+        start: system.start,
+        end: system.start + sys.squashfs_size.min(system.size),
+        sha256: sys.squashfs_sha256.clone(),
+    };
+    Bmap::create_with_known(image, &meaningful, &[known])
 }

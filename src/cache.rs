@@ -36,10 +36,11 @@ use sha2::{Digest, Sha256};
 use crate::board::{Board, DataDir};
 use crate::bootfiles::Found;
 use crate::cli::BuildArgs;
+use crate::file_digests::FileDigests;
 use crate::manifest::K3sInfo;
 use crate::progress::Progress;
 use crate::tree::{self, Content, Data, Entry, Kind, Meta, Tree};
-use crate::{ids, k3s, output};
+use crate::{ids, k3s};
 
 /// How many entries the cache keeps (the most recently used ones).
 pub const KEEP: usize = 4;
@@ -78,6 +79,8 @@ pub struct KeyInputs<'a> {
     pub node_helper_sha256: Option<&'a str>,
     /// Whether the build has a cluster config.
     pub joined: bool,
+    /// Remembered digests of input files (this executable, overlays, k3s).
+    pub digests: &'a FileDigests,
     pub k3s_spec: Option<&'a k3s::K3sSpec>,
     pub airgap: Option<&'a k3s::AirgapImages>,
     pub progress: &'a Progress,
@@ -88,7 +91,7 @@ pub struct KeyInputs<'a> {
 /// in one of the build's own inputs is the build's error.
 pub fn key_for(inputs: &KeyInputs) -> Result<Option<Key>> {
     let exe = std::env::current_exe().context("locating the nodeimg executable");
-    let exe_sha256 = match exe.and_then(|p| output::sha256_file(&p)) {
+    let exe_sha256 = match exe.and_then(|p| inputs.digests.sha256_file_hex(&p)) {
         Ok(sha) => sha,
         Err(e) => {
             eprintln!("nodeimg: warning: not using the system cache: {e:#}");
@@ -123,6 +126,7 @@ fn system_key(exe_sha256: &str, i: &KeyInputs) -> Result<Key> {
         k3s_spec,
         airgap,
         progress,
+        digests,
     } = *i;
     let mut overlays = Vec::new();
     for name in board
@@ -134,7 +138,7 @@ fn system_key(exe_sha256: &str, i: &KeyInputs) -> Result<Key> {
         let o = data.overlay(name)?;
         overlays.extend_from_slice(name.as_bytes());
         overlays.push(0);
-        overlays.extend_from_slice(&ids::tree_digest(&o.tree)?);
+        overlays.extend_from_slice(&ids::tree_digest(&o.tree, digests)?);
     }
     // A directory's digest is taken with its mtimes clamped to the epoch:
     // that is all the build sees of them (and, SOURCE_DATE_EPOCH unset, the
@@ -155,7 +159,7 @@ fn system_key(exe_sha256: &str, i: &KeyInputs) -> Result<Key> {
         (true, Some(spec)) => {
             let path = k3s::fetch(spec, &board.arch, &k3s::default_cache_dir(), progress)
                 .context("getting the k3s binary")?;
-            format!("{spec:?} sha256 {}", output::sha256_file(&path)?)
+            format!("{spec:?} sha256 {}", digests.sha256_file_hex(&path)?)
         }
     };
     let airgap = match airgap {
@@ -250,6 +254,8 @@ pub struct Scalars {
 pub struct Cached {
     pub dir: PathBuf,
     pub squashfs: PathBuf,
+    /// Checked against the file on load.
+    pub squashfs_sha256: String,
     pub initramfs: Vec<u8>,
     pub data_tree: Tree,
     pub found: Found,
@@ -269,6 +275,9 @@ pub struct ToStore<'a> {
 /// The cache's directory of entries.
 pub struct Store {
     root: PathBuf,
+    /// How an entry's files are checked on load: their digests remembered
+    /// by stat, once checked (none by default: every load reads them).
+    digests: FileDigests,
 }
 
 /// An entry being written: a temporary directory beside the entries.
@@ -295,7 +304,16 @@ impl Store {
     }
 
     pub fn at(root: impl Into<PathBuf>) -> Store {
-        Store { root: root.into() }
+        Store {
+            root: root.into(),
+            digests: FileDigests::disabled(),
+        }
+    }
+
+    /// Checks entries' files through `digests`: an entry's squashfs that has
+    /// not changed since it was last checked is not read again.
+    pub fn remembering(self, digests: FileDigests) -> Store {
+        Store { digests, ..self }
     }
 
     pub fn root(&self) -> &Path {
@@ -313,7 +331,7 @@ impl Store {
         if !dir.exists() {
             return Ok(None);
         }
-        let cached = load_entry(&dir, key)
+        let cached = load_entry(&dir, key, &self.digests)
             .with_context(|| format!("system cache entry {}", dir.display()))?;
         // Most recently used: the last to go when the cache is pruned.
         let _ = File::open(&dir).and_then(|d| d.set_modified(SystemTime::now()));
@@ -390,7 +408,7 @@ impl Store {
     /// error too `pending` still holds them (and removes them when dropped).
     pub fn commit(&self, key: &Key, pending: &Pending, what: &ToStore) -> Result<Option<PathBuf>> {
         let tmp = pending.path();
-        write_entry(tmp, key, what)
+        let sums = write_entry(tmp, key, what)
             .with_context(|| format!("writing system cache entry {}", tmp.display()))?;
         let target = self.entry(key);
         if let Err(e) = fs::rename(tmp, &target) {
@@ -401,6 +419,12 @@ impl Store {
                 .with_context(|| format!("renaming {} to {}", tmp.display(), target.display()));
         }
         sync_dir(&self.root)?;
+        // The next build of another node checks these files by their stat
+        // instead of reading them again (they were hashed as written).
+        for (name, sum) in sums {
+            self.digests
+                .remember_written(&target.join(name), &sum.sha256);
+        }
         Ok(Some(target))
     }
 
@@ -546,7 +570,9 @@ impl BlobWriter {
     }
 }
 
-fn write_entry(dir: &Path, key: &Key, what: &ToStore) -> Result<()> {
+/// Writes an entry's blobs and index into `dir`; returns the sums of its
+/// squashfs and blobs.
+fn write_entry(dir: &Path, key: &Key, what: &ToStore) -> Result<[(&'static str, FileSum); 2]> {
     let blobs_path = dir.join(BLOBS);
     let file =
         File::create(&blobs_path).with_context(|| format!("creating {}", blobs_path.display()))?;
@@ -631,7 +657,8 @@ fn write_entry(dir: &Path, key: &Key, what: &ToStore) -> Result<()> {
     };
     let json = serde_json::to_vec(&index).context("encoding the index")?;
     crate::output::write_synced(&dir.join(INDEX), &json)?;
-    sync_dir(dir)
+    sync_dir(dir)?;
+    Ok([(SQUASHFS, index.squashfs), (BLOBS, index.blobs)])
 }
 
 /// Syncs a file and records its size and SHA-256 (`sha256` when known).
@@ -654,20 +681,20 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Checks a file against its recorded size and SHA-256.
-fn check(path: &Path, sum: &FileSum) -> Result<()> {
+fn check(path: &Path, sum: &FileSum, digests: &FileDigests) -> Result<()> {
     let size = fs::metadata(path)
         .with_context(|| format!("reading {}", path.display()))?
         .len();
     if size != sum.size {
         bail!("{} is {size} bytes, recorded {}", path.display(), sum.size);
     }
-    if crate::output::sha256_file(path)? != sum.sha256 {
+    if digests.sha256_file_hex(path)? != sum.sha256 {
         bail!("{} does not match its recorded SHA-256", path.display());
     }
     Ok(())
 }
 
-fn load_entry(dir: &Path, key: &Key) -> Result<Cached> {
+fn load_entry(dir: &Path, key: &Key, digests: &FileDigests) -> Result<Cached> {
     let index_path = dir.join(INDEX);
     let json =
         fs::read(&index_path).with_context(|| format!("reading {}", index_path.display()))?;
@@ -680,7 +707,7 @@ fn load_entry(dir: &Path, key: &Key) -> Result<Cached> {
         bail!("{}: the seed is not 32 bytes of hex", index_path.display());
     }
     let squashfs = dir.join(SQUASHFS);
-    check(&squashfs, &index.squashfs)?;
+    check(&squashfs, &index.squashfs, digests)?;
     let initramfs_path = dir.join(INITRAMFS);
     let initramfs = fs::read(&initramfs_path)
         .with_context(|| format!("reading {}", initramfs_path.display()))?;
@@ -690,7 +717,7 @@ fn load_entry(dir: &Path, key: &Key) -> Result<Cached> {
         bail!("{} does not match its record", initramfs_path.display());
     }
     let blobs_path = dir.join(BLOBS);
-    check(&blobs_path, &index.blobs)?;
+    check(&blobs_path, &index.blobs, digests)?;
     let blobs = Arc::new(
         File::open(&blobs_path).with_context(|| format!("opening {}", blobs_path.display()))?,
     );
@@ -698,6 +725,7 @@ fn load_entry(dir: &Path, key: &Key) -> Result<Cached> {
     Ok(Cached {
         dir: dir.to_path_buf(),
         squashfs,
+        squashfs_sha256: index.squashfs.sha256.clone(),
         initramfs,
         data_tree,
         found,
@@ -909,8 +937,8 @@ mod tests {
         let b: Vec<_> = c.data_tree.iter().collect();
         assert_eq!(a, b);
         assert_eq!(
-            crate::ids::tree_digest(&t).unwrap(),
-            crate::ids::tree_digest(&c.data_tree).unwrap()
+            crate::ids::tree_digest(&t, &FileDigests::disabled()).unwrap(),
+            crate::ids::tree_digest(&c.data_tree, &FileDigests::disabled()).unwrap()
         );
         // The hard link is still one inode, the look-alike another.
         let data = |p: &str| match &c.data_tree.get(p).unwrap().kind {

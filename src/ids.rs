@@ -4,6 +4,7 @@
 use anyhow::{anyhow, Result};
 use sha2::{Digest, Sha256};
 
+use crate::file_digests::FileDigests;
 use crate::tree::{Kind, Tree};
 
 /// 32 bytes derived from a seed (a hash of the build's inputs) and a purpose
@@ -64,13 +65,12 @@ pub fn source_date_epoch() -> Result<Option<u64>> {
     }
 }
 
-/// A digest of a tree's content (paths, metadata, contents), independent of the
-/// order entries were read in.
-pub fn tree_digest(t: &Tree) -> anyhow::Result<[u8; 32]> {
+/// A digest of a tree's content (paths, metadata, each file's SHA-256),
+/// independent of the order entries were read in. Files of a rootfs
+/// directory are hashed through `digests`, which remembers them by stat.
+pub fn tree_digest(t: &Tree, digests: &FileDigests) -> anyhow::Result<[u8; 32]> {
     use anyhow::Context as _;
     let mut h = Sha256::new();
-    // Larger than `io::copy`'s 8 KiB: a rootfs is read through it whole.
-    let mut buf = vec![0u8; 256 * 1024];
     for (path, e) in t.iter() {
         h.update(path.as_bytes());
         h.update([0]);
@@ -81,15 +81,11 @@ pub fn tree_digest(t: &Tree) -> anyhow::Result<[u8; 32]> {
         match &e.kind {
             Kind::File(d) => {
                 h.update(d.len().to_le_bytes());
-                let mut r = d.reader().with_context(|| format!("reading /{path}"))?;
-                loop {
-                    let n = crate::io::read_full(&mut r, &mut buf)
-                        .with_context(|| format!("reading /{path}"))?;
-                    h.update(&buf[..n]);
-                    if n < buf.len() {
-                        break;
-                    }
-                }
+                h.update(
+                    digests
+                        .sha256_content(d)
+                        .with_context(|| format!("reading /{path}"))?,
+                );
             }
             Kind::Symlink(target) => h.update(target.as_bytes()),
             Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
@@ -132,10 +128,10 @@ impl PendingDigest {
 /// whole rootfs takes a core for a while (0.4 s for 500 MB), and the build's
 /// next steps (the initramfs's gzip) use one. Pass a clone of a tree the
 /// caller goes on to change; file contents are shared, not copied.
-pub fn tree_digest_in_background(t: Tree) -> Result<PendingDigest> {
+pub fn tree_digest_in_background(t: Tree, digests: FileDigests) -> Result<PendingDigest> {
     let handle = std::thread::Builder::new()
         .name("tree-digest".into())
-        .spawn(move || tree_digest(&t))
+        .spawn(move || tree_digest(&t, &digests))
         .map_err(|e| anyhow!("starting a thread to hash the rootfs: {e}"))?;
     Ok(PendingDigest(Pending::Thread(handle)))
 }
@@ -188,11 +184,11 @@ mod tests {
             .unwrap();
         t.insert("small", Entry::file(Meta::root(0o644, 2), b"x".to_vec()))
             .unwrap();
-        let want = tree_digest(&t).unwrap();
-        let pending = tree_digest_in_background(t.clone()).unwrap();
+        let want = tree_digest(&t, &FileDigests::disabled()).unwrap();
+        let pending = tree_digest_in_background(t.clone(), FileDigests::disabled()).unwrap();
         t.remove("small");
         assert_eq!(pending.wait().unwrap(), want);
-        assert_ne!(tree_digest(&t).unwrap(), want);
+        assert_ne!(tree_digest(&t, &FileDigests::disabled()).unwrap(), want);
     }
 
     #[test]

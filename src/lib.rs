@@ -15,6 +15,7 @@ pub mod cache;
 pub mod cli;
 pub mod disk;
 pub mod elf;
+pub mod file_digests;
 pub mod flash;
 pub mod fs;
 pub mod ids;

@@ -42,6 +42,15 @@ pub struct Bmap {
     pub ranges: Vec<Range>,
 }
 
+/// Bytes `[start, end)` of an image whose SHA-256 the caller knows.
+#[derive(Debug, Clone)]
+pub struct Known {
+    pub start: u64,
+    pub end: u64,
+    /// Lowercase hex.
+    pub sha256: String,
+}
+
 /// Blocks `first..=last` of the image, and their SHA-256 when the map has one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Range {
@@ -97,6 +106,19 @@ impl Bmap {
     /// regions in `meaningful` (byte ranges `[start, end)`), rounded out to
     /// whole blocks, merged, and hashed from the image.
     pub fn create(image: &Path, meaningful: &[(u64, u64)]) -> Result<Bmap> {
+        Bmap::create_with_known(image, meaningful, &[])
+    }
+
+    /// [`Bmap::create`], with regions whose bytes the caller knows: each is a
+    /// range of its own with the given SHA-256, not read again (a system
+    /// image copied from the cache, whose digest the cache has checked). A
+    /// known region that does not lie on whole blocks inside the image is
+    /// mapped and hashed like a meaningful one.
+    pub fn create_with_known(
+        image: &Path,
+        meaningful: &[(u64, u64)],
+        known: &[Known],
+    ) -> Result<Bmap> {
         let ctx = || format!("mapping the blocks of {}", image.display());
         let f = File::open(image).with_context(ctx)?;
         let image_size = f.metadata().with_context(ctx)?.len();
@@ -106,8 +128,32 @@ impl Bmap {
                 .iter()
                 .map(|&(s, e)| (s.min(image_size), e.min(image_size))),
         );
-        let blocks = merge_blocks(&mut regions, BLOCK_SIZE);
-        let mut ranges = Vec::with_capacity(blocks.len());
+        let (whole, partial): (Vec<&Known>, Vec<&Known>) = known.iter().partition(|k| {
+            k.start % BLOCK_SIZE == 0
+                && k.end % BLOCK_SIZE == 0
+                && k.start < k.end
+                && k.end <= image_size
+        });
+        regions.extend(
+            partial
+                .iter()
+                .map(|k| (k.start.min(image_size), k.end.min(image_size))),
+        );
+        let mut blocks = merge_blocks(&mut regions, BLOCK_SIZE);
+        let known_blocks: Vec<(u64, u64, &str)> = whole
+            .iter()
+            .map(|k| {
+                (
+                    k.start / BLOCK_SIZE,
+                    k.end / BLOCK_SIZE - 1,
+                    k.sha256.as_str(),
+                )
+            })
+            .collect();
+        for &(kf, kl, _) in &known_blocks {
+            blocks = cut_out(&blocks, kf, kl);
+        }
+        let mut ranges = Vec::with_capacity(blocks.len() + known_blocks.len());
         for (first, last) in blocks {
             let start = first * BLOCK_SIZE;
             let end = ((last + 1) * BLOCK_SIZE).min(image_size);
@@ -118,6 +164,17 @@ impl Bmap {
                 last,
                 sha256: Some(hex::encode(h.finalize())),
             });
+        }
+        for (first, last, sha256) in known_blocks {
+            ranges.push(Range {
+                first,
+                last,
+                sha256: Some(sha256.to_string()),
+            });
+        }
+        ranges.sort_by_key(|r| r.first);
+        if ranges.windows(2).any(|w| w[0].last >= w[1].first) {
+            anyhow::bail!("{}: the known regions overlap", ctx());
         }
         Ok(Bmap {
             image_size,
@@ -354,6 +411,24 @@ fn check_self_checksum(text: &str, sum: &str) -> Result<(), BmapError> {
     Ok(())
 }
 
+/// `blocks` (sorted, inclusive block ranges) without blocks `first..=last`.
+fn cut_out(blocks: &[(u64, u64)], first: u64, last: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::with_capacity(blocks.len() + 1);
+    for &(f, l) in blocks {
+        if l < first || f > last {
+            out.push((f, l));
+            continue;
+        }
+        if f < first {
+            out.push((f, first - 1));
+        }
+        if l > last {
+            out.push((last + 1, l));
+        }
+    }
+    out
+}
+
 /// Byte regions `[start, end)` rounded out to blocks of `bs`, sorted and
 /// merged: inclusive (first, last) block numbers. Empty regions are dropped.
 fn merge_blocks(regions: &mut [(u64, u64)], bs: u64) -> Vec<(u64, u64)> {
@@ -429,6 +504,52 @@ mod tests {
             .write_all_at(b"X", (5 << 20) + 7)
             .unwrap();
         assert_eq!(b.verify_image(&img).unwrap().len(), 1);
+    }
+
+    /// A known region is a range of its own, split out of the data around
+    /// it, carrying the caller's digest unread; one off the block grid is
+    /// hashed like any other.
+    #[test]
+    fn known_regions_are_ranges_of_their_own_with_the_given_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = sparse_image(dir.path());
+        // Data from 5 MiB - 8 KiB to 5 MiB + 10,000, across the known region.
+        let f = File::options().write(true).open(&img).unwrap();
+        f.write_all_at(&[0x11; 8192], (5 << 20) - 8192).unwrap();
+        let bytes = std::fs::read(&img).unwrap();
+        let (ks, ke) = (5u64 << 20, (5 << 20) + 8192);
+        let real = hex::encode(Sha256::digest(&bytes[ks as usize..ke as usize]));
+        let known = Known {
+            start: ks,
+            end: ke,
+            sha256: real.clone(),
+        };
+        let b = Bmap::create_with_known(&img, &[], &[known]).unwrap();
+        let spans: Vec<_> = b.ranges.iter().map(|r| b.span(r)).collect();
+        assert!(spans.contains(&((5 << 20) - 8192, 5 << 20)), "{spans:?}");
+        assert!(spans.contains(&(ks, ke)), "{spans:?}");
+        assert!(spans.contains(&(ke, (5 << 20) + 12_288)), "{spans:?}");
+        assert_eq!(b, Bmap::parse(&b.to_xml()).unwrap());
+        assert!(b.verify_image(&img).unwrap().is_empty());
+        // The given digest is used as it is: a wrong one shows on verification.
+        let lie = Known {
+            start: ks,
+            end: ke,
+            sha256: "ab".repeat(32),
+        };
+        let b = Bmap::create_with_known(&img, &[], &[lie]).unwrap();
+        let r = b.ranges.iter().find(|r| b.span(r) == (ks, ke)).unwrap();
+        assert_eq!(r.sha256.as_deref(), Some("ab".repeat(32).as_str()));
+        assert_eq!(b.verify_image(&img).unwrap().len(), 1);
+        // Off the block grid: mapped and hashed from the image.
+        let odd = Known {
+            start: ks + 1,
+            end: ke,
+            sha256: "ab".repeat(32),
+        };
+        let b = Bmap::create_with_known(&img, &[], &[odd]).unwrap();
+        assert!(b.verify_image(&img).unwrap().is_empty());
+        assert_eq!(b, Bmap::create(&img, &[(ks + 1, ke)]).unwrap());
     }
 
     #[test]

@@ -13,6 +13,16 @@ use std::path::Path;
 
 use super::sparse;
 
+/// How a partition image is copied into the disk image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fill {
+    /// Its all-zero chunks are left as holes (filesystems with free space).
+    Sparse,
+    /// Copied whole by the kernel (`copy_file_range`, a reflink where the
+    /// filesystem shares blocks): a compressed image has no zeros to skip.
+    Dense,
+}
+
 /// Creates `out` of exactly `total` bytes: each partition image copied at its
 /// offset (it must fit its slot of `max size` bytes; the rest of the slot stays
 /// zero), then the table `blobs` written at theirs, then fsync. Regions must lie
@@ -22,15 +32,19 @@ pub fn assemble(
     out: &Path,
     total: u64,
     blobs: &[(u64, &[u8])],
-    partitions: &[(u64, u64, &Path)],
+    partitions: &[(u64, u64, &Path, Fill)],
 ) -> Result<()> {
     // Check everything before creating the file.
     check(total, blobs, partitions)?;
     let ctx = || format!("writing disk image {}", out.display());
     let mut f = File::create(out).with_context(ctx)?;
     f.set_len(total).with_context(ctx)?;
-    for (off, max, path) in partitions {
-        sparse::copy_into(&mut f, *off, path, *max).with_context(ctx)?;
+    for (off, max, path, fill) in partitions {
+        match fill {
+            Fill::Sparse => sparse::copy_into(&mut f, *off, path, *max),
+            Fill::Dense => sparse::copy_dense_into(&f, *off, path, *max),
+        }
+        .with_context(ctx)?;
     }
     for (off, data) in blobs {
         f.seek(SeekFrom::Start(*off)).with_context(ctx)?;
@@ -42,12 +56,12 @@ pub fn assemble(
 
 /// The checks of `assemble`: every partition image fits its slot, every
 /// region lies inside the image, none overlaps another.
-fn check(total: u64, blobs: &[(u64, &[u8])], partitions: &[(u64, u64, &Path)]) -> Result<()> {
+fn check(total: u64, blobs: &[(u64, &[u8])], partitions: &[(u64, u64, &Path, Fill)]) -> Result<()> {
     let mut regions: Vec<(u64, u64, String)> = Vec::new();
     for (off, data) in blobs {
         regions.push((*off, data.len() as u64, format!("table at offset {off}")));
     }
-    for (off, max, path) in partitions {
+    for (off, max, path, _) in partitions {
         let len = std::fs::metadata(path)
             .with_context(|| format!("reading partition image {}", path.display()))?
             .len();
@@ -108,7 +122,10 @@ mod tests {
             &out,
             total,
             &[(0, &blob), (total - 100, &tail)],
-            &[(65536, 1 << 20, &a), ((1 << 20) + 65536, 4096, &b)],
+            &[
+                (65536, 1 << 20, &a, Fill::Sparse),
+                ((1 << 20) + 65536, 4096, &b, Fill::Dense),
+            ],
         )
         .unwrap();
         let got = std::fs::read(&out).unwrap();
@@ -141,7 +158,7 @@ mod tests {
             &out,
             total,
             &[(0, &[1u8; 512])],
-            &[(1 << 20, 200 << 20, &part)],
+            &[(1 << 20, 200 << 20, &part, Fill::Sparse)],
         )
         .unwrap();
         let md = std::fs::metadata(&out).unwrap();
@@ -203,8 +220,8 @@ mod tests {
             total,
             &[(0, &t.primary), (t.backup_offset, &t.backup)],
             &[
-                (placed[0].start, placed[0].size, &bp),
-                (placed[3].start, placed[3].size, &dp),
+                (placed[0].start, placed[0].size, &bp, Fill::Sparse),
+                (placed[3].start, placed[3].size, &dp, Fill::Sparse),
             ],
         )
         .unwrap();
@@ -250,7 +267,7 @@ mod tests {
         let part = dir.path().join("system.squashfs");
         std::fs::write(&part, vec![1u8; 5000]).unwrap();
         let out = dir.path().join("disk.img");
-        let e = assemble(&out, 1 << 20, &[], &[(4096, 4096, &part)]).unwrap_err();
+        let e = assemble(&out, 1 << 20, &[], &[(4096, 4096, &part, Fill::Sparse)]).unwrap_err();
         let msg = format!("{e:#}");
         assert!(msg.contains("system.squashfs"), "{msg}");
         assert!(msg.contains("5000 bytes"), "{msg}");
@@ -267,16 +284,22 @@ mod tests {
         let part = dir.path().join("p.img");
         std::fs::write(&part, [1u8; 10]).unwrap();
         let out = dir.path().join("disk.img");
-        let e = assemble(&out, 8192, &[], &[(4096, 8192, &part)]).unwrap_err();
+        let e = assemble(&out, 8192, &[], &[(4096, 8192, &part, Fill::Dense)]).unwrap_err();
         assert!(e.to_string().contains("does not fit"), "{e}");
-        let e = assemble(&out, 8192, &[(4000, &[1u8; 200])], &[(4096, 4096, &part)]).unwrap_err();
+        let e = assemble(
+            &out,
+            8192,
+            &[(4000, &[1u8; 200])],
+            &[(4096, 4096, &part, Fill::Sparse)],
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("overlaps"), "{e}");
         // An empty blob between two overlapping regions does not hide the overlap.
         let e = assemble(
             &out,
             8192,
             &[(4000, &[1u8; 200]), (4050, &[])],
-            &[(4096, 4096, &part)],
+            &[(4096, 4096, &part, Fill::Sparse)],
         )
         .unwrap_err();
         assert!(e.to_string().contains("overlaps"), "{e}");
@@ -284,7 +307,7 @@ mod tests {
             &out,
             8192,
             &[],
-            &[(0, 100, &dir.path().join("missing.img"))],
+            &[(0, 100, &dir.path().join("missing.img"), Fill::Sparse)],
         )
         .unwrap_err();
         assert!(e.to_string().contains("missing.img"), "{e}");

@@ -124,6 +124,46 @@ pub fn copy_into(dst: &mut File, off: u64, src: &Path, max: u64) -> Result<u64> 
     Ok(len)
 }
 
+/// Copies the file at `src` into `dst` at offset `off` in the kernel
+/// (`copy_file_range`: no copy through this process, and a reflink where the
+/// filesystem shares blocks), its holes skipped but not its zeros: for a
+/// file with no zero runs worth a hole, such as a compressed filesystem.
+/// Falls back to [`copy_into`] where the kernel cannot copy between the two
+/// files. Refuses a source larger than `max` bytes; returns its length.
+pub fn copy_dense_into(dst: &File, off: u64, src: &Path, max: u64) -> Result<u64> {
+    let ctx = || format!("copying {}", src.display());
+    let from = File::open(src).with_context(ctx)?;
+    let len = from.metadata().with_context(ctx)?.len();
+    if len > max {
+        bail!(
+            "{} is {len} bytes, larger than its place of {max} bytes",
+            src.display()
+        );
+    }
+    for (start, end) in data_regions(&from, len).with_context(ctx)? {
+        let (mut pos, mut at) = (start, off + start);
+        while pos < end {
+            let want = usize::try_from(end - pos)
+                .unwrap_or(usize::MAX)
+                .min(1 << 30);
+            match rustix::fs::copy_file_range(&from, Some(&mut pos), dst, Some(&mut at), want) {
+                Ok(0) => bail!("{} shrank while being copied", src.display()),
+                Ok(_) => {}
+                // Not between these files (another filesystem on old kernels,
+                // special files): copy through this process instead.
+                Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP)
+                    if pos == start =>
+                {
+                    let mut dst = dst.try_clone().with_context(ctx)?;
+                    return copy_into(&mut dst, off, src, max);
+                }
+                Err(e) => return Err(std::io::Error::from(e)).with_context(ctx),
+            }
+        }
+    }
+    Ok(len)
+}
+
 /// Writes the runs of consecutive chunks of `data` that hold a non-zero byte
 /// to `dst` at `at` + their offset in `data`.
 fn write_nonzero_runs(dst: &mut File, at: u64, data: &[u8]) -> std::io::Result<()> {
@@ -216,5 +256,42 @@ mod tests {
             e.to_string().contains("larger than its place of 99 bytes"),
             "{e}"
         );
+        let e = copy_dense_into(&dst, 0, &src, 99).unwrap_err();
+        assert!(
+            e.to_string().contains("larger than its place of 99 bytes"),
+            "{e}"
+        );
+    }
+
+    /// The kernel's copy puts every byte at its offset, zeros included, and
+    /// leaves the source's holes and the rest of the destination alone.
+    #[test]
+    fn dense_copy_puts_the_bytes_at_their_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let f = File::create(&src).unwrap();
+        f.set_len(3 << 20).unwrap();
+        let head: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        f.write_all_at(&head, 0).unwrap();
+        f.write_all_at(&[0u8; 70_000], 300_000).unwrap();
+        f.write_all_at(b"tail", (3 << 20) - 4).unwrap();
+        drop(f);
+        let dst_path = dir.path().join("dst");
+        let dst = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .open(&dst_path)
+            .unwrap();
+        dst.set_len(8 << 20).unwrap();
+        dst.write_all_at(b"before", 4090).unwrap();
+        assert_eq!(
+            copy_dense_into(&dst, 1 << 20, &src, 4 << 20).unwrap(),
+            3 << 20
+        );
+        let got = std::fs::read(&dst_path).unwrap();
+        assert_eq!(&got[4090..4096], b"before");
+        assert!(got[(1 << 20)..(1 << 20) + (3 << 20)] == std::fs::read(&src).unwrap()[..]);
+        assert!(got[(4 << 20)..].iter().all(|&b| b == 0));
     }
 }
