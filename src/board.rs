@@ -95,6 +95,11 @@ pub struct BootSpec {
     /// `arm_64bit=1`, `kernel=` and `initramfs` itself.
     #[serde(default)]
     pub config_txt: Vec<String>,
+    /// U-Boot only: `name=0xADDRESS` settings the boot script makes before it
+    /// loads anything (load addresses where the loader's defaults do not fit
+    /// the kernel).
+    #[serde(default)]
+    pub uboot_env: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -199,8 +204,13 @@ impl Board {
         check_tools(&board.initramfs)?;
         check_boot_file_name("boot.kernel_name", &board.boot.kernel_name)?;
         check_boot_file_name("boot.initramfs_name", &board.boot.initramfs_name)?;
-        if board.boot.method != BootMethod::RpiFirmware && !board.boot.config_txt.is_empty() {
-            bail!("boot.config_txt is only used with method = \"rpi-firmware\"");
+        board.check_config_txt()?;
+        board.uboot_env()?;
+        if board.boot.method == BootMethod::UBoot && board.sources.dtbs.len() > 1 {
+            bail!(
+                "sources.dtbs: a U-Boot board boots one device tree (each slot keeps its own copy), not {}",
+                board.sources.dtbs.len()
+            );
         }
         board.check_android()?;
         if let Some(b) = &board.base {
@@ -216,6 +226,65 @@ impl Board {
             }
         }
         Ok(board)
+    }
+
+    /// `boot.uboot_env` as (name, value) pairs: names of letters, digits
+    /// and `_`; values hexadecimal addresses (`0x...`). U-Boot boards only.
+    pub fn uboot_env(&self) -> Result<Vec<(String, String)>> {
+        let lines = &self.boot.uboot_env;
+        if !lines.is_empty() && self.boot.method != BootMethod::UBoot {
+            bail!("boot.uboot_env is only used with method = \"u-boot\"");
+        }
+        lines
+            .iter()
+            .map(|l| {
+                let (name, value) = l
+                    .split_once('=')
+                    .with_context(|| format!("boot.uboot_env: {l:?} is not name=0xADDRESS"))?;
+                let name_ok = !name.is_empty()
+                    && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                let value_ok = value.len() > 2
+                    && value.len() <= 18
+                    && value.starts_with("0x")
+                    && value[2..].bytes().all(|b| b.is_ascii_hexdigit());
+                if !name_ok || !value_ok {
+                    bail!("boot.uboot_env: {l:?} is not name=0xADDRESS");
+                }
+                Ok((name.to_string(), value.to_string()))
+            })
+            .collect()
+    }
+
+    /// `config.txt` is the Raspberry Pi firmware's: with method
+    /// "rpi-firmware" the builder names the kernel and initramfs in it; with
+    /// "u-boot" the firmware starts U-Boot, which the board names in a
+    /// `kernel=` line (one of its firmware files).
+    fn check_config_txt(&self) -> Result<()> {
+        let lines = &self.boot.config_txt;
+        let kernel: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l.trim().strip_prefix("kernel="))
+            .collect();
+        match self.boot.method {
+            BootMethod::RpiFirmware if !kernel.is_empty() => {
+                bail!("boot.config_txt: the builder writes kernel= itself with method = \"rpi-firmware\"")
+            }
+            BootMethod::RpiFirmware => {}
+            BootMethod::UBoot if !lines.is_empty() => match kernel.as_slice() {
+                [k] if self.sources.firmware.contains_key(*k) => {}
+                [k] => bail!(
+                    "boot.config_txt: kernel={k} is not one of sources.firmware (U-Boot must be on the boot partition)"
+                ),
+                _ => bail!(
+                    "boot.config_txt: with method = \"u-boot\" the firmware starts U-Boot: name it in one kernel= line"
+                ),
+            },
+            _ if !lines.is_empty() => bail!(
+                "boot.config_txt is only used with method = \"rpi-firmware\" or \"u-boot\" (on a Raspberry Pi)"
+            ),
+            _ => {}
+        }
+        Ok(())
     }
 
     pub fn sizes(&self) -> Result<DiskSizes> {
@@ -633,8 +702,17 @@ mod tests {
     fn shipped_boards_parse() {
         let rpi = repo_board("rpi4");
         assert_eq!(rpi.disk.table, Table::Mbr);
-        assert_eq!(rpi.boot.method, BootMethod::RpiFirmware);
+        assert_eq!(rpi.boot.method, BootMethod::UBoot);
         assert!(rpi.sources.firmware.contains_key("start4.elf"));
+        assert!(rpi.sources.firmware.contains_key("u-boot.bin"));
+        assert!(rpi
+            .boot
+            .config_txt
+            .contains(&"kernel=u-boot.bin".to_string()));
+        assert_eq!(
+            rpi.uboot_env().unwrap()[0],
+            ("kernel_addr_r".into(), "0x00200000".into())
+        );
         assert!(rpi.sources.dtbs.contains_key("bcm2711-rpi-4-b.dtb"));
         let q = repo_board("qemu-aarch64");
         assert_eq!(q.disk.table, Table::Gpt);
@@ -745,6 +823,74 @@ mod tests {
         let bad = phone.replacen("header_version = 0", "header_version = 9", 1);
         let err = format!("{:#}", Board::parse(&bad, "oneplus-enchilada").unwrap_err());
         assert!(err.contains("header_version"), "{err}");
+    }
+
+    /// config.txt and U-Boot settings: where they belong and what they hold.
+    #[test]
+    fn raspberry_pi_loader_settings_are_checked() {
+        let pi = builtin_text("rpi4");
+        for (edit, needle) in [
+            (
+                ("kernel=u-boot.bin", "kernel=uboot.img"),
+                "kernel=uboot.img is not one of sources.firmware",
+            ),
+            (
+                ("  \"kernel=u-boot.bin\",\n", ""),
+                "name it in one kernel= line",
+            ),
+            (
+                ("method = \"u-boot\"", "method = \"direct-kernel\""),
+                "boot.config_txt is only used with",
+            ),
+            (
+                ("\"kernel_addr_r=0x00200000\"", "\"kernel_addr_r=2M\""),
+                "is not name=0xADDRESS",
+            ),
+            (
+                ("\"kernel_addr_r=0x00200000\"", "\"kernel addr=0x1\""),
+                "is not name=0xADDRESS",
+            ),
+            (
+                ("\"kernel_addr_r=0x00200000\"", "\"kernel_addr_r\""),
+                "is not name=0xADDRESS",
+            ),
+            (
+                (
+                    "[sources.firmware]",
+                    "[sources.firmware]\n\"x.dtb\" = [\"/x\"]",
+                ),
+                "",
+            ),
+        ] {
+            let bad = pi.replacen(edit.0, edit.1, 1);
+            assert_ne!(bad, pi, "{edit:?} changed nothing");
+            match Board::parse(&bad, "rpi4") {
+                Ok(_) => assert!(needle.is_empty(), "{edit:?} was accepted"),
+                Err(e) => {
+                    let err = format!("{e:#}");
+                    assert!(
+                        !needle.is_empty() && err.contains(needle),
+                        "{edit:?}: {err}"
+                    );
+                }
+            }
+        }
+        // A second device tree: which would the slots boot?
+        let bad = pi.replacen(
+            "[sources.firmware]",
+            "\"other.dtb\" = [\"/boot/other.dtb\"]\n\n[sources.firmware]",
+            1,
+        );
+        let err = format!("{:#}", Board::parse(&bad, "rpi4").unwrap_err());
+        assert!(err.contains("boots one device tree"), "{err}");
+        // uboot_env on another loader; kernel= with the firmware loading the kernel.
+        let q = builtin_text("qemu-aarch64");
+        let bad = q.replacen("cmdline =", "uboot_env = [\"a=0x1\"]\ncmdline =", 1);
+        let err = format!("{:#}", Board::parse(&bad, "qemu-aarch64").unwrap_err());
+        assert!(err.contains("uboot_env is only used with"), "{err}");
+        let fw = pi.replacen("method = \"u-boot\"", "method = \"rpi-firmware\"", 1);
+        let err = format!("{:#}", Board::parse(&fw, "rpi4").unwrap_err());
+        assert!(err.contains("writes kernel= itself"), "{err}");
     }
 
     #[test]

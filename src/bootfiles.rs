@@ -181,10 +181,21 @@ pub fn boot_files(
         files.insert("config.txt".to_string(), cfg.into_bytes());
     }
     if board.boot.method == BootMethod::UBoot {
+        if !board.boot.config_txt.is_empty() {
+            // The Pi firmware starts U-Boot (named in the board's kernel= line).
+            let mut cfg = String::from("# written by nodeimg\narm_64bit=1\n");
+            for line in &board.boot.config_txt {
+                cfg.push_str(line);
+                cfg.push('\n');
+            }
+            files.insert("config.txt".to_string(), cfg.into_bytes());
+        }
         files = crate::update::uboot::loader_files(
             files,
             &board.boot.kernel_name,
             &board.boot.initramfs_name,
+            board.sources.dtbs.keys().next().map(String::as_str),
+            &board.uboot_env()?,
         )?;
     }
     Ok(files)

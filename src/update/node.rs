@@ -45,7 +45,7 @@ use crate::update::uboot::{self, State};
 pub const RECORD: &str = "var/lib/nodeimg/update.json";
 const CMDLINE_MAX: u64 = 64 * 1024;
 /// The slot files that travel in a bundle (as `boot/<name>`).
-const SLOT_FILES: [&str; 3] = [uboot::KERNEL, uboot::INITRAMFS, "bootargs.env"];
+const SLOT_FILES: [&str; 4] = [uboot::KERNEL, uboot::INITRAMFS, "bootargs.env", uboot::FDT];
 const BOOTARGS_MAX: usize = 64 * 1024;
 
 /// The node: `/` on a node, a stand-in directory in tests.

@@ -31,6 +31,9 @@ pub const STATE_NAME: &str = "slots.env";
 /// The kernel and initramfs names in each slot directory.
 pub const KERNEL: &str = "vmlinuz";
 pub const INITRAMFS: &str = "initrd.img";
+/// The slot's device tree, when the board names one (else the kernel gets
+/// the loader's own: QEMU's, or the one the Pi firmware passed to U-Boot).
+pub const FDT: &str = "fdt.dtb";
 pub const MAX_TRIES: u32 = 9;
 /// Appended to a trial boot's cmdline: the initramfs reboots (so the loader
 /// falls back) where it would otherwise stop in a rescue shell, and a kernel
@@ -73,11 +76,16 @@ pub fn script_image(script: &str, name: &str, time: u32) -> Result<Vec<u8>> {
 }
 
 /// The boot script's text (U-Boot hush). Runs with `devtype`, `devnum` and
-/// `distro_bootpart` set by distro boot to the partition it came from.
-pub fn boot_script() -> String {
+/// `distro_bootpart` set by distro boot to the partition it came from; `env`
+/// (the board's `uboot_env`, checked) is set first.
+pub fn boot_script(env: &[(String, String)]) -> String {
+    let mut settings = String::new();
+    for (name, value) in env {
+        settings.push_str(&format!("setenv {name} {value}\n"));
+    }
     format!(
         r#"# nodeimg: pick the system slot; written by nodeimg, see docs/updates.md
-setenv nodeimg_part ${{devtype}} ${{devnum}}:${{distro_bootpart}}
+{settings}setenv nodeimg_part ${{devtype}} ${{devnum}}:${{distro_bootpart}}
 setenv nodeimg_primary a
 setenv nodeimg_trial
 setenv nodeimg_tries 0
@@ -103,15 +111,20 @@ load ${{nodeimg_part}} ${{pxefile_addr_r}} ${{nodeimg_dir}}/bootargs.env && env 
 if test "${{nodeimg_slot}}" = "${{nodeimg_trial}}"; then
   setenv bootargs "${{bootargs}} {trial_args}"
 fi
+setenv nodeimg_fdt ${{fdtcontroladdr}}
+if test -e ${{nodeimg_part}} ${{nodeimg_dir}}/{fdt}; then
+  load ${{nodeimg_part}} ${{fdt_addr_r}} ${{nodeimg_dir}}/{fdt} && setenv nodeimg_fdt ${{fdt_addr_r}}
+fi
 load ${{nodeimg_part}} ${{kernel_addr_r}} ${{nodeimg_dir}}/{kernel}
 load ${{nodeimg_part}} ${{ramdisk_addr_r}} ${{nodeimg_dir}}/{initramfs}
-booti ${{kernel_addr_r}} ${{ramdisk_addr_r}}:${{filesize}} ${{fdtcontroladdr}}
+booti ${{kernel_addr_r}} ${{ramdisk_addr_r}}:${{filesize}} ${{nodeimg_fdt}}
 echo "nodeimg: slot ${{nodeimg_slot}} did not boot"
 "#,
         state = STATE_NAME,
         trial_args = TRIAL_ARGS,
         kernel = KERNEL,
         initramfs = INITRAMFS,
+        fdt = FDT,
     )
 }
 
@@ -213,7 +226,8 @@ pub fn slot_files(
 
 /// An image's boot partition files (`boot_files`, with the kernel and
 /// initramfs under the board's names) in the loader's layout: the kernel,
-/// initramfs and cmdline move into `slot-a/`, everything else (device trees,
+/// initramfs and cmdline move into `slot-a/`, the board's device tree
+/// (`dtb_name`) is copied there as [`FDT`], everything else (device trees,
 /// firmware, node config) stays where it was; `boot.scr` (time-stamped 0:
 /// reproducible) and a `slots.env` with slot a primary and no trial are
 /// added. The image's cmdline already names slot a's system partition.
@@ -221,6 +235,8 @@ pub fn loader_files(
     mut boot_files: BTreeMap<String, Vec<u8>>,
     kernel_name: &str,
     initramfs_name: &str,
+    dtb_name: Option<&str>,
+    env: &[(String, String)],
 ) -> Result<BTreeMap<String, Vec<u8>>> {
     let mut take = |name: &str| {
         boot_files
@@ -237,9 +253,17 @@ pub fn loader_files(
         }
     }
     boot_files.extend(slot_files('a', &kernel, &initramfs, cmdline));
+    if let Some(name) = dtb_name {
+        // Also left where it is: the Pi firmware hands it to U-Boot.
+        let dtb = boot_files
+            .get(name)
+            .ok_or_else(|| anyhow::anyhow!("the boot files have no {name}"))?
+            .clone();
+        boot_files.insert(format!("slot-a/{FDT}"), dtb);
+    }
     boot_files.insert(
         SCRIPT_NAME.to_string(),
-        script_image(&boot_script(), "nodeimg slots", 0)?,
+        script_image(&boot_script(env), "nodeimg slots", 0)?,
     );
     let state = State {
         primary: 'a',
@@ -257,7 +281,9 @@ mod tests {
     #[test]
     fn script_image_matches_mkimage() {
         let dir = tempfile::tempdir().unwrap();
-        let script = boot_script();
+        let env = [("kernel_addr_r".to_string(), "0x00200000".to_string())];
+        let script = boot_script(&env);
+        assert!(script.contains("\nsetenv kernel_addr_r 0x00200000\nsetenv nodeimg_part"));
         std::fs::write(dir.path().join("s.txt"), &script).unwrap();
         let out = dir.path().join("s.scr");
         let st = Command::new("mkimage")
@@ -331,7 +357,7 @@ mod tests {
             b"console=x nodeimg.system=2\n".to_vec(),
         );
         f.insert("nodeimg/node.env".to_string(), b"N".to_vec());
-        let l = loader_files(f.clone(), "vmlinuz", "initrd.img").unwrap();
+        let l = loader_files(f.clone(), "vmlinuz", "initrd.img", None, &[]).unwrap();
         let names: Vec<&str> = l.keys().map(String::as_str).collect();
         assert_eq!(
             names,
@@ -348,7 +374,13 @@ mod tests {
             l["slot-a/bootargs.env"],
             b"bootargs=console=x nodeimg.system=2\n"
         );
-        assert!(loader_files(f, "Image", "initrd.img").is_err());
+        assert!(loader_files(f.clone(), "Image", "initrd.img", None, &[]).is_err());
+        // The board's device tree: kept for the firmware, copied into the slot.
+        f.insert("board.dtb".to_string(), b"D".to_vec());
+        let l = loader_files(f.clone(), "vmlinuz", "initrd.img", Some("board.dtb"), &[]).unwrap();
+        assert_eq!(l["board.dtb"], b"D");
+        assert_eq!(l[&format!("slot-a/{FDT}")], b"D");
+        assert!(loader_files(f, "vmlinuz", "initrd.img", Some("other.dtb"), &[]).is_err());
     }
 
     #[test]
