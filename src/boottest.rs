@@ -22,7 +22,7 @@ use crate::disk::layout::Role;
 use crate::disk::sparse;
 use crate::fs::fat;
 use crate::inspect;
-use crate::qemu::{self, Vm, VmSpec};
+use crate::qemu::{self, Machine, Vm, VmSpec};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -165,6 +165,7 @@ pub fn run(opts: &Options, mut on_check: impl FnMut(&Check)) -> Result<Report> {
         firmware: None,
         extra_drives: Vec::new(),
         forward: Vec::new(),
+        machine: Machine::Virt,
     };
 
     // First boot: 2 CPUs, 1 GiB.

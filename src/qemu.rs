@@ -5,7 +5,7 @@
 //! failed check can show what the console said.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,6 +33,19 @@ pub struct VmSpec {
     pub extra_drives: Vec<PathBuf>,
     /// TCP ports of the host's 127.0.0.1 forwarded to the guest: (host, guest).
     pub forward: Vec<(u16, u16)>,
+    pub machine: Machine,
+}
+
+/// The emulated board.
+#[derive(Debug, Clone, Default)]
+pub enum Machine {
+    /// `virt`: virtio disks and network, `firmware` as `-bios`.
+    #[default]
+    Virt,
+    /// `raspi4b`: `firmware` (U-Boot) started as the Pi firmware would,
+    /// with `dtb`; `disk` is the SD card (its size a power of two). No
+    /// network and no more disks: QEMU does not model the Pi's.
+    Raspi4b { dtb: PathBuf },
 }
 
 pub struct Vm {
@@ -44,8 +57,46 @@ pub struct Vm {
     started: Instant,
 }
 
+/// QEMU's command line for the `raspi4b` machine: U-Boot as the kernel the
+/// firmware would start, the card on the SD bus, the console on the first
+/// serial port.
+fn raspi4b_command(spec: &VmSpec, dtb: &Path) -> Result<Command> {
+    let uboot = spec
+        .firmware
+        .as_ref()
+        .ok_or_else(|| anyhow!("raspi4b needs the loader (U-Boot) as firmware"))?;
+    if !spec.extra_drives.is_empty() || !spec.forward.is_empty() {
+        bail!("raspi4b has no more disks and no network in QEMU");
+    }
+    let size = std::fs::metadata(&spec.disk)
+        .with_context(|| format!("reading {}", spec.disk.display()))?
+        .len();
+    if !size.is_power_of_two() {
+        bail!(
+            "{}: QEMU's SD card must be a power of two in size, not {size} bytes",
+            spec.disk.display()
+        );
+    }
+    let mut cmd = Command::new(&spec.qemu);
+    cmd.args(["-M", "raspi4b", "-nographic"])
+        .arg("-kernel")
+        .arg(uboot)
+        .arg("-dtb")
+        .arg(dtb)
+        .arg("-drive")
+        .arg(format!(
+            "file={},if=sd,format=raw,cache=unsafe",
+            spec.disk.display()
+        ))
+        .args(["-serial", "stdio", "-monitor", "none"]);
+    Ok(cmd)
+}
+
 impl Vm {
     pub fn start(spec: &VmSpec) -> Result<Vm> {
+        if let Machine::Raspi4b { dtb } = &spec.machine {
+            return Vm::spawn(spec, raspi4b_command(spec, dtb)?);
+        }
         let mut cmd = Command::new(&spec.qemu);
         cmd.args(["-M", "virt", "-cpu", "cortex-a72", "-nographic"])
             .args(["-m", &spec.mem_mib.to_string()])
@@ -80,8 +131,13 @@ impl Vm {
                 "virtio-net-pci,netdev=n0,mac={},romfile=",
                 spec.mac
             ))
-            .args(["-serial", "stdio", "-monitor", "none"])
-            .stdin(Stdio::piped())
+            .args(["-serial", "stdio", "-monitor", "none"]);
+        Vm::spawn(spec, cmd)
+    }
+
+    /// Starts `cmd` (QEMU with the console on stdio) and follows its output.
+    fn spawn(spec: &VmSpec, mut cmd: Command) -> Result<Vm> {
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd

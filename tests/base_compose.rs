@@ -749,6 +749,7 @@ fn the_default_node_commits_a_pushed_update_after_its_health_check_under_systemd
         firmware: Some(UBOOT_QEMU.into()),
         extra_drives: Vec::new(),
         forward: vec![(ssh_port, 22)],
+        machine: Default::default(),
     };
     let ssh = |what: &str| -> std::process::Output {
         run(Command::new("ssh")

@@ -114,6 +114,7 @@ fn k3s_starts_with_the_baked_config_and_picks_up_edits_on_the_boot_partition() {
         firmware: None,
         extra_drives: Vec::new(),
         forward: Vec::new(),
+        machine: Default::default(),
     };
     let fat_offset = nodeimg::inspect::read_table(&img).unwrap().partitions[0].start;
     let baked = mcopy_out(&img, fat_offset, "nodeimg/k3s-config.yaml");

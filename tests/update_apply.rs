@@ -26,41 +26,6 @@ use nodeimg::qemu::{self, Vm, VmSpec};
 
 const BOARD: &str = "qemu-uboot";
 
-/// The test rootfs with a marker file only version 2 has, as a .tar.
-fn rootfs_v2(dir: &Path) -> PathBuf {
-    let tar = dir.join("rootfs-v2.tar");
-    run_ok(Command::new("sh").arg("-c").arg(format!(
-        "zstd -q -dc {} > {}",
-        test_rootfs().display(),
-        tar.display()
-    )));
-    let m = dir.join("marker");
-    fs::create_dir_all(m.join("usr/share/nodeimg-test")).unwrap();
-    fs::write(m.join("usr/share/nodeimg-test/version"), "v2\n").unwrap();
-    run_ok(
-        Command::new("tar")
-            .args(["--append", "--owner=0", "--group=0", "-f"])
-            .arg(&tar)
-            .arg("-C")
-            .arg(&m)
-            .arg("./usr/share/nodeimg-test"),
-    );
-    tar
-}
-
-fn line_after<'a>(text: &'a str, prefix: &str) -> &'a str {
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix(prefix))
-        .unwrap_or_else(|| panic!("no {prefix:?} in:\n{text}"))
-        .trim()
-}
-
-fn sh(vm: &mut Vm, cmd: &str) -> String {
-    let (st, out) = vm.sh(cmd, Duration::from_secs(120)).unwrap();
-    assert_eq!(st, 0, "{cmd}: {out}");
-    out
-}
-
 /// Builds version `version` of the U-Boot board from `rootfs`, its cmdline
 /// followed by `extra`; returns its output directory.
 fn build_version(dir: &Path, key: &str, rootfs: &Path, version: u32, extra: &str) -> PathBuf {
@@ -84,14 +49,6 @@ fn build_version(dir: &Path, key: &str, rootfs: &Path, version: u32, extra: &str
     out.join(BOARD)
 }
 
-/// The node's hostname and machine-id, as the test rootfs prints them at boot.
-fn identity(boot_log: &str) -> (String, String) {
-    (
-        line_after(boot_log, "nodeimg-test-rootfs: hostname=").to_string(),
-        line_after(boot_log, "nodeimg-test-rootfs: machine-id=").to_string(),
-    )
-}
-
 #[test]
 fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
     assert!(
@@ -105,7 +62,17 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
     let rootfs = test_rootfs();
     let v1 = build_version(&dir, key, &rootfs, 1, "");
     // v2: another cmdline and a marker file in the system image.
-    let v2 = build_version(&dir, key, &rootfs_v2(&dir), 2, "nodeimg.test.v2");
+    let v2 = build_version(
+        &dir,
+        key,
+        &rootfs_with_files(
+            &dir,
+            "rootfs-v2.tar",
+            &[("usr/share/nodeimg-test/version", b"v2\n")],
+        ),
+        2,
+        "nodeimg.test.v2",
+    );
     // v3: a kernel that panics (no init it can run).
     let v3 = build_version(
         &dir,
@@ -144,6 +111,7 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
         firmware: Some(UBOOT_QEMU.into()),
         extra_drives: bundles,
         forward: vec![(ssh_port, 22)],
+        machine: Default::default(),
     };
     let boot = Duration::from_secs(240);
     let up = "nodeimg-test-rootfs: mount /boot";
@@ -152,9 +120,9 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
     let me = identity(&vm.wait_for(up, boot).unwrap());
     assert_eq!(me.1.len(), 32, "{me:?}");
     vm.wait_for_shell(boot).unwrap();
-    assert!(sh(&mut vm, "cat /proc/cmdline").contains("nodeimg.system=2"));
-    sh(&mut vm, "echo kept > /root/data-marker && sync");
-    let status = sh(&mut vm, "nodeimg update status");
+    assert!(vm_sh(&mut vm, "cat /proc/cmdline").contains("nodeimg.system=2"));
+    vm_sh(&mut vm, "echo kept > /root/data-marker && sync");
+    let status = vm_sh(&mut vm, "nodeimg update status");
     assert!(
         status.contains("running slot a (version 1), primary slot a"),
         "{status}"
@@ -170,14 +138,14 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
     vm.wait_for("nodeimg: slot b (version 2) committed", boot)
         .unwrap();
     vm.wait_for_shell(boot).unwrap();
-    let cmdline = sh(&mut vm, "cat /proc/cmdline");
+    let cmdline = vm_sh(&mut vm, "cat /proc/cmdline");
     assert!(
         cmdline.contains("nodeimg.system=3") && cmdline.contains("nodeimg.test.v2"),
         "{cmdline}"
     );
-    assert_eq!(sh(&mut vm, "cat /usr/share/nodeimg-test/version"), "v2");
-    assert_eq!(sh(&mut vm, "cat /root/data-marker"), "kept");
-    let status = sh(&mut vm, "nodeimg update status");
+    assert_eq!(vm_sh(&mut vm, "cat /usr/share/nodeimg-test/version"), "v2");
+    assert_eq!(vm_sh(&mut vm, "cat /root/data-marker"), "kept");
+    let status = vm_sh(&mut vm, "nodeimg update status");
     assert!(
         status.contains("running slot b (version 2), primary slot b"),
         "{status}"
@@ -186,7 +154,7 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
         status.contains("slot a: partition 2, version 1, good"),
         "{status}"
     );
-    let mounts = sh(&mut vm, "grep ' /boot ' /proc/mounts");
+    let mounts = vm_sh(&mut vm, "grep ' /boot ' /proc/mounts");
     assert!(
         mounts.contains(" ro,"),
         "/boot is read-only again: {mounts}"
@@ -197,7 +165,7 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
     assert!(!again.contains("trial boot of slot"), "{again}");
     vm.wait_for(up, boot).unwrap();
     vm.wait_for_shell(boot).unwrap();
-    assert_eq!(sh(&mut vm, "cat /usr/share/nodeimg-test/version"), "v2");
+    assert_eq!(vm_sh(&mut vm, "cat /usr/share/nodeimg-test/version"), "v2");
 
     // A tampered bundle is refused on the node; the slot it was written to
     // is left unusable (no boot files), the running slot untouched.
@@ -208,7 +176,7 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
             && said.contains("slot a is left unusable"),
         "{said}"
     );
-    let status = sh(&mut vm, "nodeimg update status");
+    let status = vm_sh(&mut vm, "nodeimg update status");
     assert!(
         status.contains("primary slot b")
             && !status.contains("trial of slot")
@@ -226,7 +194,7 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
     vm.wait_for("slot a (version 3) failed its trial boot", boot)
         .unwrap();
     vm.wait_for_shell(boot).unwrap();
-    let status = sh(&mut vm, "nodeimg update status");
+    let status = vm_sh(&mut vm, "nodeimg update status");
     assert!(
         status.contains("running slot b (version 2), primary slot b")
             && status.contains("slot a: partition 2, version 3, failed (no boot files)")
@@ -244,7 +212,7 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
     vm.wait_for("slot a (version 4) failed its trial boot", boot)
         .unwrap();
     vm.wait_for_shell(boot).unwrap();
-    assert_eq!(sh(&mut vm, "cat /root/data-marker"), "kept");
+    assert_eq!(vm_sh(&mut vm, "cat /root/data-marker"), "kept");
 
     // 4. The power fails while a bundle is written (its first MB read, the
     // rest never comes): the node boots b as before.
@@ -257,7 +225,7 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
     assert!(!cut.contains("trial boot of slot"), "{cut}");
     assert_eq!(identity(&vm.wait_for(up, boot).unwrap()), me);
     vm.wait_for_shell(boot).unwrap();
-    let status = sh(&mut vm, "nodeimg update status");
+    let status = vm_sh(&mut vm, "nodeimg update status");
     assert!(
         status.contains("running slot b (version 2), primary slot b")
             && status.contains("slot a: partition 2, version -, unusable (no boot files)"),
@@ -275,7 +243,7 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
             .arg(&id),
     );
     let public = fs::read_to_string(dir.join("id.pub")).unwrap();
-    sh(
+    vm_sh(
         &mut vm,
         &format!(
             "mkdir -p /root/.ssh && chmod 700 /root/.ssh && echo '{}' > /root/.ssh/authorized_keys && \
@@ -302,8 +270,8 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
     vm.wait_for("nodeimg: slot a (version 2) committed", boot)
         .unwrap();
     vm.wait_for_shell(boot).unwrap();
-    assert!(sh(&mut vm, "cat /proc/cmdline").contains("nodeimg.system=2"));
-    assert_eq!(sh(&mut vm, "cat /usr/share/nodeimg-test/version"), "v2");
-    assert_eq!(sh(&mut vm, "cat /root/data-marker"), "kept");
+    assert!(vm_sh(&mut vm, "cat /proc/cmdline").contains("nodeimg.system=2"));
+    assert_eq!(vm_sh(&mut vm, "cat /usr/share/nodeimg-test/version"), "v2");
+    assert_eq!(vm_sh(&mut vm, "cat /root/data-marker"), "kept");
     vm.kill();
 }

@@ -438,3 +438,53 @@ pub fn push_to_vm(bundle: &Path, port: u16, id: &Path, extra: &[&str]) -> Output
         ])
         .args(extra))
 }
+
+/// The test rootfs, as a .tar `name` in `dir`, with `files` (path, bytes;
+/// root-owned) appended: later entries replace earlier ones.
+pub fn rootfs_with_files(dir: &Path, name: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    let tar = dir.join(name);
+    run_ok(Command::new("sh").arg("-c").arg(format!(
+        "zstd -q -dc {} > {}",
+        test_rootfs().display(),
+        tar.display()
+    )));
+    let add = dir.join(format!("{name}.add"));
+    for (path, bytes) in files {
+        let p = add.join(path);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, bytes).unwrap();
+    }
+    let mut cmd = Command::new("tar");
+    cmd.args(["--append", "--owner=0", "--group=0", "-f"])
+        .arg(&tar)
+        .arg("-C")
+        .arg(&add);
+    for (path, _) in files {
+        cmd.arg(format!("./{path}"));
+    }
+    run_ok(&mut cmd);
+    tar
+}
+
+/// The rest of the line after `prefix` in `text` (trimmed); panics without one.
+pub fn line_after<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in:\n{text}"))
+        .trim()
+}
+
+/// Runs `cmd` in the VM's shell; it must succeed. Its output.
+pub fn vm_sh(vm: &mut nodeimg::qemu::Vm, cmd: &str) -> String {
+    let (st, out) = vm.sh(cmd, std::time::Duration::from_secs(120)).unwrap();
+    assert_eq!(st, 0, "{cmd}: {out}");
+    out
+}
+
+/// The node's hostname and machine-id, as the test rootfs prints them at boot.
+pub fn identity(boot_log: &str) -> (String, String) {
+    (
+        line_after(boot_log, "nodeimg-test-rootfs: hostname=").to_string(),
+        line_after(boot_log, "nodeimg-test-rootfs: machine-id=").to_string(),
+    )
+}
