@@ -248,7 +248,7 @@ log "depmod $KVER (full module set)"
 depmod -b "$ROOT" "$KVER"
 
 # Module paths (relative to kernel/) kept, with their modules.dep closure.
-KEEP_RE='^kernel/(fs/(ext4|jbd2|squashfs|fat|nls|overlayfs)/|fs/mbcache\.|lib/(crc|libcrc32c|zstd/|xz/)|crypto/crc32|arch/arm64/crypto/crc|drivers/block/virtio_blk\.|drivers/virtio/|drivers/mmc/|drivers/scsi/(sd_mod|virtio_scsi)\.|drivers/net/virtio_net\.|drivers/net/ethernet/broadcom/genet/|drivers/net/phy/(broadcom|bcm-phy-lib)\.|drivers/net/mdio/mdio-bcm-unimac\.)'
+KEEP_RE='^kernel/(fs/(ext4|jbd2|squashfs|fat|nls|overlayfs)/|fs/mbcache\.|lib/(crc|libcrc32c|zstd/|xz/)|crypto/crc32|arch/arm64/crypto/crc|drivers/block/virtio_blk\.|drivers/virtio/|drivers/mmc/|drivers/scsi/(sd_mod|virtio_scsi)\.|drivers/net/virtio_net\.|drivers/net/ethernet/broadcom/genet/|drivers/net/phy/(broadcom|bcm-phy-lib)\.|drivers/net/mdio/mdio-bcm-unimac\.|drivers/watchdog/bcm2835_wdt\.)'
 keep=$WORK/keep
 awk -F: '{print $1}' "$MODDIR/modules.dep" | grep -E "$KEEP_RE" | sort -u >"$keep.roots" || true
 [ -s "$keep.roots" ] || die "no module matched the keep list"

@@ -40,9 +40,15 @@ mkdir -p "$WORK"
 start=$(sfdisk -d "$IMG" | sed -n 's/^[^:]*1 : start= *\([0-9]*\),.*/\1/p')
 [ -n "$start" ] || { echo "raspi4b-boot: no partition 1 in $IMG" >&2; exit 2; }
 off=$((start * 512))
-for f in vmlinuz initrd.img bcm2711-rpi-4-b.dtb cmdline.txt; do
-    mcopy -o -n -i "$IMG@@$off" "::$f" "$WORK/$f"
-done
+# The rpi4 board boots through U-Boot: slot a's kernel, initramfs and cmdline (bootargs.env);
+# an image of a board with method = "rpi-firmware" has them at the top.
+if mdir -i "$IMG@@$off" ::slot-a >/dev/null 2>&1; then
+    for f in vmlinuz initrd.img; do mcopy -o -n -i "$IMG@@$off" "::slot-a/$f" "$WORK/$f"; done
+    mcopy -o -n -i "$IMG@@$off" ::slot-a/bootargs.env - | sed 's/^bootargs=//' >"$WORK/cmdline.txt"
+else
+    for f in vmlinuz initrd.img cmdline.txt; do mcopy -o -n -i "$IMG@@$off" "::$f" "$WORK/$f"; done
+fi
+mcopy -o -n -i "$IMG@@$off" ::bcm2711-rpi-4-b.dtb "$WORK/bcm2711-rpi-4-b.dtb"
 
 # dtb edits (docs/raspi4b.md, "dtb edits"). Each is needed; the comment says why.
 DTB=$WORK/qemu.dtb

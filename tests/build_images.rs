@@ -88,7 +88,9 @@ fn qemu_has_the_declared_gpt_table() {
     );
 }
 
-fn check_boot_partition(board: &'static str, expected: &[(&str, &str)]) {
+/// The boot partition of `board`'s image holds `expected` (name, the
+/// rootfs file it is a copy of), and the cmdline in `cmdline_file`.
+fn check_boot_partition(board: &'static str, expected: &[(&str, &str)], cmdline_file: &str) {
     let img = built_image(board);
     let dir = scratch(&format!("boot-{board}"));
     let part = extract_partition(&img, 1, &dir.join("boot.vfat"));
@@ -124,7 +126,8 @@ fn check_boot_partition(board: &'static str, expected: &[(&str, &str)]) {
         Command::new("mcopy")
             .args(["-n", "-i"])
             .arg(&part)
-            .args(["::cmdline.txt", "-"]),
+            .arg(format!("::{cmdline_file}"))
+            .arg("-"),
     );
     let cmdline = stdout(&cmdline);
     assert!(cmdline.contains("nodeimg.disk="), "{cmdline}");
@@ -133,17 +136,20 @@ fn check_boot_partition(board: &'static str, expected: &[(&str, &str)]) {
 
 #[test]
 fn rpi4_boot_partition_is_clean_fat32_with_the_boot_files() {
+    // The firmware starts U-Boot with the device tree at the top; U-Boot's
+    // boot script boots slot a's kernel with the slot's own copy of it.
+    let dtb = "usr/lib/linux-image-*/broadcom/bcm2711-rpi-4-b.dtb";
     check_boot_partition(
         "rpi4",
         &[
-            ("vmlinuz", "boot/vmlinuz-*"),
+            ("slot-a/vmlinuz", "boot/vmlinuz-*"),
             ("start4.elf", "usr/lib/raspi-firmware/start4.elf"),
             ("fixup4.dat", "usr/lib/raspi-firmware/fixup4.dat"),
-            (
-                "bcm2711-rpi-4-b.dtb",
-                "usr/lib/linux-image-*/broadcom/bcm2711-rpi-4-b.dtb",
-            ),
+            ("u-boot.bin", "usr/lib/u-boot/rpi_arm64/u-boot.bin"),
+            ("bcm2711-rpi-4-b.dtb", dtb),
+            ("slot-a/fdt.dtb", dtb),
         ],
+        "slot-a/bootargs.env",
     );
     let img = built_image("rpi4");
     let dir = scratch("boot-rpi4-config");
@@ -154,21 +160,38 @@ fn rpi4_boot_partition_is_clean_fat32_with_the_boot_files() {
             .arg(&part)
             .args(["::config.txt", "-"]),
     ));
-    for line in [
-        "arm_64bit=1",
-        "kernel=vmlinuz",
-        "initramfs initrd.img followkernel",
-    ] {
+    for line in ["arm_64bit=1", "kernel=u-boot.bin", "enable_uart=1"] {
         assert!(
             cfg.lines().any(|l| l == line),
             "config.txt lacks {line}: {cfg}"
         );
     }
+    assert!(
+        !cfg.contains("initramfs"),
+        "U-Boot loads the initramfs: {cfg}"
+    );
+    // The boot script sets the board's load addresses before loading.
+    let scr = run_ok(
+        Command::new("mcopy")
+            .args(["-n", "-i"])
+            .arg(&part)
+            .args(["::boot.scr", "-"]),
+    )
+    .stdout;
+    let text = String::from_utf8_lossy(&scr);
+    assert!(
+        text.contains("setenv kernel_addr_r 0x00200000\nsetenv fdt_addr_r 0x05000000\nsetenv ramdisk_addr_r 0x05200000\n"),
+        "{text}"
+    );
 }
 
 #[test]
 fn qemu_boot_partition_is_clean_fat32_with_the_boot_files() {
-    check_boot_partition("qemu-aarch64", &[("vmlinuz", "boot/vmlinuz-*")]);
+    check_boot_partition(
+        "qemu-aarch64",
+        &[("vmlinuz", "boot/vmlinuz-*")],
+        "cmdline.txt",
+    );
 }
 
 /// The initramfs on the boot partition: a gzip'd newc cpio with init, busybox
