@@ -281,6 +281,7 @@ mod tests {
             .read(true)
             .write(true)
             .create(true)
+            .truncate(true)
             .open(&dst_path)
             .unwrap();
         dst.set_len(8 << 20).unwrap();
