@@ -59,7 +59,24 @@ pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
         }
     }
     let progress = Progress::new();
-    let system = prepare_system(data, &board, &board_bytes, &plan, args, &nodes, &progress)?;
+    // Input files' digests remembered between builds (none with --no-cache).
+    let digests = match args.no_cache {
+        true => FileDigests::disabled(),
+        false => FileDigests::default_location(),
+    };
+    let system = prepare_system(
+        data,
+        &board,
+        &board_bytes,
+        &plan,
+        args,
+        &nodes,
+        &progress,
+        &digests,
+    )?;
+    if let Err(e) = digests.save() {
+        eprintln!("nodeimg: warning: {e:#}");
+    }
     let slot = plan.part(Role::SystemA)?.size;
     if system.squashfs_size > slot {
         bail!(
@@ -148,39 +165,8 @@ struct System {
     cache: &'static str,
 }
 
-/// [`prepare_system_with`] with this build's memo of input files' digests
-/// (none with --no-cache), saved afterwards.
-fn prepare_system(
-    data: &DataDir,
-    board: &Board,
-    board_bytes: &[u8],
-    plan: &DiskPlan,
-    args: &BuildArgs,
-    nodes: &[Option<NodeConfig>],
-    progress: &Progress,
-) -> Result<System> {
-    let digests = match args.no_cache {
-        true => FileDigests::disabled(),
-        false => FileDigests::default_location(),
-    };
-    let system = prepare_system_with(
-        data,
-        board,
-        board_bytes,
-        plan,
-        args,
-        nodes,
-        progress,
-        &digests,
-    )?;
-    if let Err(e) = digests.save() {
-        eprintln!("nodeimg: warning: {e:#}");
-    }
-    Ok(system)
-}
-
 #[allow(clippy::too_many_arguments)]
-fn prepare_system_with(
+fn prepare_system(
     data: &DataDir,
     board: &Board,
     board_bytes: &[u8],
@@ -374,7 +360,8 @@ fn prepare_system_with(
         update::sign::node_key(args.sign_key.as_deref(), args.update_key.as_deref())?
     {
         let version = args.build_version.unwrap_or(epoch);
-        let release = update::release::Release::for_build(board, plan, version)?;
+        let mut release = update::release::Release::for_build(board, plan, version)?;
+        release.commit_timeout = args.commit_timeout;
         system::add_update_info(&mut usr, &public, &release, epoch)?;
     }
     // The cache keeps the data tree without the air-gap images (they can be

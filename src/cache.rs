@@ -202,6 +202,13 @@ fn system_key(exe_sha256: &str, i: &KeyInputs) -> Result<Key> {
                     .as_bytes(),
             ),
             (
+                "commit-timeout",
+                args.commit_timeout
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
+                    .as_bytes(),
+            ),
+            (
                 "allow-missing-kernel-options",
                 &[u8::from(args.allow_missing_kernel_options)],
             ),

@@ -165,9 +165,10 @@ pub struct UpdateCommitArgs {
     #[arg(long, conflicts_with = "checks")]
     pub no_check: bool,
 
-    /// How long the checks may take to pass, in seconds.
-    #[arg(long, default_value_t = 300)]
-    pub timeout: u64,
+    /// How long the checks may take to pass, in seconds [default: the
+    /// system's, set by `build --commit-timeout`, else 300].
+    #[arg(long)]
+    pub timeout: Option<u64>,
 
     /// On a failed check, fall back at the next boot but do not reboot now.
     #[arg(long)]
@@ -410,6 +411,13 @@ pub struct BuildArgs {
     /// The oldest version the bundle may update from [default: 0, any].
     #[arg(long, value_name = "VERSION", requires = "sign_key")]
     pub min_version: Option<u64>,
+
+    /// How long, in seconds, the health check of a trial boot of this system
+    /// may take to pass before the node falls back (`update commit`'s
+    /// default on the node) [default: 300].
+    #[arg(long, value_name = "SECS", requires = "sign_key",
+          value_parser = clap::value_parser!(u64).range(10..=86400))]
+    pub commit_timeout: Option<u64>,
 
     /// nodeimg built for the board (the node-side update helper, installed
     /// with --sign-key as /usr/bin/nodeimg) [default: $NODEIMG_NODE_HELPER,

@@ -687,7 +687,7 @@ fn the_example_cluster_yaml_builds_the_default_rpi4_image_reproducibly() {
 /// nodeimg-update-commit.service commits it after the health check (multi-user,
 /// k3s, kubelet) passed.
 #[test]
-fn the_default_node_commits_a_pushed_update_after_its_health_check_under_systemd() {
+fn the_default_node_commits_a_healthy_update_and_falls_back_from_an_unhealthy_one_under_systemd() {
     const BOARD: &str = "qemu-uboot";
     serve_sntp();
     let dir = scratch("base-update-systemd");
@@ -700,9 +700,31 @@ fn the_default_node_commits_a_pushed_update_after_its_health_check_under_systemd
             .env("XDG_CACHE_HOME", xdg_cache()),
     );
     let bin = path_without_apt(&dir);
-    let build = |version: &str, cmdline_extra: &str| -> PathBuf {
+    // `unhealthy`: the k3s stand-in runs but its kubelet health endpoint
+    // never answers (a drop-in in an overlay of the board's).
+    let build = |version: &str, cmdline_extra: &str, unhealthy: bool| -> PathBuf {
         let vdir = dir.join(format!("v{version}"));
         let data = uboot_data_dir(&vdir, BOARD, cmdline_extra);
+        let mut extra: Vec<&str> = Vec::new();
+        if unhealthy {
+            let board = data.join(format!("boards/{BOARD}.toml"));
+            let text = fs::read_to_string(&board).unwrap();
+            let edited = text.replacen(
+                "overlays = [\"base\"]",
+                "overlays = [\"base\", \"unhealthy\"]",
+                1,
+            );
+            assert_ne!(edited, text);
+            fs::write(&board, edited).unwrap();
+            let dropin = data.join("overlays/unhealthy/etc/systemd/system/k3s.service.d");
+            fs::create_dir_all(&dropin).unwrap();
+            fs::write(
+                dropin.join("unhealthy.conf"),
+                "[Service]\nEnvironment=K3S_STANDIN_HEALTHZ=no\n",
+            )
+            .unwrap();
+            extra.extend(["--commit-timeout", "40"]);
+        }
         // The qemu-aarch64 lock, for the board of another name.
         fs::create_dir_all(data.join("boards/base")).unwrap();
         let lock = fs::read_to_string(repo().join("boards/base/qemu-aarch64.lock"))
@@ -726,13 +748,16 @@ fn the_default_node_commits_a_pushed_update_after_its_health_check_under_systemd
             .arg(&cfg)
             .arg("--sign-key")
             .arg(&key)
-            .args(["--build-version", version, "-o"])
+            .args(["--build-version", version])
+            .args(&extra)
+            .arg("-o")
             .arg(&out));
         assert!(built.status.success(), "v{version}: {}", stderr(&built));
         out.join(BOARD)
     };
-    let v1 = build("1", "");
-    let v2 = build("2", "nodeimg.test.v2");
+    let v1 = build("1", "", false);
+    let v2 = build("2", "nodeimg.test.v2", false);
+    let v3 = build("3", "nodeimg.test.v3", true);
     let image = dir.join("disk.img");
     nodeimg::disk::sparse::copy_file(&v1.join(format!("{BOARD}.img")), &image).unwrap();
     let ssh_port = free_port();
@@ -816,5 +841,29 @@ fn the_default_node_commits_a_pushed_update_after_its_health_check_under_systemd
         "cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub; hostname",
     ));
     assert_eq!(before, after, "the node's identity");
+
+    // v3's kubelet never answers: its trial's health check fails after the
+    // build's --commit-timeout, and the node goes back to slot b on its own.
+    let pushed = push_to_vm(&v3.join(format!("{BOARD}.bundle")), ssh_port, &id, &[]);
+    assert!(pushed.status.success(), "push: {}", stderr(&pushed));
+    vm.wait_for("nodeimg: trial boot of slot a", boot).unwrap();
+    let failed = vm.wait_for("failed its health check", boot).unwrap();
+    assert!(failed.contains("slot a (version 3)"), "{failed}");
+    vm.wait_for("nodeimg: booting slot b", boot).unwrap();
+    let status = wait_ssh("running slot b (version 2), primary slot b");
+    assert!(
+        status.contains("slot a: partition 2, version 3, failed")
+            && status.contains("kubelet")
+            && !status.contains("trial of slot"),
+        "{status}"
+    );
+    assert!(!stdout(&ssh("cat /proc/cmdline")).contains("nodeimg.test.v3"));
+    assert_eq!(
+        stdout(&ssh(
+            "cat /etc/machine-id /etc/ssh/ssh_host_ed25519_key.pub; hostname"
+        )),
+        before,
+        "the node's identity"
+    );
     vm.kill();
 }

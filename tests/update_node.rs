@@ -528,6 +528,19 @@ fn an_unhealthy_trial_falls_back_to_the_old_slot() {
     let s = status(&root);
     assert_eq!(s["slots"]["b"]["state"], "failed");
     assert_eq!(s["last"]["ok"], false);
+
+    // Left to reboot (as at boot): the failure is said once, then the node
+    // reboots (a stand-in node only says so).
+    let root = booted_b("unhealthy-reboot");
+    let out = on(&root, &["commit", "--check", "kubelet", "--timeout", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.matches("failed its health check").count(), 1, "{err}");
+    assert!(
+        err.find("failed its health check") < err.find("nodeimg: rebooting"),
+        "{err}"
+    );
+    assert_eq!(state(&root).trial, None);
 }
 
 #[test]

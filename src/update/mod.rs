@@ -52,16 +52,27 @@ pub fn command(cmd: &UpdateCommand) -> Result<()> {
                 (false, true) => None,
                 (false, false) => Some(a.checks.clone()),
             };
-            let msg = node::commit(
-                &node_here(),
-                &node::CommitOptions {
-                    checks,
-                    timeout: Duration::from_secs(a.timeout),
-                    reboot: !a.no_reboot,
+            let node = node_here();
+            let opts = node::CommitOptions {
+                checks,
+                timeout: a.timeout.map(Duration::from_secs),
+                reboot: !a.no_reboot,
+            };
+            match node::commit(&node, &opts) {
+                Ok(msg) => {
+                    println!("nodeimg: {msg}");
+                    Ok(())
+                }
+                Err(e) => match e.downcast_ref::<node::FallBack>() {
+                    // Said before the reboot, which may end this process.
+                    Some(f) => {
+                        eprintln!("nodeimg: error: {f}");
+                        node.reboot()?;
+                        std::process::exit(1)
+                    }
+                    None => Err(e),
                 },
-            )?;
-            println!("nodeimg: {msg}");
-            Ok(())
+            }
         }
         UpdateCommand::Status(a) => {
             let s = node::status(&node_here())?;

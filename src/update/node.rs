@@ -94,7 +94,7 @@ impl Node {
         Ok(())
     }
 
-    fn reboot(&self) -> Result<()> {
+    pub fn reboot(&self) -> Result<()> {
         eprintln!("nodeimg: rebooting");
         if self.path("run/systemd/system").is_dir() {
             self.run("systemctl", &["reboot"])
@@ -646,10 +646,17 @@ fn node_cmdline(cmdline: &str, system: u32, disk_id: &str) -> String {
 
 // ------------------------------------------------------------------ commit
 
+/// A trial that failed its health check on a node that must now reboot
+/// into its old slot: the caller says it (once) and then reboots.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct FallBack(pub String);
+
 pub struct CommitOptions {
     /// None: the checks that apply to this node (`health::auto`).
     pub checks: Option<Vec<Check>>,
-    pub timeout: Duration,
+    /// None: the system's (`Release::commit_timeout`).
+    pub timeout: Option<Duration>,
     pub reboot: bool,
 }
 
@@ -674,7 +681,10 @@ pub fn commit(node: &Node, opts: &CommitOptions) -> Result<String> {
                 .checks
                 .clone()
                 .unwrap_or_else(|| health::auto(&node.root));
-            match health::run(&checks, opts.timeout) {
+            let timeout = opts
+                .timeout
+                .unwrap_or(Duration::from_secs(f.release.commit_timeout()));
+            match health::run(&checks, timeout) {
                 Ok(how) => {
                     let _rw = BootRw::new(node)?;
                     save_state(
@@ -700,8 +710,7 @@ pub fn commit(node: &Node, opts: &CommitOptions) -> Result<String> {
                     note(&mut record, "commit", t, Some(version), false, msg.clone());
                     save_record(node, &record)?;
                     if opts.reboot {
-                        eprintln!("nodeimg: {msg}");
-                        node.reboot()?;
+                        return Err(FallBack(msg).into());
                     }
                     Err(anyhow!(msg))
                 }

@@ -33,7 +33,14 @@ pub struct Release {
     pub boot_partition: u32,
     /// Slot letter ("a", "b") -> partition number of its system.
     pub slots: BTreeMap<String, u32>,
+    /// Seconds a trial's health check may take (`build --commit-timeout`);
+    /// absent: [`DEFAULT_COMMIT_TIMEOUT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_timeout: Option<u64>,
 }
+
+/// How long a trial's health check may take when the build did not say.
+pub const DEFAULT_COMMIT_TIMEOUT: u64 = 300;
 
 pub const LOADER_UBOOT: &str = "u-boot";
 
@@ -66,7 +73,13 @@ impl Release {
                 ("a".to_string(), number(Role::SystemA)?),
                 ("b".to_string(), number(Role::SystemB)?),
             ]),
+            commit_timeout: None,
         })
+    }
+
+    /// Seconds a trial's health check may take.
+    pub fn commit_timeout(&self) -> u64 {
+        self.commit_timeout.unwrap_or(DEFAULT_COMMIT_TIMEOUT)
     }
 
     pub fn to_json(&self) -> Result<Vec<u8>> {
@@ -131,12 +144,24 @@ mod tests {
             },
             boot_partition: 1,
             slots: BTreeMap::from([("a".into(), 2), ("b".into(), 3)]),
+            commit_timeout: None,
         };
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("release.json");
         std::fs::write(&p, r.to_json().unwrap()).unwrap();
         let back = Release::load(&p).unwrap();
         assert_eq!(back, r);
+        // Without a commit timeout (as earlier versions wrote): the default.
+        assert!(!String::from_utf8(r.to_json().unwrap())
+            .unwrap()
+            .contains("commit_timeout"));
+        assert_eq!(back.commit_timeout(), DEFAULT_COMMIT_TIMEOUT);
+        let timed = Release {
+            commit_timeout: Some(40),
+            ..r.clone()
+        };
+        std::fs::write(&p, timed.to_json().unwrap()).unwrap();
+        assert_eq!(Release::load(&p).unwrap().commit_timeout(), 40);
         assert_eq!(back.slot_of_partition(3), Some('b'));
         assert_eq!(back.slot_of_partition(4), None);
         assert_eq!(back.partition_of('a').unwrap(), 2);
