@@ -10,9 +10,10 @@
 //! 5. then a later apply succeeds, pushed from the host with `nodeimg update
 //!    push` over ssh (user-mode networking, a forwarded port).
 //!
-//! After 1, a tampered bundle is refused on the node and leaves the slot it
-//! was written to unusable. The data partition and the node's identity are
-//! kept throughout.
+//! After 1, a tampered bundle, one signed with another key, another board's
+//! and one that does not update from the running version are each refused
+//! on the node and leave the slot they were written to unusable. The data
+//! partition and the node's identity are kept throughout.
 
 mod common;
 
@@ -29,24 +30,40 @@ const BOARD: &str = "qemu-uboot";
 /// Builds version `version` of the U-Boot board from `rootfs`, its cmdline
 /// followed by `extra`; returns its output directory.
 fn build_version(dir: &Path, key: &str, rootfs: &Path, version: u32, extra: &str) -> PathBuf {
-    let data = uboot_data_dir(&dir.join(format!("v{version}")), BOARD, extra);
-    let out = dir.join(format!("out{version}"));
+    build_as(dir, BOARD, key, rootfs, version, extra, &[])
+}
+
+/// Builds version `version` of the U-Boot board named `board` (the
+/// qemu-aarch64 board, renamed) with `args` added; its output directory.
+fn build_as(
+    dir: &Path,
+    board: &str,
+    key: &str,
+    rootfs: &Path,
+    version: u32,
+    extra: &str,
+    args: &[&str],
+) -> PathBuf {
+    let vdir = dir.join(format!("{board}-v{version}"));
+    let data = uboot_data_dir(&vdir, board, extra);
+    let out = vdir.join("out");
     let v = version.to_string();
-    let res = build(
-        BOARD,
-        rootfs,
-        &out,
-        &[
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--sign-key",
-            key,
-            "--build-version",
-            &v,
-        ],
+    let mut all = vec![
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--sign-key",
+        key,
+        "--build-version",
+        &v,
+    ];
+    all.extend_from_slice(args);
+    let res = build(board, rootfs, &out, &all);
+    assert!(
+        res.status.success(),
+        "build {board} v{version}: {}",
+        stderr(&res)
     );
-    assert!(res.status.success(), "build v{version}: {}", stderr(&res));
-    out.join(BOARD)
+    out.join(board)
 }
 
 #[test]
@@ -96,6 +113,18 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
     tampered[mid] ^= 1;
     bundles.push(dir.join("tampered.bundle"));
     fs::write(&bundles[3], tampered).unwrap();
+    // /dev/vdf: signed with another key; vdg: another board's (same layout);
+    // vdh: updates only from version 3 on (the node will run version 2).
+    let other_key = dir.join("other.key");
+    run_ok(nodeimg().arg("keygen").arg("--out").arg(&other_key));
+    let other_key = other_key.to_str().unwrap();
+    let refused = [
+        build_as(&dir, BOARD, other_key, &rootfs, 5, "", &[]).join(format!("{BOARD}.bundle")),
+        build_as(&dir, "qemu-other", key, &rootfs, 5, "", &[]).join("qemu-other.bundle"),
+        build_as(&dir, BOARD, key, &rootfs, 6, "", &["--min-version", "3"])
+            .join(format!("{BOARD}.bundle")),
+    ];
+    bundles.extend(refused);
 
     let ssh_port = free_port();
     let spec = VmSpec {
@@ -138,18 +167,8 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
     vm.wait_for("nodeimg: slot b (version 2) committed", boot)
         .unwrap();
     vm.wait_for_shell(boot).unwrap();
-    let cmdline = vm_sh(&mut vm, "cat /proc/cmdline");
-    assert!(
-        cmdline.contains("nodeimg.system=3") && cmdline.contains("nodeimg.test.v2"),
-        "{cmdline}"
-    );
-    assert_eq!(vm_sh(&mut vm, "cat /usr/share/nodeimg-test/version"), "v2");
-    assert_eq!(vm_sh(&mut vm, "cat /root/data-marker"), "kept");
+    assert_runs_v2_from_slot_b(&mut vm);
     let status = vm_sh(&mut vm, "nodeimg update status");
-    assert!(
-        status.contains("running slot b (version 2), primary slot b"),
-        "{status}"
-    );
     assert!(
         status.contains("slot a: partition 2, version 1, good"),
         "{status}"
@@ -183,6 +202,35 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
             && status.contains("slot a: partition 2, version -, unusable (no boot files)"),
         "{status}"
     );
+    // Another key's, another board's, and one that does not update from
+    // this version: each refused, the slot left unusable, nothing armed.
+    for (disk, why) in [
+        ("/dev/vdf", "signed with another key"),
+        (
+            "/dev/vdg",
+            "the bundle is for board qemu-other, not qemu-uboot",
+        ),
+        (
+            "/dev/vdh",
+            "updates from version 3 or later; this is version 2: refusing the downgrade",
+        ),
+    ] {
+        let (code, said) = vm
+            .sh(&format!("nodeimg update apply {disk}"), boot)
+            .unwrap();
+        assert_eq!(code, 1, "{disk}: {said}");
+        assert!(
+            said.contains(why) && said.contains("slot a is left unusable"),
+            "{disk}: {said}"
+        );
+        let status = vm_sh(&mut vm, "nodeimg update status");
+        assert!(
+            status.contains("primary slot b")
+                && !status.contains("trial of slot")
+                && status.contains("slot a: partition 2, version -, unusable (no boot files)"),
+            "{disk}: {status}"
+        );
+    }
 
     // 2. v3's kernel panics on its trial: the loader falls back to b.
     vm.send("nodeimg update apply --tries 1 /dev/vdc").unwrap();

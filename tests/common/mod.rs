@@ -488,3 +488,21 @@ pub fn identity(boot_log: &str) -> (String, String) {
         line_after(boot_log, "nodeimg-test-rootfs: machine-id=").to_string(),
     )
 }
+
+/// After the update tests' version 2 (`nodeimg.test.v2` on its cmdline, a
+/// `version` marker in its system) was committed in slot b: the node runs
+/// it, and the `/root/data-marker` written under version 1 is still there.
+pub fn assert_runs_v2_from_slot_b(vm: &mut nodeimg::qemu::Vm) {
+    let cmdline = vm_sh(vm, "cat /proc/cmdline");
+    assert!(
+        cmdline.contains("nodeimg.system=3") && cmdline.contains("nodeimg.test.v2"),
+        "{cmdline}"
+    );
+    assert_eq!(vm_sh(vm, "cat /usr/share/nodeimg-test/version"), "v2");
+    assert_eq!(vm_sh(vm, "cat /root/data-marker"), "kept");
+    let status = vm_sh(vm, "nodeimg update status");
+    assert!(
+        status.contains("running slot b (version 2), primary slot b"),
+        "{status}"
+    );
+}
