@@ -186,25 +186,12 @@ fn updates_through_uboot_commit_fall_back_and_survive_a_power_cut() {
     vm.wait_for_shell(boot).unwrap();
     assert_eq!(vm_sh(&mut vm, "cat /usr/share/nodeimg-test/version"), "v2");
 
-    // A tampered bundle is refused on the node; the slot it was written to
-    // is left unusable (no boot files), the running slot untouched.
-    let (code, said) = vm.sh("nodeimg update apply /dev/vde", boot).unwrap();
-    assert_eq!(code, 1, "{said}");
-    assert!(
-        said.contains("SHA-256 does not match the manifest")
-            && said.contains("slot a is left unusable"),
-        "{said}"
-    );
-    let status = vm_sh(&mut vm, "nodeimg update status");
-    assert!(
-        status.contains("primary slot b")
-            && !status.contains("trial of slot")
-            && status.contains("slot a: partition 2, version -, unusable (no boot files)"),
-        "{status}"
-    );
-    // Another key's, another board's, and one that does not update from
-    // this version: each refused, the slot left unusable, nothing armed.
+    // A tampered bundle, another key's, another board's, and one that does
+    // not update from this version: each refused on the node, the slot it
+    // was written to left unusable (no boot files), nothing armed, the
+    // running slot untouched.
     for (disk, why) in [
+        ("/dev/vde", "SHA-256 does not match the manifest"),
         ("/dev/vdf", "signed with another key"),
         (
             "/dev/vdg",
