@@ -207,9 +207,18 @@ impl FileDigests {
             }
             return self.sha256_stat(path, &m);
         }
+        // Larger than `io::copy`'s 8 KiB: an archive rootfs is read through
+        // here whole.
         let mut h = Sha256::new();
         let mut r = c.reader()?;
-        std::io::copy(&mut r, &mut HashWriter(&mut h))?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = crate::io::read_full(&mut r, &mut buf)?;
+            h.update(&buf[..n]);
+            if n < buf.len() {
+                break;
+            }
+        }
         Ok(h.finalize().into())
     }
 
@@ -267,18 +276,6 @@ impl FileDigests {
         tmp.persist(&memo.path)
             .map_err(|e| e.error)
             .with_context(ctx)?;
-        Ok(())
-    }
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
 }
