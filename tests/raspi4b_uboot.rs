@@ -104,24 +104,7 @@ fn build_version(dir: &Path, key: &str, rootfs: &Path, version: u32, extra: &str
         )
     });
     let out = dir.join(format!("out{version}"));
-    let v = version.to_string();
-    let res = build(
-        "rpi4",
-        rootfs,
-        &out,
-        &[
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--sign-key",
-            key,
-            "--build-version",
-            &v,
-            "--size",
-            "2G",
-        ],
-    );
-    assert!(res.status.success(), "build v{version}: {}", stderr(&res));
-    out.join("rpi4")
+    build_signed("rpi4", &data, key, rootfs, &out, version, &["--size", "2G"])
 }
 
 #[test]

@@ -46,24 +46,7 @@ fn build_as(
 ) -> PathBuf {
     let vdir = dir.join(format!("{board}-v{version}"));
     let data = uboot_data_dir(&vdir, board, extra);
-    let out = vdir.join("out");
-    let v = version.to_string();
-    let mut all = vec![
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--sign-key",
-        key,
-        "--build-version",
-        &v,
-    ];
-    all.extend_from_slice(args);
-    let res = build(board, rootfs, &out, &all);
-    assert!(
-        res.status.success(),
-        "build {board} v{version}: {}",
-        stderr(&res)
-    );
-    out.join(board)
+    build_signed(board, &data, key, rootfs, &vdir.join("out"), version, args)
 }
 
 #[test]

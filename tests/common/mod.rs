@@ -506,3 +506,33 @@ pub fn assert_runs_v2_from_slot_b(vm: &mut nodeimg::qemu::Vm) {
         "{status}"
     );
 }
+
+/// `nodeimg build BOARD --data-dir DATA --sign-key KEY --build-version N
+/// EXTRA...` from `rootfs` into `out` (it must succeed): `out/BOARD`.
+pub fn build_signed(
+    board: &str,
+    data: &Path,
+    key: &str,
+    rootfs: &Path,
+    out: &Path,
+    version: u32,
+    extra: &[&str],
+) -> PathBuf {
+    let v = version.to_string();
+    let mut args = vec![
+        "--data-dir",
+        data.to_str().expect("a UTF-8 test path"),
+        "--sign-key",
+        key,
+        "--build-version",
+        &v,
+    ];
+    args.extend_from_slice(extra);
+    let res = build(board, rootfs, out, &args);
+    assert!(
+        res.status.success(),
+        "build {board} v{version}: {}",
+        stderr(&res)
+    );
+    out.join(board)
+}
