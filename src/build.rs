@@ -3,7 +3,8 @@
 //! 1. load the board; read the rootfs into a tree
 //! 2. find the kernel, modules, device trees, firmware and busybox in it
 //! 3. compose the initramfs; compose the system tree (overlays, usr-merge, factory /etc)
-//! 4. make the filesystems: squashfs of /usr, FAT boot (phones: boot.img), ext4 data
+//! 4. make the filesystems: squashfs of /usr (into the cache, or straight into the
+//!    only node's disk image), FAT boot (phones: boot.img), ext4 data
 //! 5. assemble the disk image (phones: as a sparse rootfs image); write its block
 //!    map (.bmap), build.json and SHA256SUMS; publish
 //!
@@ -148,10 +149,10 @@ struct System {
     _work: tempfile::TempDir,
     /// A cache entry that could not be stored, still holding the squashfs.
     _pending: Option<cache::Pending>,
-    /// In the work directory, the cache entry or `_pending`.
-    squashfs: std::path::PathBuf,
+    squashfs: SquashfsAt,
     squashfs_size: u64,
-    squashfs_sha256: String,
+    /// Hex of `squashfs::Written::tail_sha256`.
+    squashfs_tail_sha256: String,
     initramfs: Vec<u8>,
     data_tree: Tree,
     found: Found,
@@ -163,6 +164,26 @@ struct System {
     k3s: Option<K3sInfo>,
     /// For build.json: "hit", "miss" or "off".
     cache: &'static str,
+}
+
+/// Where the system squashfs is.
+enum SquashfsAt {
+    /// A file of its own: in the work directory, the cache entry or `_pending`.
+    File(std::path::PathBuf),
+    /// Already in the disk image of the build's only node, at the system
+    /// partition's offset: the image file in the work directory that node
+    /// takes (once) as its own, so the squashfs is never copied.
+    InImage(std::cell::Cell<Option<std::path::PathBuf>>),
+}
+
+impl System {
+    /// The squashfs as a file of its own (for an update bundle).
+    fn squashfs_file(&self) -> Result<&Path> {
+        match &self.squashfs {
+            SquashfsAt::File(p) => Ok(p),
+            SquashfsAt::InImage(_) => bail!("internal: the squashfs is not a file of its own"),
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -379,7 +400,6 @@ fn prepare_system(
     let initramfs = initramfs::write_in_background(initramfs_tree, initrd_path)?;
 
     progress.step(format!("writing the system squashfs ({} files)", usr.len()));
-    let mut squashfs = out_dir.join(cache::SQUASHFS);
     let squashfs_mtime = u32::try_from(epoch).map_err(|_| {
         anyhow!("SOURCE_DATE_EPOCH {epoch} is past 2106, beyond squashfs timestamps")
     })?;
@@ -387,23 +407,49 @@ fn prepare_system(
         compression_level: args.compression_level,
         ..Default::default()
     };
-    let squashfs_size = squashfs::write(&usr, &squashfs, squashfs_mtime, &squashfs_opts)
-        .context("writing the system squashfs")?;
-    let squashfs_sha256 = output::sha256_file(&squashfs)?;
+    // Without a cache entry to fill, the only node's disk image is started
+    // now and the squashfs written straight into its system partition: no
+    // copy of it, no second pass. (An update bundle, several nodes or the
+    // cache need the squashfs as a file of its own.)
+    let into_image = pending.is_none() && nodes.len() == 1 && args.sign_key.is_none();
+    let (mut squashfs, written) = if into_image {
+        let image = work.path().join("disk.img");
+        let file = std::fs::File::create(&image)
+            .with_context(|| format!("creating {}", image.display()))?;
+        let start = plan.part(Role::SystemA)?.start;
+        let written =
+            squashfs::write_into(&usr, &file, start, squashfs_mtime, &squashfs_opts, &image)
+                .context("writing the system squashfs")?;
+        (
+            SquashfsAt::InImage(std::cell::Cell::new(Some(image))),
+            written,
+        )
+    } else {
+        let path = out_dir.join(cache::SQUASHFS);
+        let written = squashfs::write(&usr, &path, squashfs_mtime, &squashfs_opts)
+            .context("writing the system squashfs")?;
+        (SquashfsAt::File(path), written)
+    };
+    let squashfs_size = written.size;
+    let squashfs_tail_sha256 = hex::encode(written.tail_sha256);
 
     let initramfs = initramfs.wait()?;
     // Identifiers follow from what goes into the image, not from how the
     // rootfs was packed: two rootfs archives that give the same filesystems
     // give the same disk identifiers, cmdline and data filesystem.
+    // The rootfs's files are hashed by now (on the digest's thread or for
+    // the squashfs's duplicates, each once): the system's digest, from the
+    // same files, costs little.
+    let rootfs_tree_sha256 = hex::encode(rootfs_digest.wait()?);
     let seed = ids::seed(&[
         ("board", board_bytes),
         ("epoch", &epoch.to_le_bytes()),
-        ("system", squashfs_sha256.as_bytes()),
+        ("system", &ids::tree_digest(&usr, digests)?),
+        ("compression-level", &args.compression_level.to_le_bytes()),
         ("initramfs", &Sha256::digest(&initramfs)),
         ("boot-files", &found.digest()?),
         ("data", &ids::tree_digest(&data_tree, digests)?),
     ]);
-    let rootfs_tree_sha256 = hex::encode(rootfs_digest.wait()?);
     let mut state = "off";
     if let Some((store, key)) = &cached {
         state = "miss";
@@ -412,9 +458,11 @@ fn prepare_system(
                 epoch,
                 seed: hex::encode(&seed),
                 squashfs_size,
+                squashfs_tail_sha256: squashfs_tail_sha256.clone(),
                 rootfs_tree_sha256: rootfs_tree_sha256.clone(),
                 k3s: k3s.clone(),
             };
+            let squashfs_sha256 = output::sha256_file(&p.squashfs())?;
             let what = cache::ToStore {
                 squashfs_sha256: &squashfs_sha256,
                 data_tree: &base_data_tree,
@@ -422,7 +470,7 @@ fn prepare_system(
                 scalars: &scalars,
             };
             if let Some(entry) = store.keep(key, p, &what) {
-                squashfs = entry.join(cache::SQUASHFS);
+                squashfs = SquashfsAt::File(entry.join(cache::SQUASHFS));
             }
         }
     }
@@ -431,7 +479,7 @@ fn prepare_system(
         _pending: pending,
         squashfs,
         squashfs_size,
-        squashfs_sha256,
+        squashfs_tail_sha256,
         initramfs,
         data_tree,
         found,
@@ -466,9 +514,9 @@ impl System {
         Ok(System {
             _work: work,
             _pending: None,
-            squashfs: c.squashfs,
+            squashfs: SquashfsAt::File(c.squashfs),
             squashfs_size: c.scalars.squashfs_size,
-            squashfs_sha256: c.squashfs_sha256,
+            squashfs_tail_sha256: c.scalars.squashfs_tail_sha256,
             initramfs: c.initramfs,
             data_tree,
             found: c.found,
@@ -547,7 +595,7 @@ fn write_node_image(
                     &staging.output(&format!("{name}.bundle")),
                     key,
                     (board, plan, sys.epoch, &sys.found),
-                    &sys.squashfs,
+                    sys.squashfs_file()?,
                     boot_files,
                     args,
                 )?);
@@ -598,14 +646,22 @@ fn write_node_image(
         .iter()
         .map(|(start, size, p)| (*start, *size, p.as_path(), Fill::Sparse))
         .collect();
-    parts.push((
-        system.start,
-        system.size,
-        sys.squashfs.as_path(),
-        Fill::Dense,
-    ));
+    let mut present = Vec::new();
+    match &sys.squashfs {
+        SquashfsAt::File(p) => parts.push((system.start, system.size, p.as_path(), Fill::Dense)),
+        SquashfsAt::InImage(image) => {
+            let prebuilt = image
+                .take()
+                .ok_or_else(|| anyhow!("internal: the disk image holding the squashfs is taken"))?;
+            std::fs::rename(&prebuilt, &image_path).with_context(|| {
+                format!("moving {} to {}", prebuilt.display(), image_path.display())
+            })?;
+            present.push((system.start, system.size));
+        }
+    }
     let data_part = plan.part(Role::Data)?;
-    image::assemble(&image_path, total, &blobs, &parts).context("assembling the disk image")?;
+    image::assemble(&image_path, total, &blobs, &parts, &present)
+        .context("assembling the disk image")?;
 
     // Made in its place in the image, not in a temporary file: nothing is
     // copied, and the image stays sparse whatever the data partition's size.
@@ -750,11 +806,16 @@ fn image_bmap(
     let (boot, system) = (plan.part(Role::Boot)?, plan.part(Role::SystemA)?);
     meaningful.push((boot.start, boot.start + fat.metadata_bytes().min(boot.size)));
     // Slot A holds the system squashfs as it is (padded to 4 KiB, so on
-    // whole blocks): its digest is known, its bytes are not read again.
-    let known = bmap::Known {
-        start: system.start,
-        end: system.start + sys.squashfs_size.min(system.size),
-        sha256: sys.squashfs_sha256.clone(),
-    };
-    Bmap::create_with_known(image, &meaningful, &[known])
+    // whole blocks): the digest of all but its first block was taken as it
+    // was written, so those bytes are not read again.
+    let end = system.start + sys.squashfs_size.min(system.size);
+    let known: Vec<bmap::Known> = (sys.squashfs_size > squashfs::HEAD)
+        .then(|| bmap::Known {
+            start: system.start + squashfs::HEAD,
+            end,
+            sha256: sys.squashfs_tail_sha256.clone(),
+        })
+        .into_iter()
+        .collect();
+    Bmap::create_with_known(image, &meaningful, &known)
 }

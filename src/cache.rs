@@ -253,6 +253,9 @@ pub struct Scalars {
     /// Hex of the identifier seed before a node's name is mixed in.
     pub seed: String,
     pub squashfs_size: u64,
+    /// Hex SHA-256 of the squashfs after its first 4 KiB
+    /// (`squashfs::Written::tail_sha256`), for the disk image's block map.
+    pub squashfs_tail_sha256: String,
     pub rootfs_tree_sha256: String,
     pub k3s: Option<K3sInfo>,
 }
@@ -907,6 +910,7 @@ mod tests {
             epoch: 1_700_000_000,
             seed: "ab".repeat(32),
             squashfs_size: 4096,
+            squashfs_tail_sha256: "ef".repeat(32),
             rootfs_tree_sha256: "cd".repeat(32),
             k3s: None,
         }

@@ -190,36 +190,28 @@ impl FileDigests {
         self.sha256_file(path).map(hex::encode)
     }
 
-    /// The SHA-256 of a tree file's content: through the memo when it is a
-    /// file of its own on disk (a rootfs directory's), whose size must still
-    /// be the one the tree recorded.
+    /// The SHA-256 of a tree file's content: known already when this build
+    /// has hashed it; else through the memo when it is a file of its own on
+    /// disk (a rootfs directory's), whose size must still be the one the
+    /// tree recorded; else read.
     pub fn sha256_content(&self, c: &Content) -> Result<[u8; 32]> {
-        if let (Some(path), Some(_)) = (c.path(), &self.inner) {
-            let m = fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
-            let size = m.len();
-            if size != c.len() {
-                anyhow::bail!(
-                    "{} changed while the build was reading it ({} bytes, was {})",
-                    path.display(),
-                    size,
-                    c.len()
-                );
+        c.sha256_with(|c| match (c.path(), &self.inner) {
+            (Some(path), Some(_)) => {
+                let m =
+                    fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+                let size = m.len();
+                if size != c.len() {
+                    anyhow::bail!(
+                        "{} changed while the build was reading it ({} bytes, was {})",
+                        path.display(),
+                        size,
+                        c.len()
+                    );
+                }
+                self.sha256_stat(path, &m)
             }
-            return self.sha256_stat(path, &m);
-        }
-        // Larger than `io::copy`'s 8 KiB: an archive rootfs is read through
-        // here whole.
-        let mut h = Sha256::new();
-        let mut r = c.reader()?;
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = crate::io::read_full(&mut r, &mut buf)?;
-            h.update(&buf[..n]);
-            if n < buf.len() {
-                break;
-            }
-        }
-        Ok(h.finalize().into())
+            _ => Ok(c.hash_bytes()?),
+        })
     }
 
     fn recall(&self, stamp: &Stamp) -> Option<[u8; 32]> {

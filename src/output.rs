@@ -11,7 +11,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 pub struct Staging {
@@ -116,6 +116,64 @@ pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Writes a file out to disk on a thread of its own while its writer goes
+/// on: each [`Flusher::wake`] asks for an fsync of what is written so far
+/// (wakes while one runs make one more), so the final fsync that makes the
+/// file durable waits only for the last part. Without it, a large image is
+/// written to the page cache during minutes of compression and then to
+/// disk all at once at the end (a quarter of a second per 500 MB here).
+pub struct Flusher {
+    wake: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Flusher {
+    pub fn start(file: &File) -> Result<Flusher> {
+        let f = file.try_clone().context("opening the image file again")?;
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("flusher".into())
+            .spawn(move || {
+                for () in woken {
+                    f.sync_data()?;
+                }
+                Ok(())
+            })
+            .context("starting a thread to flush the image to disk")?;
+        Ok(Flusher {
+            wake: Some(wake),
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for an fsync soon; never waits.
+    pub fn wake(&self) {
+        if let Some(w) = &self.wake {
+            let _ = w.try_send(());
+        }
+    }
+
+    /// Waits for the fsync under way; its error, if it failed.
+    pub fn stop(mut self) -> Result<()> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<()> {
+        self.wake = None;
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r.context("flushing the image to disk"),
+            Some(Err(_)) => bail!("the thread flushing the image to disk panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        let _ = self.join();
+    }
+}
+
 /// Flushes a file written by other programs to disk.
 pub fn sync(path: &Path) -> Result<()> {
     File::open(path)
@@ -137,6 +195,27 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flushed_file_holds_what_was_written_and_stop_reports_success() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let f = File::create(&p).unwrap();
+        let flusher = Flusher::start(&f).unwrap();
+        let mut want = Vec::new();
+        for i in 0..8u8 {
+            let chunk = vec![i; 256 * 1024];
+            f.write_all_at(&chunk, want.len() as u64).unwrap();
+            want.extend_from_slice(&chunk);
+            flusher.wake();
+        }
+        flusher.stop().unwrap();
+        assert!(fs::read(&p).unwrap() == want);
+        // Dropped without stop: the thread is joined, nothing hangs.
+        let f2 = File::create(dir.path().join("g")).unwrap();
+        Flusher::start(&f2).unwrap().wake();
+    }
 
     #[test]
     fn sha256_of_a_sparse_file_is_that_of_its_bytes() {

@@ -315,6 +315,7 @@ mod tests {
             total,
             &[(0, &t.primary), (t.backup_offset, &t.backup)],
             &[],
+            &[],
         )
         .unwrap();
     }

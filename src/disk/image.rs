@@ -23,21 +23,29 @@ pub enum Fill {
     Dense,
 }
 
-/// Creates `out` of exactly `total` bytes: each partition image copied at its
-/// offset (it must fit its slot of `max size` bytes; the rest of the slot stays
-/// zero), then the table `blobs` written at theirs, then fsync. Regions must lie
-/// inside the image and must not overlap. An existing `out` is replaced in
-/// place; the caller writes to a temporary name and renames.
+/// Makes `out` a disk image of exactly `total` bytes: each partition image
+/// copied at its offset (it must fit its slot of `max size` bytes; the rest of
+/// the slot stays zero), then the table `blobs` written at theirs, then fsync.
+/// Regions must lie inside the image and must not overlap. With no `present`
+/// regions, `out` is created (an existing file replaced in place; the caller
+/// writes to a temporary name and renames); `present` names regions (offset,
+/// size) an existing `out` already holds, written there by their maker (the
+/// system squashfs), which are kept.
 pub fn assemble(
     out: &Path,
     total: u64,
     blobs: &[(u64, &[u8])],
     partitions: &[(u64, u64, &Path, Fill)],
+    present: &[(u64, u64)],
 ) -> Result<()> {
     // Check everything before creating the file.
-    check(total, blobs, partitions)?;
+    check(total, blobs, partitions, present)?;
     let ctx = || format!("writing disk image {}", out.display());
-    let mut f = File::create(out).with_context(ctx)?;
+    let mut f = match present.is_empty() {
+        true => File::create(out),
+        false => std::fs::OpenOptions::new().write(true).open(out),
+    }
+    .with_context(ctx)?;
     f.set_len(total).with_context(ctx)?;
     for (off, max, path, fill) in partitions {
         match fill {
@@ -56,8 +64,20 @@ pub fn assemble(
 
 /// The checks of `assemble`: every partition image fits its slot, every
 /// region lies inside the image, none overlaps another.
-fn check(total: u64, blobs: &[(u64, &[u8])], partitions: &[(u64, u64, &Path, Fill)]) -> Result<()> {
+fn check(
+    total: u64,
+    blobs: &[(u64, &[u8])],
+    partitions: &[(u64, u64, &Path, Fill)],
+    present: &[(u64, u64)],
+) -> Result<()> {
     let mut regions: Vec<(u64, u64, String)> = Vec::new();
+    for (off, len) in present {
+        regions.push((
+            *off,
+            *len,
+            format!("the region at offset {off} already written"),
+        ));
+    }
     for (off, data) in blobs {
         regions.push((*off, data.len() as u64, format!("table at offset {off}")));
     }
@@ -126,6 +146,7 @@ mod tests {
                 (65536, 1 << 20, &a, Fill::Sparse),
                 ((1 << 20) + 65536, 4096, &b, Fill::Dense),
             ],
+            &[],
         )
         .unwrap();
         let got = std::fs::read(&out).unwrap();
@@ -159,6 +180,7 @@ mod tests {
             total,
             &[(0, &[1u8; 512])],
             &[(1 << 20, 200 << 20, &part, Fill::Sparse)],
+            &[],
         )
         .unwrap();
         let md = std::fs::metadata(&out).unwrap();
@@ -223,6 +245,7 @@ mod tests {
                 (placed[0].start, placed[0].size, &bp, Fill::Sparse),
                 (placed[3].start, placed[3].size, &dp, Fill::Sparse),
             ],
+            &[],
         )
         .unwrap();
         assert!(
@@ -261,13 +284,65 @@ mod tests {
         );
     }
 
+    /// A region the image already holds (the squashfs written in place) is
+    /// kept as it is; the rest is assembled around it, and nothing may
+    /// overlap it.
+    #[test]
+    fn present_regions_are_kept_and_guarded() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("disk.img");
+        let held = pattern(5000, 3);
+        std::fs::File::create(&out)
+            .unwrap()
+            .write_all_at(&held, 65536)
+            .unwrap();
+        let part = dir.path().join("p.img");
+        std::fs::write(&part, pattern(3000, 4)).unwrap();
+        let blob = pattern(512, 5);
+        let total = 1 << 20;
+        assemble(
+            &out,
+            total,
+            &[(0, &blob)],
+            &[(131072, 65536, &part, Fill::Sparse)],
+            &[(65536, 65536)],
+        )
+        .unwrap();
+        let got = std::fs::read(&out).unwrap();
+        let mut want = vec![0u8; total as usize];
+        want[..512].copy_from_slice(&blob);
+        want[65536..65536 + 5000].copy_from_slice(&held);
+        want[131072..131072 + 3000].copy_from_slice(&pattern(3000, 4));
+        assert!(got == want, "assembled bytes differ");
+
+        let e = assemble(
+            &out,
+            total,
+            &[],
+            &[(100_000, 65536, &part, Fill::Sparse)],
+            &[(65536, 65536)],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("overlaps"), "{e}");
+        let e = assemble(&dir.path().join("none.img"), total, &[], &[], &[(0, 4096)]).unwrap_err();
+        assert!(format!("{e:#}").contains("none.img"), "{e:#}");
+    }
+
     #[test]
     fn oversized_partition_image_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let part = dir.path().join("system.squashfs");
         std::fs::write(&part, vec![1u8; 5000]).unwrap();
         let out = dir.path().join("disk.img");
-        let e = assemble(&out, 1 << 20, &[], &[(4096, 4096, &part, Fill::Sparse)]).unwrap_err();
+        let e = assemble(
+            &out,
+            1 << 20,
+            &[],
+            &[(4096, 4096, &part, Fill::Sparse)],
+            &[],
+        )
+        .unwrap_err();
         let msg = format!("{e:#}");
         assert!(msg.contains("system.squashfs"), "{msg}");
         assert!(msg.contains("5000 bytes"), "{msg}");
@@ -284,13 +359,14 @@ mod tests {
         let part = dir.path().join("p.img");
         std::fs::write(&part, [1u8; 10]).unwrap();
         let out = dir.path().join("disk.img");
-        let e = assemble(&out, 8192, &[], &[(4096, 8192, &part, Fill::Dense)]).unwrap_err();
+        let e = assemble(&out, 8192, &[], &[(4096, 8192, &part, Fill::Dense)], &[]).unwrap_err();
         assert!(e.to_string().contains("does not fit"), "{e}");
         let e = assemble(
             &out,
             8192,
             &[(4000, &[1u8; 200])],
             &[(4096, 4096, &part, Fill::Sparse)],
+            &[],
         )
         .unwrap_err();
         assert!(e.to_string().contains("overlaps"), "{e}");
@@ -300,6 +376,7 @@ mod tests {
             8192,
             &[(4000, &[1u8; 200]), (4050, &[])],
             &[(4096, 4096, &part, Fill::Sparse)],
+            &[],
         )
         .unwrap_err();
         assert!(e.to_string().contains("overlaps"), "{e}");
@@ -308,6 +385,7 @@ mod tests {
             8192,
             &[],
             &[(0, 100, &dir.path().join("missing.img"), Fill::Sparse)],
+            &[],
         )
         .unwrap_err();
         assert!(e.to_string().contains("missing.img"), "{e}");

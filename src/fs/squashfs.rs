@@ -37,16 +37,22 @@
 //! 65535 distinct uids/gids.
 //!
 //! Parallel and deterministic: data blocks and fragment blocks are laid out in
-//! a fixed order (files in path order) before anything is compressed; worker
-//! threads compress them in any order and the writer puts the results down in
-//! that fixed order, so the image depends only on the tree, `mtime` and the
-//! level, never on the thread count or scheduling. At most 64 blocks (or four
-//! per thread, if more) are in flight, so memory does not grow with the tree's
-//! content size.
+//! a fixed order (files in path order, `Jobs`), as the workers ask for them;
+//! worker threads compress them in any order and the writer puts the results
+//! down in that fixed order, so the image depends only on the tree, `mtime`
+//! and the level, never on the thread count or scheduling. At most 64 blocks
+//! (or four per thread, if more) are in flight, so memory does not grow with
+//! the tree's content size.
 //!
-//! File contents are read only through `read_content`, 128 KiB at a time,
-//! from wherever the tree says they are (`tree::Content`: memory, a rootfs
-//! file's path, or a range of the spill file).
+//! Where it goes: a file of its own (`write`) or a partition of a disk image
+//! (`write_into`, so the image is not copied there afterwards); either way it
+//! is flushed to disk as it is written and the SHA-256 of all but its first
+//! 4 KiB is taken on the way (`Written`), for the disk image's block map.
+//!
+//! File contents are read through `read_content`, 128 KiB at a time, from
+//! wherever the tree says they are (`tree::Content`: memory, a rootfs file's
+//! path, or a range of the spill file); the duplicate check takes each
+//! file's SHA-256 from `Content::sha256`, computed once per build.
 //!
 //! Default level, measured with `perf::levels_on_test_rootfs` (ours vs
 //! `mksquashfs -comp zstd -Xcompression-level L -b 131072 -noappend`, both on
@@ -75,9 +81,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -157,16 +163,54 @@ impl Default for Options {
 /// What squashfs cannot store is refused before `out` is touched; if writing
 /// fails later, the partial file is removed (its superblock, written last,
 /// would be zeros anyway).
-pub fn write(tree: &Tree, out: &Path, mtime: u32, opts: &Options) -> Result<u64> {
+/// The image's first bytes, which hold the superblock (written last): they
+/// are not in [`Written::tail_sha256`].
+pub const HEAD: u64 = PAD;
+
+/// What [`write`] made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The image's size, padded to 4 KiB (so at least [`HEAD`]).
+    pub size: u64,
+    /// SHA-256 of the image after its first [`HEAD`] bytes, hashed as it
+    /// was written: with the head's, all a block map of the image needs,
+    /// without reading it back.
+    pub tail_sha256: [u8; 32],
+}
+
+/// Writes the squashfs of `tree` to a new file `out` (removed again if
+/// anything fails).
+pub fn write(tree: &Tree, out: &Path, mtime: u32, opts: &Options) -> Result<Written> {
     let res = (|| {
         let plan = Plan::new(tree, opts)?;
-        let written = plan.write(out, mtime);
+        let file = File::create(out).context("creating the image file")?;
+        let written = plan.write(&file, 0, mtime);
         if written.is_err() {
             let _ = std::fs::remove_file(out);
         }
         written
     })();
     res.with_context(|| format!("writing squashfs {}", out.display()))
+}
+
+/// Writes the squashfs of `tree` into `file` from byte `offset` on (a
+/// partition of a disk image), flushing it to disk as it goes; the bytes
+/// after the image are not touched. `what` names the file for errors.
+pub fn write_into(
+    tree: &Tree,
+    file: &File,
+    offset: u64,
+    mtime: u32,
+    opts: &Options,
+    what: &Path,
+) -> Result<Written> {
+    let res = Plan::new(tree, opts).and_then(|plan| plan.write(file, offset, mtime));
+    res.with_context(|| {
+        format!(
+            "writing the squashfs into {} at offset {offset}",
+            what.display()
+        )
+    })
 }
 
 // ------------------------------------------------------------------ contents
@@ -183,27 +227,6 @@ fn read_content(data: &Data, offset: u64, len: usize, buf: &mut Vec<u8>) -> Resu
 /// A file's content size.
 fn content_len(data: &Data) -> u64 {
     data.len()
-}
-
-/// SHA-256 of a whole file's content, read block by block.
-fn content_hash(data: &Data) -> Result<[u8; 32]> {
-    let len = content_len(data);
-    let mut h = Sha256::new();
-    let mut buf = Vec::with_capacity(BLOCK);
-    let mut off = 0u64;
-    while off < len {
-        let n = block_len(len - off);
-        buf.clear();
-        read_content(data, off, n, &mut buf)?;
-        h.update(&buf);
-        off += n as u64;
-    }
-    Ok(h.finalize().into())
-}
-
-/// `min(rest, BLOCK)` as a usize.
-fn block_len(rest: u64) -> usize {
-    usize::try_from(rest.min(BLOCK as u64)).unwrap_or(BLOCK)
 }
 
 // ------------------------------------------------------------------ the plan
@@ -248,6 +271,135 @@ enum Job<'a> {
     },
 }
 
+/// The compression jobs in image order, made as they are asked for: file
+/// after file in path order, each distinct content's full blocks, its tail
+/// appended to the open fragment block, which is closed (and becomes a job)
+/// when the next tail does not fit.
+///
+/// Exact duplicates are stored once: only files of equal size can be equal,
+/// and those are told apart by the SHA-256 of their whole content
+/// (`Content::sha256`, computed once per build). A file's digest is needed
+/// only when its turn comes, so compression starts at once; the digests are
+/// usually there by then, computed ahead on the rootfs digest's thread.
+struct Jobs<'f, 'a> {
+    files: &'f [FileInode<'a>],
+    /// How many files have each size.
+    sizes: HashMap<u64, usize>,
+    /// Files passed so far.
+    next_file: usize,
+    content_of: HashMap<(u64, Option<[u8; 32]>), usize>,
+    /// Each passed file's content (index into `contents`).
+    file_content: Vec<usize>,
+    /// Each distinct content's size and fragment (index, offset).
+    contents: Vec<(u64, Option<(u32, u32)>)>,
+    frag_pieces: Vec<(&'a str, &'a Data, u64, usize)>,
+    frag_len: usize,
+    frag_count: u32,
+    queue: std::collections::VecDeque<Job<'a>>,
+    issued: usize,
+}
+
+impl<'f, 'a> Jobs<'f, 'a> {
+    fn new(files: &'f [FileInode<'a>]) -> Self {
+        let mut sizes: HashMap<u64, usize> = HashMap::new();
+        for f in files {
+            *sizes.entry(content_len(f.data)).or_default() += 1;
+        }
+        Jobs {
+            files,
+            sizes,
+            next_file: 0,
+            content_of: HashMap::new(),
+            file_content: Vec::with_capacity(files.len()),
+            contents: Vec::new(),
+            frag_pieces: Vec::new(),
+            frag_len: 0,
+            frag_count: 0,
+            queue: Default::default(),
+            issued: 0,
+        }
+    }
+
+    /// The next job and its place in image order; `None` when all are out.
+    fn next(&mut self) -> Result<Option<(usize, Job<'a>)>> {
+        while self.queue.is_empty() {
+            if !self.pass_file()? {
+                break;
+            }
+        }
+        let Some(job) = self.queue.pop_front() else {
+            return Ok(None);
+        };
+        let i = self.issued;
+        self.issued += 1;
+        Ok(Some((i, job)))
+    }
+
+    /// Queues the jobs of the next file (none for a duplicate; the last
+    /// fragment block after the last file); false when there is no more.
+    fn pass_file(&mut self) -> Result<bool> {
+        let Some(f) = self.files.get(self.next_file) else {
+            if self.frag_pieces.is_empty() {
+                return Ok(false);
+            }
+            self.close_fragment()?;
+            return Ok(true);
+        };
+        self.next_file += 1;
+        let (path, data) = (f.path, f.data);
+        let size = content_len(data);
+        // Files of a size no other file has need no digest: the size is the key.
+        let shared = size > 0 && self.sizes.get(&size).copied().unwrap_or(0) > 1;
+        let digest = match shared {
+            true => Some(data.sha256().with_context(|| format!("reading /{path}"))?),
+            false => None,
+        };
+        let n = self.contents.len();
+        let c = *self.content_of.entry((size, digest)).or_insert(n);
+        self.file_content.push(c);
+        if c != n {
+            return Ok(true);
+        }
+        let full = size / BLOCK as u64;
+        let tail = usize::try_from(size % BLOCK as u64).context("tail size")?;
+        for b in 0..full {
+            self.queue.push_back(Job::Block {
+                content: c,
+                path,
+                data,
+                offset: b * BLOCK as u64,
+                len: BLOCK,
+            });
+        }
+        let mut fragment = None;
+        if tail > 0 {
+            if self.frag_len + tail > BLOCK {
+                self.close_fragment()?;
+            }
+            let offset = u32::try_from(self.frag_len).context("fragment offset")?;
+            fragment = Some((self.frag_count, offset));
+            self.frag_pieces
+                .push((path, data, full * BLOCK as u64, tail));
+            self.frag_len += tail;
+        }
+        self.contents.push((size, fragment));
+        Ok(true)
+    }
+
+    fn close_fragment(&mut self) -> Result<()> {
+        self.queue.push_back(Job::Fragment {
+            index: self.frag_count,
+            pieces: std::mem::take(&mut self.frag_pieces),
+        });
+        self.frag_count = self
+            .frag_count
+            .checked_add(1)
+            .ok_or_else(|| anyhow!("too many fragments"))?;
+        self.frag_len = 0;
+        Ok(())
+    }
+}
+
 /// A compressed job.
 enum Done {
     Sparse,
@@ -263,9 +415,8 @@ struct Plan<'a> {
     /// File inodes by the address of their shared `Data`.
     file_of: HashMap<usize, usize>,
     files: Vec<FileInode<'a>>,
+    /// Each distinct content's place, known once its blocks are written.
     contents: Vec<Layout>,
-    /// First file (index into `files`) of each content, to read it from.
-    content_source: Vec<usize>,
     /// uid/gid -> index in the id table.
     ids: BTreeMap<u32, u16>,
 }
@@ -275,7 +426,7 @@ fn data_key(d: &Data) -> usize {
 }
 
 impl<'a> Plan<'a> {
-    /// Checks the tree and decides what to store once.
+    /// Checks the tree and lists its inodes.
     fn new(tree: &'a Tree, opts: &Options) -> Result<Plan<'a>> {
         if !LEVELS.contains(&opts.compression_level) {
             bail!(
@@ -328,110 +479,20 @@ impl<'a> Plan<'a> {
             *v = u16::try_from(i).context("id table index")?;
         }
 
-        // Duplicates: only files of equal size can be equal; those are hashed
-        // whole (in parallel), the rest need no hash.
-        let mut by_size: HashMap<u64, usize> = HashMap::new();
-        for f in &files {
-            *by_size.entry(content_len(f.data)).or_default() += 1;
-        }
-        let to_hash: Vec<usize> = (0..files.len())
-            .filter(|&i| {
-                let len = content_len(files[i].data);
-                len > 0 && by_size.get(&len).copied().unwrap_or(0) > 1
-            })
-            .collect();
-        let hashes = parallel_map(&to_hash, threads(opts), |&i| {
-            content_hash(files[i].data).with_context(|| format!("reading /{}", files[i].path))
-        })?;
-        let hash_of: HashMap<usize, [u8; 32]> = to_hash.into_iter().zip(hashes).collect();
-        let mut content_of: HashMap<(u64, Option<[u8; 32]>), usize> = HashMap::new();
-        let mut contents = Vec::new();
-        let mut content_source = Vec::new();
-        for (i, f) in files.iter_mut().enumerate() {
-            let size = content_len(f.data);
-            // Unhashed files have a unique size (or are empty): the size is the key.
-            let key = (size, hash_of.get(&i).copied());
-            let n = contents.len();
-            let c = *content_of.entry(key).or_insert(n);
-            if c == n {
-                contents.push(Layout {
-                    size,
-                    ..Layout::default()
-                });
-                content_source.push(i);
-            }
-            f.content = c;
-        }
         Ok(Plan {
             tree,
             opts: opts.clone(),
             children,
             file_of,
             files,
-            contents,
-            content_source,
+            contents: Vec::new(),
             ids,
         })
     }
 
-    /// The compression jobs in image order: each distinct content's blocks,
-    /// its tail appended to the open fragment block, which is closed (and
-    /// becomes a job) when the next tail does not fit.
-    fn jobs(&mut self) -> Result<(Vec<Job<'a>>, u32)> {
-        let mut jobs = Vec::new();
-        let mut frag_pieces: Vec<(&str, &Data, u64, usize)> = Vec::new();
-        let mut frag_len = 0usize;
-        let mut frag_count = 0u32;
-        for c in 0..self.contents.len() {
-            let source = &self.files[self.content_source[c]];
-            let (path, data) = (source.path, source.data);
-            let size = self.contents[c].size;
-            let full = size / BLOCK as u64;
-            let tail = usize::try_from(size % BLOCK as u64).context("tail size")?;
-            for b in 0..full {
-                jobs.push(Job::Block {
-                    content: c,
-                    path,
-                    data,
-                    offset: b * BLOCK as u64,
-                    len: BLOCK,
-                });
-            }
-            if tail > 0 {
-                if frag_len + tail > BLOCK {
-                    jobs.push(Job::Fragment {
-                        index: frag_count,
-                        pieces: std::mem::take(&mut frag_pieces),
-                    });
-                    frag_count = frag_count
-                        .checked_add(1)
-                        .ok_or_else(|| anyhow!("too many fragments"))?;
-                    frag_len = 0;
-                }
-                self.contents[c].fragment = Some((
-                    frag_count,
-                    u32::try_from(frag_len).context("fragment offset")?,
-                ));
-                frag_pieces.push((path, data, full * BLOCK as u64, tail));
-                frag_len += tail;
-            }
-        }
-        if !frag_pieces.is_empty() {
-            jobs.push(Job::Fragment {
-                index: frag_count,
-                pieces: frag_pieces,
-            });
-            frag_count = frag_count
-                .checked_add(1)
-                .ok_or_else(|| anyhow!("too many fragments"))?;
-        }
-        Ok((jobs, frag_count))
-    }
-
-    fn write(mut self, out: &Path, mtime: u32) -> Result<u64> {
+    fn write(mut self, file: &File, base: u64, mtime: u32) -> Result<Written> {
         let level = self.opts.compression_level;
-        let file = File::create(out).context("creating the image file")?;
-        let mut w = BufWriter::with_capacity(1 << 20, file);
+        let mut w = Out::new(file, base)?;
         // The superblock is written last: until then the image has no magic.
         w.write_all(&[0u8; SUPERBLOCK_SIZE as usize])
             .context("writing the image")?;
@@ -442,11 +503,11 @@ impl<'a> Plan<'a> {
         let mut pos: u64 = SUPERBLOCK_SIZE + 2 + 4;
 
         // Data and fragment blocks.
-        let (jobs, frag_count) = self.jobs()?;
-        let mut frag_table: Vec<(u64, u32)> = vec![(0, 0); frag_count as usize];
+        let mut layouts: Vec<Layout> = Vec::new();
+        let mut frag_table: Vec<(u64, u32)> = Vec::new();
+        let source = Mutex::new(Jobs::new(&self.files));
         {
-            let contents = &mut self.contents;
-            let mut sink = |i: usize, done: Done| -> Result<()> {
+            let mut sink = |job: &Job, done: Done| -> Result<()> {
                 let (size, bytes) = match done {
                     Done::Sparse => (0u32, None),
                     Done::Stored { bytes, compressed } => {
@@ -455,9 +516,12 @@ impl<'a> Plan<'a> {
                         (len | flag, Some(bytes))
                     }
                 };
-                match &jobs[i] {
+                match job {
                     Job::Block { content, .. } => {
-                        let l = &mut contents[*content];
+                        if layouts.len() <= *content {
+                            layouts.resize_with(content + 1, Layout::default);
+                        }
+                        let l = &mut layouts[*content];
                         if l.blocks.is_empty() {
                             l.start = pos;
                         }
@@ -467,7 +531,11 @@ impl<'a> Plan<'a> {
                         }
                     }
                     Job::Fragment { index, .. } => {
-                        frag_table[*index as usize] = (pos, size);
+                        let i = *index as usize;
+                        if frag_table.len() <= i {
+                            frag_table.resize(i + 1, (0, 0));
+                        }
+                        frag_table[i] = (pos, size);
                     }
                 }
                 if let Some(b) = bytes {
@@ -478,9 +546,28 @@ impl<'a> Plan<'a> {
                 }
                 Ok(())
             };
-            run_jobs(&jobs, threads(&self.opts), level, &mut sink)?;
+            run_jobs(&source, threads(&self.opts), level, &mut sink)?;
         }
-        drop(jobs);
+        let jobs = source
+            .into_inner()
+            .map_err(|_| anyhow!("a compression thread panicked"))?;
+        let (frag_count, file_content, contents) =
+            (jobs.frag_count, jobs.file_content, jobs.contents);
+        if frag_table.len() != frag_count as usize {
+            bail!(
+                "internal: {} fragment blocks written of {frag_count}",
+                frag_table.len()
+            );
+        }
+        for (f, c) in self.files.iter_mut().zip(&file_content) {
+            f.content = *c;
+        }
+        layouts.resize_with(contents.len(), Layout::default);
+        for (l, (size, fragment)) in layouts.iter_mut().zip(&contents) {
+            l.size = *size;
+            l.fragment = *fragment;
+        }
+        self.contents = layouts;
 
         // Inode and directory tables.
         let mut inodes = MetaWriter::new(level)?;
@@ -541,12 +628,11 @@ impl<'a> Plan<'a> {
         sb.extend_from_slice(&dir_table.to_le_bytes());
         sb.extend_from_slice(&fragment_table.to_le_bytes());
         sb.extend_from_slice(&NOT_SET.to_le_bytes()); // export table
-        let mut file = w.into_inner().map_err(|e| e.into_error())?;
-        file.seek(SeekFrom::Start(0))
-            .and_then(|_| file.write_all(&sb))
-            .and_then(|_| file.flush())
-            .context("writing the superblock")?;
-        Ok(padded)
+        let tail_sha256 = w.finish(&sb)?;
+        Ok(Written {
+            size: padded,
+            tail_sha256,
+        })
     }
 
     /// What is written for each inode, in order: a directory's subdirectories
@@ -1087,6 +1173,89 @@ fn write_indexed_table(
     Ok(index_at)
 }
 
+// ------------------------------------------------------------------ output
+
+/// Where the image goes: `file` from `base` on, written in order through a
+/// 1 MiB buffer with positioned writes (so bytes around the image are not
+/// touched). It hashes what follows the first [`HEAD`] bytes (where the
+/// superblock goes last) as it passes, and it has the kernel
+/// write each 64 MiB out to disk while compression goes on, so the fsync
+/// that makes the finished image durable finds little left to do.
+struct Out<'f> {
+    file: &'f File,
+    base: u64,
+    /// Bytes accepted so far.
+    len: u64,
+    /// The bytes accepted after the last flush.
+    buf: Vec<u8>,
+    tail: Sha256,
+    flusher: crate::output::Flusher,
+    /// Bytes written to the file when the flusher was last woken.
+    flushed_at: u64,
+}
+
+/// How much is written between two flushes to disk.
+const FLUSH_EVERY: u64 = 64 << 20;
+const OUT_BUFFER: usize = 1 << 20;
+
+impl<'f> Out<'f> {
+    fn new(file: &'f File, base: u64) -> Result<Out<'f>> {
+        Ok(Out {
+            file,
+            base,
+            len: 0,
+            buf: Vec::with_capacity(OUT_BUFFER),
+            tail: Sha256::new(),
+            flusher: crate::output::Flusher::start(file)?,
+            flushed_at: 0,
+        })
+    }
+
+    fn write_buf(&mut self) -> std::io::Result<()> {
+        let start = self.len - self.buf.len() as u64;
+        let at = self.base.checked_add(start).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "image offset too large")
+        })?;
+        self.file.write_all_at(&self.buf, at)?;
+        self.buf.clear();
+        if self.len - self.flushed_at >= FLUSH_EVERY {
+            self.flusher.wake();
+            self.flushed_at = self.len;
+        }
+        Ok(())
+    }
+
+    /// Writes what is buffered and the superblock `sb` at the start; returns
+    /// the SHA-256 of everything after the head.
+    fn finish(mut self, sb: &[u8]) -> Result<[u8; 32]> {
+        self.write_buf().context("writing the image")?;
+        self.file
+            .write_all_at(sb, self.base)
+            .context("writing the superblock")?;
+        self.flusher.stop()?;
+        Ok(self.tail.finalize().into())
+    }
+}
+
+impl Write for Out<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let in_head = usize::try_from(HEAD.saturating_sub(self.len))
+            .unwrap_or(usize::MAX)
+            .min(bytes.len());
+        self.tail.update(&bytes[in_head..]);
+        self.buf.extend_from_slice(bytes);
+        self.len += bytes.len() as u64;
+        if self.buf.len() >= OUT_BUFFER {
+            self.write_buf()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.write_buf()
+    }
+}
+
 // ------------------------------------------------------------ compression
 
 /// Reads and compresses one job.
@@ -1130,25 +1299,32 @@ fn compress_job(
     })
 }
 
-/// Compresses `jobs` on `threads` threads and hands the results to `sink`
-/// strictly in job order. At most [`window`] jobs are in flight (read,
-/// compressed or waiting for an earlier one), so memory stays bounded.
-fn run_jobs(
-    jobs: &[Job],
+/// Compresses the jobs of `source` on `threads` threads and hands the
+/// results to `sink` strictly in job order. At most [`window`] jobs are in
+/// flight (read, compressed or waiting for an earlier one), so memory stays
+/// bounded.
+fn run_jobs<'a>(
+    source: &Mutex<Jobs<'_, 'a>>,
     threads: usize,
     level: i32,
-    sink: &mut dyn FnMut(usize, Done) -> Result<()>,
+    sink: &mut dyn FnMut(&Job<'a>, Done) -> Result<()>,
 ) -> Result<()> {
-    if threads <= 1 || jobs.len() <= 1 {
+    let next = || -> Result<Option<(usize, Job<'a>)>> {
+        source
+            .lock()
+            .map_err(|_| anyhow!("a compression thread panicked"))?
+            .next()
+    };
+    if threads <= 1 {
         let mut zstd = compressor(level)?;
         let mut buf = Vec::with_capacity(BLOCK);
-        for (i, job) in jobs.iter().enumerate() {
-            sink(i, compress_job(job, &mut zstd, &mut buf)?)?;
+        while let Some((_, job)) = next()? {
+            let done = compress_job(&job, &mut zstd, &mut buf)?;
+            sink(&job, done)?;
         }
         return Ok(());
     }
     let window = window(threads);
-    let next = AtomicUsize::new(0);
     // One token per job allowed in flight; the writer returns one per job written.
     let (tok_tx, tok_rx) = mpsc::channel::<()>();
     for _ in 0..window {
@@ -1157,7 +1333,7 @@ fn run_jobs(
             .map_err(|_| anyhow!("token channel closed"))?;
     }
     let tok_rx = Mutex::new(tok_rx);
-    let (res_tx, res_rx) = mpsc::channel::<(usize, Result<Done>)>();
+    let (res_tx, res_rx) = mpsc::channel::<Result<(usize, Job<'a>, Done)>>();
     std::thread::scope(|s| {
         for _ in 0..threads {
             let res_tx = res_tx.clone();
@@ -1166,7 +1342,7 @@ fn run_jobs(
                 let mut zstd = match compressor(level) {
                     Ok(z) => z,
                     Err(e) => {
-                        let _ = res_tx.send((usize::MAX, Err(e)));
+                        let _ = res_tx.send(Err(e));
                         return;
                     }
                 };
@@ -1176,10 +1352,14 @@ fn run_jobs(
                     if !token {
                         return;
                     }
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(job) = jobs.get(i) else { return };
-                    let r = compress_job(job, &mut zstd, &mut buf);
-                    if res_tx.send((i, r)).is_err() {
+                    let r = match next() {
+                        Ok(None) => return,
+                        Ok(Some((i, job))) => {
+                            compress_job(&job, &mut zstd, &mut buf).map(|done| (i, job, done))
+                        }
+                        Err(e) => Err(e),
+                    };
+                    if res_tx.send(r).is_err() {
                         return;
                     }
                 }
@@ -1189,16 +1369,18 @@ fn run_jobs(
         let result = (|| -> Result<()> {
             let mut pending = BTreeMap::new();
             let mut expected = 0usize;
-            while expected < jobs.len() {
-                let (i, r) = res_rx
-                    .recv()
-                    .map_err(|_| anyhow!("compression threads stopped early"))?;
-                pending.insert(i, r?);
-                while let Some(done) = pending.remove(&expected) {
-                    sink(expected, done)?;
+            // Until every worker has found no more jobs and hung up.
+            while let Ok(r) = res_rx.recv() {
+                let (i, job, done) = r?;
+                pending.insert(i, (job, done));
+                while let Some((job, done)) = pending.remove(&expected) {
+                    sink(&job, done)?;
                     expected += 1;
                     let _ = tok_tx.send(());
                 }
+            }
+            if !pending.is_empty() {
+                bail!("internal: compressed blocks left unwritten");
             }
             Ok(())
         })();
@@ -1219,38 +1401,6 @@ fn window(threads: usize) -> usize {
     threads.saturating_mul(4).max(64)
 }
 
-/// `f` over `items` on `threads` threads, results in item order.
-fn parallel_map<T: Sync, R: Send>(
-    items: &[T],
-    threads: usize,
-    f: impl Fn(&T) -> Result<R> + Sync,
-) -> Result<Vec<R>> {
-    if threads <= 1 || items.len() <= 1 {
-        return items.iter().map(f).collect();
-    }
-    let next = AtomicUsize::new(0);
-    let slots: Vec<Mutex<Option<Result<R>>>> = items.iter().map(|_| Mutex::new(None)).collect();
-    std::thread::scope(|s| {
-        for _ in 0..threads.min(items.len()) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(item) = items.get(i) else { break };
-                let r = f(item);
-                if let Ok(mut slot) = slots[i].lock() {
-                    *slot = Some(r);
-                }
-            });
-        }
-    });
-    slots
-        .into_iter()
-        .map(|m| {
-            m.into_inner()
-                .map_err(|_| anyhow!("a worker thread failed"))?
-                .ok_or_else(|| anyhow!("a worker thread failed"))?
-        })
-        .collect()
-}
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -1631,14 +1781,47 @@ pub(crate) mod tests {
         assert_extracted_matches(&tree, &dest, true, true);
     }
 
+    /// Written into a partition of a larger file, the image is the one
+    /// `write` makes alone, with the same digest, and the bytes around it
+    /// are untouched.
+    #[test]
+    fn written_in_place_it_is_the_same_image_and_touches_nothing_else() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tree = full_tree();
+        let alone = dir.path().join("alone.squashfs");
+        let w1 = write(&tree, &alone, 7, &opts(3, 2)).unwrap();
+        let image = std::fs::read(&alone).unwrap();
+        let disk = dir.path().join("disk.img");
+        let offset = (1 << 20) + 512;
+        let total = offset + w1.size as usize + 8192;
+        std::fs::write(&disk, vec![0xabu8; total]).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        let w2 = write_into(&tree, &f, offset as u64, 7, &opts(3, 2), &disk).unwrap();
+        assert_eq!(w1, w2);
+        let mut got = vec![0u8; total];
+        std::fs::File::open(&disk)
+            .unwrap()
+            .read_exact_at(&mut got, 0)
+            .unwrap();
+        assert!(got[offset..offset + image.len()] == image[..]);
+        assert!(got[..offset].iter().all(|&b| b == 0xab));
+        assert!(got[offset + image.len()..].iter().all(|&b| b == 0xab));
+    }
+
     #[test]
     fn superblock_has_zstd_128k_blocks_and_given_time() {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("t.squashfs");
-        let size = write(&sample_tree(), &img, 1_234_567_890, &Options::default()).unwrap();
+        let written = write(&sample_tree(), &img, 1_234_567_890, &Options::default()).unwrap();
         let bytes = std::fs::read(&img).unwrap();
-        assert_eq!(size, bytes.len() as u64);
-        assert_eq!(size % 4096, 0, "padded to 4 KiB");
+        assert_eq!(written.size, bytes.len() as u64);
+        assert_eq!(written.size % 4096, 0, "padded to 4 KiB");
+        assert_eq!(
+            written.tail_sha256,
+            <[u8; 32]>::from(Sha256::digest(&bytes[HEAD as usize..])),
+            "the tail digest is that of the bytes after the head"
+        );
         assert_eq!(&bytes[8..12], &1_234_567_890u32.to_le_bytes(), "mod_time");
         let out = Command::new("unsquashfs")
             .arg("-s")

@@ -10,6 +10,11 @@
 //! small files they need whole (kernel, device trees, ELF headers), `bytes()`.
 //! A file that changed length since the tree was read is an error, never a
 //! silently shorter or longer file.
+//!
+//! A file's SHA-256 is computed at most once per build and kept with it
+//! (`sha256`): the squashfs writer's duplicate check and the tree digests
+//! (build.json, the system cache's key, the identifiers' seed) all need it,
+//! and a 2 GB rootfs took a second of CPU to hash for each of them.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -17,12 +22,16 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use sha2::{Digest, Sha256};
 
 /// The bytes of one regular file (shared by its hard links through an `Arc`).
 pub struct Content {
     len: u64,
     source: Source,
+    /// The SHA-256 of the bytes, once something has computed it.
+    sha256: OnceLock<[u8; 32]>,
 }
 
 enum Source {
@@ -42,6 +51,7 @@ impl Content {
         Content {
             len: data.len() as u64,
             source: Source::Mem(data),
+            sha256: OnceLock::new(),
         }
     }
 
@@ -50,6 +60,7 @@ impl Content {
         Content {
             len,
             source: Source::Path(path.into()),
+            sha256: OnceLock::new(),
         }
     }
 
@@ -58,6 +69,7 @@ impl Content {
         Content {
             len,
             source: Source::Range { file, offset },
+            sha256: OnceLock::new(),
         }
     }
 
@@ -146,6 +158,43 @@ impl Content {
                 file.read_exact_at(buf, base + offset).map_err(short)
             }
         }
+    }
+
+    /// The SHA-256 of the bytes: read and hashed the first time it is asked
+    /// for, then remembered.
+    pub fn sha256(&self) -> io::Result<[u8; 32]> {
+        self.sha256_with(Content::hash_bytes)
+    }
+
+    /// The SHA-256 of the bytes, from `compute` the first time (a caller
+    /// that can find it without reading, such as the digest memo of
+    /// `file_digests`), then remembered. Threads asking at once may both
+    /// compute it; they get the same value.
+    pub fn sha256_with<E>(
+        &self,
+        compute: impl FnOnce(&Content) -> Result<[u8; 32], E>,
+    ) -> Result<[u8; 32], E> {
+        if let Some(d) = self.sha256.get() {
+            return Ok(*d);
+        }
+        let d = compute(self)?;
+        Ok(*self.sha256.get_or_init(|| d))
+    }
+
+    /// Reads the whole contents through a SHA-256.
+    pub fn hash_bytes(&self) -> io::Result<[u8; 32]> {
+        let mut h = Sha256::new();
+        let mut r = self.reader()?;
+        // Larger than `io::copy`'s 8 KiB: a rootfs is read through here whole.
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = crate::io::read_full(&mut r, &mut buf)?;
+            h.update(&buf[..n]);
+            if n < buf.len() {
+                break;
+            }
+        }
+        Ok(h.finalize().into())
     }
 
     /// The whole contents; borrowed when they are in memory.
@@ -285,6 +334,27 @@ impl Read for ContentReader<'_> {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn a_digest_is_computed_once_and_shared_by_every_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"0123456789").unwrap();
+        let c = Arc::new(Content::from_path(&p, 10));
+        let holder = Arc::clone(&c);
+        let want: [u8; 32] = Sha256::digest(b"0123456789").into();
+        assert_eq!(c.sha256().unwrap(), want);
+        // Known now: not read again (the file is gone), not computed again.
+        std::fs::remove_file(&p).unwrap();
+        assert_eq!(holder.sha256().unwrap(), want);
+        let asked = holder.sha256_with(|_| -> Result<[u8; 32], ()> { panic!("computed again") });
+        assert_eq!(asked, Ok(want));
+        // A failed computation is not remembered.
+        let other = Content::from_path(&p, 10);
+        assert!(other.sha256().is_err());
+        assert_eq!(other.sha256_with(|_| Ok::<_, ()>([7; 32])), Ok([7; 32]));
+        assert_eq!(other.sha256().unwrap(), [7; 32]);
+    }
 
     #[test]
     fn memory_path_and_range_read_the_same_bytes() {
