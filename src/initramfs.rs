@@ -42,9 +42,9 @@ impl PendingWrite {
 }
 
 /// Writes `tree` as a gzip'd newc archive to `path` ([`crate::fs::cpio::write_gzip`])
-/// on a thread of its own and hands back its bytes: gzip at level 9 keeps a
-/// core busy for about half a second, which the system image's compression
-/// (on every core) would otherwise wait for.
+/// on a thread of its own and hands back its bytes: gzip keeps a core busy
+/// for a tenth of a second or more, which the system image's compression (on
+/// every core) would otherwise wait for.
 pub fn write_in_background(tree: Tree, path: std::path::PathBuf) -> Result<PendingWrite> {
     let work = move || -> Result<Vec<u8>> {
         crate::fs::cpio::write_gzip(&tree, &path).context("writing the initramfs")?;

@@ -110,15 +110,24 @@ pub fn write<W: Write>(tree: &Tree, mut w: W) -> Result<W> {
     Ok(w)
 }
 
-/// Writes the archive gzip-compressed (level 9, no name, mtime 0) to `out`
-/// (created or truncated) and returns its size in bytes.
+/// The gzip level of an initramfs: zlib's default. Measured on the rpi4
+/// initramfs (7.5 MB of cpio, mostly kernel modules): level 9 is 3 % smaller
+/// (3.70 against 3.82 MB) for three times the time (0.36 against 0.12 s),
+/// a core taken from the system image's compression on every build.
+pub const GZIP_LEVEL: u32 = 6;
+
+/// Writes the archive gzip-compressed ([`GZIP_LEVEL`], no name, mtime 0) to
+/// `out` (created or truncated) and returns its size in bytes.
 pub fn write_gzip(tree: &Tree, out: &Path) -> Result<u64> {
     let inner = || -> Result<u64> {
         let file = File::create(out).context("creating the file")?;
         let gz = GzBuilder::new()
             .mtime(0)
             .operating_system(3) // Unix, as `gzip -n` writes on Linux
-            .write(BufWriter::with_capacity(1 << 20, file), Compression::new(9));
+            .write(
+                BufWriter::with_capacity(1 << 20, file),
+                Compression::new(GZIP_LEVEL),
+            );
         let gz = write(tree, gz)?;
         let mut buf = gz.finish().context("finishing gzip")?;
         buf.flush().context("flushing")?;
