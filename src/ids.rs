@@ -68,8 +68,11 @@ pub fn source_date_epoch() -> Result<Option<u64>> {
 /// A digest of a tree's content (paths, metadata, each file's SHA-256),
 /// independent of the order entries were read in. Files of a rootfs
 /// directory are hashed through `digests`, which remembers them by stat.
+/// The files are hashed on every core first (in path order, so a squashfs
+/// writer waiting for the digests of the first files gets them first).
 pub fn tree_digest(t: &Tree, digests: &FileDigests) -> anyhow::Result<[u8; 32]> {
     use anyhow::Context as _;
+    hash_files(t, digests)?;
     let mut h = Sha256::new();
     for (path, e) in t.iter() {
         h.update(path.as_bytes());
@@ -97,6 +100,47 @@ pub fn tree_digest(t: &Tree, digests: &FileDigests) -> anyhow::Result<[u8; 32]> 
         h.update([0xff]);
     }
     Ok(h.finalize().into())
+}
+
+/// Computes every file's SHA-256 (kept with its `Content`) on one thread
+/// per core; the first failure is the error.
+fn hash_files(t: &Tree, digests: &FileDigests) -> Result<()> {
+    use anyhow::Context as _;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let files: Vec<(&String, &crate::tree::Data)> = t
+        .iter()
+        .filter_map(|(p, e)| match &e.kind {
+            Kind::File(d) => Some((p, d)),
+            _ => None,
+        })
+        .collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len());
+    let next = AtomicUsize::new(0);
+    let failed = std::sync::Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                while let Some((path, d)) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    if let Err(e) = digests
+                        .sha256_content(d)
+                        .with_context(|| format!("reading /{path}"))
+                    {
+                        if let Ok(mut f) = failed.lock() {
+                            f.get_or_insert(e);
+                        }
+                        next.store(files.len(), Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    match failed.into_inner() {
+        Ok(None) => Ok(()),
+        Ok(Some(e)) => Err(e),
+        Err(_) => Err(anyhow!("a thread hashing files panicked")),
+    }
 }
 
 /// A [`tree_digest`] being computed on a thread of its own.
@@ -189,6 +233,51 @@ mod tests {
         t.remove("small");
         assert_eq!(pending.wait().unwrap(), want);
         assert_ne!(tree_digest(&t, &FileDigests::disabled()).unwrap(), want);
+    }
+
+    /// Files are hashed on several threads, the digest is that of the
+    /// contents in path order, and a file that cannot be read is the error,
+    /// named.
+    #[test]
+    fn the_digest_covers_every_file_whatever_the_threads_and_names_a_failure() {
+        use crate::tree::{Content, Entry, Kind, Meta};
+        use std::sync::Arc;
+        let mut t = Tree::new(Meta::root(0o755, 1));
+        for i in 0..200u32 {
+            let data = i.to_le_bytes().repeat(1 + i as usize * 100);
+            t.insert(&format!("f{i:03}"), Entry::file(Meta::root(0o644, 2), data))
+                .unwrap();
+        }
+        let one = tree_digest(&t, &FileDigests::disabled()).unwrap();
+        let mut h = Sha256::new();
+        for (path, e) in t.iter() {
+            h.update(path.as_bytes());
+            h.update([0]);
+            h.update(e.st_mode().to_le_bytes());
+            h.update(e.meta.uid.to_le_bytes());
+            h.update(e.meta.gid.to_le_bytes());
+            h.update(e.meta.mtime.to_le_bytes());
+            if let Kind::File(d) = &e.kind {
+                h.update(d.len().to_le_bytes());
+                h.update(Sha256::digest(d.to_vec().unwrap()));
+            }
+            h.update([0xff]);
+        }
+        assert_eq!(one, <[u8; 32]>::from(h.finalize()));
+        let gone = Content::from_path("/nonexistent/nodeimg-test", 3);
+        t.insert(
+            "f100-missing",
+            Entry {
+                meta: Meta::root(0o644, 2),
+                kind: Kind::File(Arc::new(gone)),
+            },
+        )
+        .unwrap();
+        let err = format!(
+            "{:#}",
+            tree_digest(&t, &FileDigests::disabled()).unwrap_err()
+        );
+        assert!(err.contains("/f100-missing"), "{err}");
     }
 
     #[test]
