@@ -21,7 +21,7 @@ use crate::bootfiles::{self, Found};
 use crate::cache;
 use crate::cli::BuildArgs;
 use crate::disk::bmap::{self, Bmap};
-use crate::disk::image::{self, Fill};
+use crate::disk::image;
 use crate::disk::layout::{human, Role};
 use crate::disk::plan::DiskPlan;
 use crate::file_digests::FileDigests;
@@ -530,6 +530,60 @@ impl System {
     }
 }
 
+/// Puts the system squashfs into the disk image `image` at `start` (a slot
+/// of `size` bytes): the image written with it in place is moved there, or
+/// the squashfs file is copied in by the kernel on a thread of its own
+/// (`Placing::wait` for it). The image holds nothing else yet.
+fn place_system(sys: &System, image: &Path, start: u64, size: u64) -> Result<Placing> {
+    match &sys.squashfs {
+        SquashfsAt::InImage(prebuilt) => {
+            let from = prebuilt
+                .take()
+                .ok_or_else(|| anyhow!("internal: the disk image holding the squashfs is taken"))?;
+            std::fs::rename(&from, image)
+                .with_context(|| format!("moving {} to {}", from.display(), image.display()))?;
+            Ok(Placing(None))
+        }
+        SquashfsAt::File(squashfs) => {
+            let ctx = || format!("writing disk image {}", image.display());
+            let file = std::fs::File::create(image).with_context(ctx)?;
+            let squashfs = squashfs.clone();
+            let copy = move || -> Result<()> {
+                crate::disk::sparse::copy_dense_into(&file, start, &squashfs, size)?;
+                Ok(())
+            };
+            let thread = std::thread::Builder::new()
+                .name("system-copy".into())
+                .spawn(copy)
+                .context("starting a thread to copy the system image")?;
+            Ok(Placing(Some(thread)))
+        }
+    }
+}
+
+/// The squashfs being put into a disk image; joined when dropped.
+struct Placing(Option<std::thread::JoinHandle<Result<()>>>);
+
+impl Placing {
+    fn wait(mut self) -> Result<()> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<()> {
+        match self.0.take().map(|t| t.join()) {
+            None => Ok(()),
+            Some(Ok(r)) => r.context("copying the system image into the disk image"),
+            Some(Err(_)) => bail!("the thread copying the system image panicked"),
+        }
+    }
+}
+
+impl Drop for Placing {
+    fn drop(&mut self) {
+        let _ = self.join();
+    }
+}
+
 /// The air-gap images where k3s imports them from on start.
 fn add_airgap(data_tree: &mut Tree, images: k3s::AirgapImages, epoch: u64) -> Result<()> {
     data_tree.insert_with_parents(
@@ -563,6 +617,16 @@ fn write_node_image(
     let cmdline = bootfiles::kernel_cmdline(board, plan, &disk_id);
     let staging = Staging::create(&args.output, &name)?;
     let node_files = node.map(|n| n.files()).unwrap_or_default();
+    // A phone's disk is an intermediate: its sparse form is the output.
+    let image_name = format!("{name}.img");
+    let image_path = match board.android {
+        None => staging.output(&image_name),
+        Some(_) => staging.work("userdata.img"),
+    };
+    // The system squashfs goes into the disk image first, by the kernel on
+    // a thread of its own while this one writes the boot partition.
+    let system = plan.part(Role::SystemA)?;
+    let placing = place_system(sys, &image_path, system.start, system.size)?;
 
     // Boot: a FAT partition on the disk, or a phone's boot.img.
     let mut boot_parts = Vec::new();
@@ -633,32 +697,14 @@ fn write_node_image(
         "{name}: assembling the {} disk image",
         human(total)
     ));
-    // A phone's disk is an intermediate: its sparse form is the output.
-    let image_name = format!("{name}.img");
-    let image_path = match board.android {
-        None => staging.output(&image_name),
-        Some(_) => staging.work("userdata.img"),
-    };
     let tables = plan.tables(&seed)?;
     let blobs: Vec<(u64, &[u8])> = tables.iter().map(|(o, b)| (*o, b.as_slice())).collect();
-    let system = plan.part(Role::SystemA)?;
-    let mut parts: Vec<(u64, u64, &Path, Fill)> = boot_parts
+    let parts: Vec<(u64, u64, &Path)> = boot_parts
         .iter()
-        .map(|(start, size, p)| (*start, *size, p.as_path(), Fill::Sparse))
+        .map(|(start, size, p)| (*start, *size, p.as_path()))
         .collect();
-    let mut present = Vec::new();
-    match &sys.squashfs {
-        SquashfsAt::File(p) => parts.push((system.start, system.size, p.as_path(), Fill::Dense)),
-        SquashfsAt::InImage(image) => {
-            let prebuilt = image
-                .take()
-                .ok_or_else(|| anyhow!("internal: the disk image holding the squashfs is taken"))?;
-            std::fs::rename(&prebuilt, &image_path).with_context(|| {
-                format!("moving {} to {}", prebuilt.display(), image_path.display())
-            })?;
-            present.push((system.start, system.size));
-        }
-    }
+    placing.wait()?;
+    let present = [(system.start, system.size)];
     let data_part = plan.part(Role::Data)?;
     image::assemble(&image_path, total, &blobs, &parts, &present)
         .context("assembling the disk image")?;

@@ -13,16 +13,6 @@ use std::path::Path;
 
 use super::sparse;
 
-/// How a partition image is copied into the disk image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fill {
-    /// Its all-zero chunks are left as holes (filesystems with free space).
-    Sparse,
-    /// Copied whole by the kernel (`copy_file_range`, a reflink where the
-    /// filesystem shares blocks): a compressed image has no zeros to skip.
-    Dense,
-}
-
 /// Makes `out` a disk image of exactly `total` bytes: each partition image
 /// copied at its offset (it must fit its slot of `max size` bytes; the rest of
 /// the slot stays zero), then the table `blobs` written at theirs, then fsync.
@@ -35,7 +25,7 @@ pub fn assemble(
     out: &Path,
     total: u64,
     blobs: &[(u64, &[u8])],
-    partitions: &[(u64, u64, &Path, Fill)],
+    partitions: &[(u64, u64, &Path)],
     present: &[(u64, u64)],
 ) -> Result<()> {
     // Check everything before creating the file.
@@ -47,12 +37,8 @@ pub fn assemble(
     }
     .with_context(ctx)?;
     f.set_len(total).with_context(ctx)?;
-    for (off, max, path, fill) in partitions {
-        match fill {
-            Fill::Sparse => sparse::copy_into(&mut f, *off, path, *max),
-            Fill::Dense => sparse::copy_dense_into(&f, *off, path, *max),
-        }
-        .with_context(ctx)?;
+    for (off, max, path) in partitions {
+        sparse::copy_into(&mut f, *off, path, *max).with_context(ctx)?;
     }
     for (off, data) in blobs {
         f.seek(SeekFrom::Start(*off)).with_context(ctx)?;
@@ -67,7 +53,7 @@ pub fn assemble(
 fn check(
     total: u64,
     blobs: &[(u64, &[u8])],
-    partitions: &[(u64, u64, &Path, Fill)],
+    partitions: &[(u64, u64, &Path)],
     present: &[(u64, u64)],
 ) -> Result<()> {
     let mut regions: Vec<(u64, u64, String)> = Vec::new();
@@ -81,7 +67,7 @@ fn check(
     for (off, data) in blobs {
         regions.push((*off, data.len() as u64, format!("table at offset {off}")));
     }
-    for (off, max, path, _) in partitions {
+    for (off, max, path) in partitions {
         let len = std::fs::metadata(path)
             .with_context(|| format!("reading partition image {}", path.display()))?
             .len();
@@ -142,10 +128,7 @@ mod tests {
             &out,
             total,
             &[(0, &blob), (total - 100, &tail)],
-            &[
-                (65536, 1 << 20, &a, Fill::Sparse),
-                ((1 << 20) + 65536, 4096, &b, Fill::Dense),
-            ],
+            &[(65536, 1 << 20, &a), ((1 << 20) + 65536, 4096, &b)],
             &[],
         )
         .unwrap();
@@ -179,7 +162,7 @@ mod tests {
             &out,
             total,
             &[(0, &[1u8; 512])],
-            &[(1 << 20, 200 << 20, &part, Fill::Sparse)],
+            &[(1 << 20, 200 << 20, &part)],
             &[],
         )
         .unwrap();
@@ -242,8 +225,8 @@ mod tests {
             total,
             &[(0, &t.primary), (t.backup_offset, &t.backup)],
             &[
-                (placed[0].start, placed[0].size, &bp, Fill::Sparse),
-                (placed[3].start, placed[3].size, &dp, Fill::Sparse),
+                (placed[0].start, placed[0].size, &bp),
+                (placed[3].start, placed[3].size, &dp),
             ],
             &[],
         )
@@ -305,7 +288,7 @@ mod tests {
             &out,
             total,
             &[(0, &blob)],
-            &[(131072, 65536, &part, Fill::Sparse)],
+            &[(131072, 65536, &part)],
             &[(65536, 65536)],
         )
         .unwrap();
@@ -320,7 +303,7 @@ mod tests {
             &out,
             total,
             &[],
-            &[(100_000, 65536, &part, Fill::Sparse)],
+            &[(100_000, 65536, &part)],
             &[(65536, 65536)],
         )
         .unwrap_err();
@@ -335,14 +318,7 @@ mod tests {
         let part = dir.path().join("system.squashfs");
         std::fs::write(&part, vec![1u8; 5000]).unwrap();
         let out = dir.path().join("disk.img");
-        let e = assemble(
-            &out,
-            1 << 20,
-            &[],
-            &[(4096, 4096, &part, Fill::Sparse)],
-            &[],
-        )
-        .unwrap_err();
+        let e = assemble(&out, 1 << 20, &[], &[(4096, 4096, &part)], &[]).unwrap_err();
         let msg = format!("{e:#}");
         assert!(msg.contains("system.squashfs"), "{msg}");
         assert!(msg.contains("5000 bytes"), "{msg}");
@@ -359,13 +335,13 @@ mod tests {
         let part = dir.path().join("p.img");
         std::fs::write(&part, [1u8; 10]).unwrap();
         let out = dir.path().join("disk.img");
-        let e = assemble(&out, 8192, &[], &[(4096, 8192, &part, Fill::Dense)], &[]).unwrap_err();
+        let e = assemble(&out, 8192, &[], &[(4096, 8192, &part)], &[]).unwrap_err();
         assert!(e.to_string().contains("does not fit"), "{e}");
         let e = assemble(
             &out,
             8192,
             &[(4000, &[1u8; 200])],
-            &[(4096, 4096, &part, Fill::Sparse)],
+            &[(4096, 4096, &part)],
             &[],
         )
         .unwrap_err();
@@ -375,7 +351,7 @@ mod tests {
             &out,
             8192,
             &[(4000, &[1u8; 200]), (4050, &[])],
-            &[(4096, 4096, &part, Fill::Sparse)],
+            &[(4096, 4096, &part)],
             &[],
         )
         .unwrap_err();
@@ -384,7 +360,7 @@ mod tests {
             &out,
             8192,
             &[],
-            &[(0, 100, &dir.path().join("missing.img"), Fill::Sparse)],
+            &[(0, 100, &dir.path().join("missing.img"))],
             &[],
         )
         .unwrap_err();
