@@ -273,7 +273,10 @@ mod tests {
             },
         )
         .unwrap();
-        let err = format!("{:#}", tree_digest(&t, &FileDigests::disabled()).unwrap_err());
+        let err = format!(
+            "{:#}",
+            tree_digest(&t, &FileDigests::disabled()).unwrap_err()
+        );
         assert!(err.contains("/f100-missing"), "{err}");
     }
 

@@ -158,11 +158,6 @@ impl Default for Options {
     }
 }
 
-/// Writes `tree` as a squashfs image to `out` (created or truncated) and
-/// returns the image size in bytes. `mtime` becomes the superblock time.
-/// What squashfs cannot store is refused before `out` is touched; if writing
-/// fails later, the partial file is removed (its superblock, written last,
-/// would be zeros anyway).
 /// The image's first bytes, which hold the superblock (written last): they
 /// are not in [`Written::tail_sha256`].
 pub const HEAD: u64 = PAD;
@@ -178,8 +173,10 @@ pub struct Written {
     pub tail_sha256: [u8; 32],
 }
 
-/// Writes the squashfs of `tree` to a new file `out` (removed again if
-/// anything fails).
+/// Writes `tree` as a squashfs image to `out` (created or truncated).
+/// `mtime` becomes the superblock time. What squashfs cannot store is
+/// refused before `out` is touched; if writing fails later, the partial file
+/// is removed (its superblock, written last, would be zeros anyway).
 pub fn write(tree: &Tree, out: &Path, mtime: u32, opts: &Options) -> Result<Written> {
     let res = (|| {
         let plan = Plan::new(tree, opts)?;
@@ -194,8 +191,9 @@ pub fn write(tree: &Tree, out: &Path, mtime: u32, opts: &Options) -> Result<Writ
 }
 
 /// Writes the squashfs of `tree` into `file` from byte `offset` on (a
-/// partition of a disk image), flushing it to disk as it goes; the bytes
-/// after the image are not touched. `what` names the file for errors.
+/// partition of a disk image), as [`write`] does; the bytes around the image
+/// are not touched, and on failure what was written stays (the caller
+/// discards the file). `what` names the file for errors.
 pub fn write_into(
     tree: &Tree,
     file: &File,
