@@ -251,8 +251,8 @@ fn prepare_system(
         Ok((rootfs, epoch))
     };
     // A directory's cache key is its content, so it is read and hashed first
-    // (once); an archive's is its file hash, so its tree is hashed later, on a
-    // thread of its own beside the rest of the build.
+    // (once); an archive's is its file hash, so its tree is hashed by the
+    // squashfs writer, from the blocks it compresses (each file read once).
     // A base's key is its lock's hash: composed later, like an archive.
     let mut read_already = match (&rootfs_file_sha256, args.no_cache) {
         _ if base.is_some() => None,
@@ -332,12 +332,16 @@ fn prepare_system(
         .map_or(work.path(), |p| p.path())
         .to_path_buf();
 
+    // The rootfs's digest: known already when it was the cache key, else
+    // taken once the squashfs is written, from a copy of the tree as read
+    // (file contents are shared, not copied). The squashfs writer hashes the
+    // system's files from the blocks it compresses, so each is read once.
     let (mut rootfs, epoch, rootfs_digest) = match read_already.take() {
-        Some((rootfs, epoch, digest)) => (rootfs, epoch, ids::PendingDigest::ready(digest)),
+        Some((rootfs, epoch, digest)) => (rootfs, epoch, Ok(digest)),
         None => {
             let (rootfs, epoch) = read()?;
-            let digest = ids::tree_digest_in_background(rootfs.clone(), digests.clone())?;
-            (rootfs, epoch, digest)
+            let as_read = rootfs.clone();
+            (rootfs, epoch, Err(as_read))
         }
     };
 
@@ -437,10 +441,14 @@ fn prepare_system(
     // Identifiers follow from what goes into the image, not from how the
     // rootfs was packed: two rootfs archives that give the same filesystems
     // give the same disk identifiers, cmdline and data filesystem.
-    // The rootfs's files are hashed by now (on the digest's thread or for
-    // the squashfs's duplicates, each once): the system's digest, from the
-    // same files, costs little.
-    let rootfs_tree_sha256 = hex::encode(rootfs_digest.wait()?);
+    // The system's files are hashed by now (by the squashfs writer, or for
+    // the cache key): the rootfs's and the system's digests, from the same
+    // files, cost little.
+    let rootfs_digest = match rootfs_digest {
+        Ok(known) => known,
+        Err(as_read) => ids::tree_digest(&as_read, digests)?,
+    };
+    let rootfs_tree_sha256 = hex::encode(rootfs_digest);
     let seed = ids::seed(&[
         ("board", board_bytes),
         ("epoch", &epoch.to_le_bytes()),

@@ -68,8 +68,7 @@ pub fn source_date_epoch() -> Result<Option<u64>> {
 /// A digest of a tree's content (paths, metadata, each file's SHA-256),
 /// independent of the order entries were read in. Files of a rootfs
 /// directory are hashed through `digests`, which remembers them by stat.
-/// The files are hashed on every core first (in path order, so a squashfs
-/// writer waiting for the digests of the first files gets them first).
+/// Files whose digest is not known yet are hashed on every core first.
 pub fn tree_digest(t: &Tree, digests: &FileDigests) -> anyhow::Result<[u8; 32]> {
     use anyhow::Context as _;
     hash_files(t, digests)?;
@@ -143,43 +142,6 @@ fn hash_files(t: &Tree, digests: &FileDigests) -> Result<()> {
     }
 }
 
-/// A [`tree_digest`] being computed on a thread of its own.
-pub struct PendingDigest(Pending);
-
-enum Pending {
-    Ready([u8; 32]),
-    Thread(std::thread::JoinHandle<Result<[u8; 32]>>),
-}
-
-impl PendingDigest {
-    /// A digest already computed.
-    pub fn ready(digest: [u8; 32]) -> Self {
-        PendingDigest(Pending::Ready(digest))
-    }
-
-    /// The digest, once the thread is done.
-    pub fn wait(self) -> Result<[u8; 32]> {
-        match self.0 {
-            Pending::Ready(d) => Ok(d),
-            Pending::Thread(t) => t
-                .join()
-                .map_err(|_| anyhow!("the thread computing a tree digest panicked"))?,
-        }
-    }
-}
-
-/// [`tree_digest`] of `t` as it is now, on a thread of its own: hashing a
-/// whole rootfs takes a core for a while (0.4 s for 500 MB), and the build's
-/// next steps (the initramfs's gzip) use one. Pass a clone of a tree the
-/// caller goes on to change; file contents are shared, not copied.
-pub fn tree_digest_in_background(t: Tree, digests: FileDigests) -> Result<PendingDigest> {
-    let handle = std::thread::Builder::new()
-        .name("tree-digest".into())
-        .spawn(move || tree_digest(&t, &digests))
-        .map_err(|e| anyhow!("starting a thread to hash the rootfs: {e}"))?;
-    Ok(PendingDigest(Pending::Thread(handle)))
-}
-
 /// The seed every identifier of an image derives from: a hash over what goes
 /// into the image (the caller's labelled parts: board, epoch, digests of the
 /// system image, initramfs, boot files and data tree), not over the inputs
@@ -218,21 +180,6 @@ mod tests {
             seed(&[("a", b"x"), ("b", b"y")])
         );
         assert_ne!(seed(&[("a", b"x")]), seed(&[("b", b"x")]));
-    }
-
-    #[test]
-    fn background_digest_is_the_digest_of_the_tree_when_started() {
-        use crate::tree::{Entry, Meta};
-        let mut t = Tree::new(Meta::root(0o755, 1));
-        t.insert("big", Entry::file(Meta::root(0o644, 2), vec![7u8; 600_000]))
-            .unwrap();
-        t.insert("small", Entry::file(Meta::root(0o644, 2), b"x".to_vec()))
-            .unwrap();
-        let want = tree_digest(&t, &FileDigests::disabled()).unwrap();
-        let pending = tree_digest_in_background(t.clone(), FileDigests::disabled()).unwrap();
-        t.remove("small");
-        assert_eq!(pending.wait().unwrap(), want);
-        assert_ne!(tree_digest(&t, &FileDigests::disabled()).unwrap(), want);
     }
 
     /// Files are hashed on several threads, each file's digest landing with

@@ -51,8 +51,11 @@
 //!
 //! File contents are read through `read_content`, 128 KiB at a time, from
 //! wherever the tree says they are (`tree::Content`: memory, a rootfs file's
-//! path, or a range of the spill file); the duplicate check takes each
-//! file's SHA-256 from `Content::sha256`, computed once per build.
+//! path, or a range of the spill file); each file's SHA-256 (the duplicate
+//! check's, and the rootfs digest's after the writer) is computed once per
+//! build and kept with its `Content`: by the writer from the blocks it reads
+//! to compress (`Hashing`), or, for files of a size others share, when the
+//! file's turn comes.
 //!
 //! Default level, measured with `perf::levels_on_test_rootfs` (ours vs
 //! `mksquashfs -comp zstd -Xcompression-level L -b 131072 -noappend`, both on
@@ -263,10 +266,18 @@ enum Job<'a> {
         len: usize,
     },
     /// One fragment block: tails of files, packed.
-    Fragment {
-        index: u32,
-        pieces: Vec<(&'a str, &'a Data, u64, usize)>,
-    },
+    Fragment { index: u32, pieces: Vec<Piece<'a>> },
+}
+
+/// A file's tail in a fragment block: `len` bytes of `data` from `offset`.
+struct Piece<'a> {
+    path: &'a str,
+    data: &'a Data,
+    offset: u64,
+    len: usize,
+    /// The bytes, when they were read already: a small file whose content
+    /// had to be hashed to tell it from files of its size.
+    bytes: Option<Vec<u8>>,
 }
 
 /// The compression jobs in image order, made as they are asked for: file
@@ -277,8 +288,10 @@ enum Job<'a> {
 /// Exact duplicates are stored once: only files of equal size can be equal,
 /// and those are told apart by the SHA-256 of their whole content
 /// (`Content::sha256`, computed once per build). A file's digest is needed
-/// only when its turn comes, so compression starts at once; the digests are
-/// usually there by then, computed ahead on the rootfs digest's thread.
+/// only when its turn comes, so compression starts at once. A small file
+/// read to be hashed here keeps its bytes for its fragment block, so it is
+/// read once; a file of a size no other has is hashed by the writer from the
+/// blocks it compresses (`Hashing`).
 struct Jobs<'f, 'a> {
     files: &'f [FileInode<'a>],
     /// How many files have each size.
@@ -290,7 +303,7 @@ struct Jobs<'f, 'a> {
     file_content: Vec<usize>,
     /// Each distinct content's size and fragment (index, offset).
     contents: Vec<(u64, Option<(u32, u32)>)>,
-    frag_pieces: Vec<(&'a str, &'a Data, u64, usize)>,
+    frag_pieces: Vec<Piece<'a>>,
     frag_len: usize,
     frag_count: u32,
     queue: std::collections::VecDeque<Job<'a>>,
@@ -348,9 +361,21 @@ impl<'f, 'a> Jobs<'f, 'a> {
         let size = content_len(data);
         // Files of a size no other file has need no digest: the size is the key.
         let shared = size > 0 && self.sizes.get(&size).copied().unwrap_or(0) > 1;
-        let digest = match shared {
-            true => Some(data.sha256().with_context(|| format!("reading /{path}"))?),
-            false => None,
+        let mut read = None;
+        let digest = match (shared, data.known_sha256()) {
+            (false, _) => None,
+            (true, Some(d)) => Some(d),
+            // Under a block: the whole file is its fragment piece, so the
+            // bytes hashed now are the bytes packed later.
+            (true, None) if size < BLOCK as u64 => {
+                let mut bytes = Vec::new();
+                read_content(data, 0, size as usize, &mut bytes)
+                    .with_context(|| format!("reading /{path}"))?;
+                data.remember_sha256(Sha256::digest(&bytes).into());
+                read = Some(bytes);
+                data.known_sha256()
+            }
+            (true, None) => Some(data.sha256().with_context(|| format!("reading /{path}"))?),
         };
         let n = self.contents.len();
         let c = *self.content_of.entry((size, digest)).or_insert(n);
@@ -376,8 +401,13 @@ impl<'f, 'a> Jobs<'f, 'a> {
             }
             let offset = u32::try_from(self.frag_len).context("fragment offset")?;
             fragment = Some((self.frag_count, offset));
-            self.frag_pieces
-                .push((path, data, full * BLOCK as u64, tail));
+            self.frag_pieces.push(Piece {
+                path,
+                data,
+                offset: full * BLOCK as u64,
+                len: tail,
+                bytes: read,
+            });
             self.frag_len += tail;
         }
         self.contents.push((size, fragment));
@@ -398,10 +428,86 @@ impl<'f, 'a> Jobs<'f, 'a> {
     }
 }
 
-/// A compressed job.
-enum Done {
+/// A job done: the bytes it read, and what of them goes into the image.
+struct Done {
+    /// The job's uncompressed bytes (the writer hashes them, `Hashing`).
+    raw: Vec<u8>,
+    stored: Stored,
+}
+
+enum Stored {
+    /// An all-zero block: a sparse block, no data.
     Sparse,
-    Stored { bytes: Vec<u8>, compressed: bool },
+    /// zstd's output, smaller than the raw bytes.
+    Compressed(Vec<u8>),
+    /// The raw bytes themselves: zstd did not make them smaller.
+    Raw,
+}
+
+/// The SHA-256 of each content the writer stores, taken from the bytes read
+/// to compress it, in image order (a content's blocks, then its tail in a
+/// fragment block), so a file is read once per build: the rootfs digest, the
+/// cache key and the identifiers' seed then find it in its `Content`.
+/// Contents whose digest is known already are skipped.
+#[derive(Default)]
+struct Hashing {
+    /// Contents begun and not finished (their tail is in a later fragment).
+    open: HashMap<usize, Sha256>,
+}
+
+impl Hashing {
+    fn add(&mut self, job: &Job, raw: &[u8]) -> Result<()> {
+        match job {
+            Job::Block {
+                data, offset, len, ..
+            } => {
+                let key = data_key(data);
+                if *offset == 0 && data.known_sha256().is_none() {
+                    self.open.insert(key, Sha256::new());
+                }
+                if let Some(h) = self.open.get_mut(&key) {
+                    h.update(raw);
+                    if offset.checked_add(*len as u64) == Some(data.len()) {
+                        if let Some(h) = self.open.remove(&key) {
+                            data.remember_sha256(h.finalize().into());
+                        }
+                    }
+                }
+            }
+            Job::Fragment { pieces, .. } => {
+                let mut at = 0usize;
+                for p in pieces {
+                    let bytes = at
+                        .checked_add(p.len)
+                        .and_then(|end| raw.get(at..end))
+                        .ok_or_else(|| {
+                            anyhow!("internal: fragment block shorter than its pieces")
+                        })?;
+                    at += p.len;
+                    if p.offset == 0 {
+                        if p.data.known_sha256().is_none() {
+                            p.data.remember_sha256(Sha256::digest(bytes).into());
+                        }
+                    } else if let Some(mut h) = self.open.remove(&data_key(p.data)) {
+                        h.update(bytes);
+                        p.data.remember_sha256(h.finalize().into());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that every content begun was finished.
+    fn finish(self) -> Result<()> {
+        if !self.open.is_empty() {
+            bail!(
+                "internal: {} file digests begun and not finished",
+                self.open.len()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Everything known before the image file is created.
@@ -504,14 +610,18 @@ impl<'a> Plan<'a> {
         let mut layouts: Vec<Layout> = Vec::new();
         let mut frag_table: Vec<(u64, u32)> = Vec::new();
         let source = Mutex::new(Jobs::new(&self.files));
+        let mut hashing = Hashing::default();
         {
             let mut sink = |job: &Job, done: Done| -> Result<()> {
-                let (size, bytes) = match done {
-                    Done::Sparse => (0u32, None),
-                    Done::Stored { bytes, compressed } => {
-                        let len = u32::try_from(bytes.len()).context("block size")?;
-                        let flag = if compressed { 0 } else { DATA_UNCOMPRESSED };
-                        (len | flag, Some(bytes))
+                hashing.add(job, &done.raw)?;
+                let (size, bytes) = match &done.stored {
+                    Stored::Sparse => (0u32, None),
+                    Stored::Compressed(z) => {
+                        (u32::try_from(z.len()).context("block size")?, Some(z))
+                    }
+                    Stored::Raw => {
+                        let len = u32::try_from(done.raw.len()).context("block size")?;
+                        (len | DATA_UNCOMPRESSED, Some(&done.raw))
                     }
                 };
                 match job {
@@ -537,7 +647,7 @@ impl<'a> Plan<'a> {
                     }
                 }
                 if let Some(b) = bytes {
-                    w.write_all(&b).context("writing the image")?;
+                    w.write_all(b).context("writing the image")?;
                     pos = pos
                         .checked_add(b.len() as u64)
                         .ok_or_else(|| anyhow!("image too large"))?;
@@ -546,6 +656,7 @@ impl<'a> Plan<'a> {
             };
             run_jobs(&source, threads(&self.opts), level, &mut sink)?;
         }
+        hashing.finish()?;
         let jobs = source
             .into_inner()
             .map_err(|_| anyhow!("a compression thread panicked"))?;
@@ -1257,12 +1368,8 @@ impl Write for Out<'_> {
 // ------------------------------------------------------------ compression
 
 /// Reads and compresses one job.
-fn compress_job(
-    job: &Job,
-    zstd: &mut zstd::bulk::Compressor<'static>,
-    buf: &mut Vec<u8>,
-) -> Result<Done> {
-    buf.clear();
+fn compress_job(job: &Job, zstd: &mut zstd::bulk::Compressor<'static>) -> Result<Done> {
+    let mut raw = Vec::with_capacity(BLOCK);
     match job {
         Job::Block {
             path,
@@ -1271,30 +1378,31 @@ fn compress_job(
             len,
             ..
         } => {
-            read_content(data, *offset, *len, buf).with_context(|| format!("reading /{path}"))?;
-            if buf.len() == BLOCK && buf.iter().all(|&b| b == 0) {
-                return Ok(Done::Sparse);
+            read_content(data, *offset, *len, &mut raw)
+                .with_context(|| format!("reading /{path}"))?;
+            if raw.len() == BLOCK && raw.iter().all(|&b| b == 0) {
+                return Ok(Done {
+                    raw,
+                    stored: Stored::Sparse,
+                });
             }
         }
         Job::Fragment { pieces, .. } => {
-            for (path, data, offset, len) in pieces {
-                read_content(data, *offset, *len, buf)
-                    .with_context(|| format!("reading /{path}"))?;
+            for p in pieces {
+                match &p.bytes {
+                    Some(b) => raw.extend_from_slice(b),
+                    None => read_content(p.data, p.offset, p.len, &mut raw)
+                        .with_context(|| format!("reading /{}", p.path))?,
+                }
             }
         }
     }
-    let z = zstd.compress(buf).context("zstd")?;
-    Ok(if z.len() < buf.len() {
-        Done::Stored {
-            bytes: z,
-            compressed: true,
-        }
-    } else {
-        Done::Stored {
-            bytes: buf.clone(),
-            compressed: false,
-        }
-    })
+    let z = zstd.compress(&raw).context("zstd")?;
+    let stored = match z.len() < raw.len() {
+        true => Stored::Compressed(z),
+        false => Stored::Raw,
+    };
+    Ok(Done { raw, stored })
 }
 
 /// Compresses the jobs of `source` on `threads` threads and hands the
@@ -1315,9 +1423,8 @@ fn run_jobs<'a>(
     };
     if threads <= 1 {
         let mut zstd = compressor(level)?;
-        let mut buf = Vec::with_capacity(BLOCK);
         while let Some((_, job)) = next()? {
-            let done = compress_job(&job, &mut zstd, &mut buf)?;
+            let done = compress_job(&job, &mut zstd)?;
             sink(&job, done)?;
         }
         return Ok(());
@@ -1344,7 +1451,6 @@ fn run_jobs<'a>(
                         return;
                     }
                 };
-                let mut buf = Vec::with_capacity(BLOCK);
                 loop {
                     let token = tok_rx.lock().map(|rx| rx.recv().is_ok()).unwrap_or(false);
                     if !token {
@@ -1353,7 +1459,7 @@ fn run_jobs<'a>(
                     let r = match next() {
                         Ok(None) => return,
                         Ok(Some((i, job))) => {
-                            compress_job(&job, &mut zstd, &mut buf).map(|done| (i, job, done))
+                            compress_job(&job, &mut zstd).map(|done| (i, job, done))
                         }
                         Err(e) => Err(e),
                     };
@@ -2224,6 +2330,58 @@ pub(crate) mod tests {
         write(&tree, &one, 7, &opts(3, 1)).unwrap();
         write(&tree, &many, 7, &opts(3, 5)).unwrap();
         assert_eq!(std::fs::read(&one).unwrap(), std::fs::read(&many).unwrap());
+    }
+
+    /// The writer leaves each stored file's SHA-256 with its content, taken
+    /// from the bytes it compressed (so the build reads a file once), and
+    /// the image is the same whether the digests were known before or not.
+    #[test]
+    fn stored_files_leave_their_digests_and_the_image_does_not_depend_on_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = || {
+            let mut t = full_tree();
+            let file = |data: Vec<u8>| Entry::file(m(0o644, 9), data);
+            // Equal sizes, different bytes: small ones (read once, for their
+            // digest, and packed from those bytes) and multi-block ones.
+            t.insert("data/twin-a", file(crate::fs::test_noise(3000, 11)))
+                .unwrap();
+            t.insert("data/twin-b", file(crate::fs::test_noise(3000, 12)))
+                .unwrap();
+            t.insert("data/twin-c", file(crate::fs::test_noise(3000, 11)))
+                .unwrap();
+            t.insert("data/big-a", file(words(BLOCK + 99, 13))).unwrap();
+            t.insert("data/big-b", file(words(BLOCK + 99, 14))).unwrap();
+            t
+        };
+        let unknown = tree();
+        let img = dir.path().join("unknown");
+        write(&unknown, &img, 7, &opts(3, 2)).unwrap();
+        let mut checked = 0;
+        for (path, e) in unknown.iter() {
+            if let Kind::File(d) = &e.kind {
+                let bytes = d.bytes().unwrap();
+                if bytes.is_empty() {
+                    continue;
+                }
+                let want: [u8; 32] = Sha256::digest(&bytes).into();
+                assert_eq!(d.known_sha256(), Some(want), "/{path}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 60, "{checked}");
+        let dest = dir.path().join("x");
+        unsquashfs_extract(&img, &dest);
+        assert_extracted_matches(&unknown, &dest, false, true);
+
+        let known = tree();
+        for (_, e) in known.iter() {
+            if let Kind::File(d) = &e.kind {
+                d.sha256().unwrap();
+            }
+        }
+        let again = dir.path().join("known");
+        write(&known, &again, 7, &opts(3, 2)).unwrap();
+        assert_eq!(std::fs::read(&img).unwrap(), std::fs::read(&again).unwrap());
     }
 
     #[test]

@@ -181,12 +181,27 @@ impl Content {
         Ok(*self.sha256.get_or_init(|| d))
     }
 
+    /// The SHA-256 of the bytes if something has computed it already.
+    pub fn known_sha256(&self) -> Option<[u8; 32]> {
+        self.sha256.get().copied()
+    }
+
+    /// Remembers `digest` as the SHA-256 of the bytes, computed by a caller
+    /// that read them anyway (the squashfs writer, from the blocks it
+    /// compressed). A digest already known stays.
+    pub fn remember_sha256(&self, digest: [u8; 32]) {
+        let _ = self.sha256.set(digest);
+    }
+
     /// Reads the whole contents through a SHA-256.
     pub fn hash_bytes(&self) -> io::Result<[u8; 32]> {
         let mut h = Sha256::new();
         let mut r = self.reader()?;
         // Larger than `io::copy`'s 8 KiB: a rootfs is read through here whole.
-        let mut buf = vec![0u8; 256 * 1024];
+        // No larger than the file (plus one byte, to see its end): most files
+        // are small, and a buffer is zeroed before use.
+        let size = usize::try_from(self.len.saturating_add(1)).unwrap_or(usize::MAX);
+        let mut buf = vec![0u8; size.min(256 * 1024)];
         loop {
             let n = crate::io::read_full(&mut r, &mut buf)?;
             h.update(&buf[..n]);
