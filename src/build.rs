@@ -15,6 +15,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+use crate::background::Background;
 use crate::base::node::NodeBase;
 use crate::board::{Board, DataDir};
 use crate::bootfiles::{self, Found};
@@ -556,39 +557,24 @@ fn place_system(sys: &System, image: &Path, start: u64, size: u64) -> Result<Pla
             let ctx = || format!("writing disk image {}", image.display());
             let file = std::fs::File::create(image).with_context(ctx)?;
             let squashfs = squashfs.clone();
+            const WHAT: &str = "copying the system image into the disk image";
             let copy = move || -> Result<()> {
-                crate::disk::sparse::copy_dense_into(&file, start, &squashfs, size)?;
+                crate::disk::sparse::copy_dense_into(&file, start, &squashfs, size)
+                    .context(WHAT)?;
                 Ok(())
             };
-            let thread = std::thread::Builder::new()
-                .name("system-copy".into())
-                .spawn(copy)
-                .context("starting a thread to copy the system image")?;
-            Ok(Placing(Some(thread)))
+            Ok(Placing(Some(Background::spawn("system-copy", WHAT, copy)?)))
         }
     }
 }
 
-/// The squashfs being put into a disk image; joined when dropped.
-struct Placing(Option<std::thread::JoinHandle<Result<()>>>);
+/// The squashfs being put into a disk image (nothing to wait for when the
+/// image was written around it); waited for when dropped.
+struct Placing(Option<Background<()>>);
 
 impl Placing {
-    fn wait(mut self) -> Result<()> {
-        self.join()
-    }
-
-    fn join(&mut self) -> Result<()> {
-        match self.0.take().map(|t| t.join()) {
-            None => Ok(()),
-            Some(Ok(r)) => r.context("copying the system image into the disk image"),
-            Some(Err(_)) => bail!("the thread copying the system image panicked"),
-        }
-    }
-}
-
-impl Drop for Placing {
-    fn drop(&mut self) {
-        let _ = self.join();
+    fn wait(self) -> Result<()> {
+        self.0.map_or(Ok(()), Background::wait)
     }
 }
 

@@ -29,32 +29,19 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::elf;
 use crate::tree::{self, lookup, Entry, Kind, Meta, Tree};
 
-/// The initramfs being written ([`write_in_background`]).
-pub struct PendingWrite(std::thread::JoinHandle<Result<Vec<u8>>>);
-
-impl PendingWrite {
-    /// The gzip'd archive's bytes, once written.
-    pub fn wait(self) -> Result<Vec<u8>> {
-        self.0
-            .join()
-            .map_err(|_| anyhow!("the thread writing the initramfs panicked"))?
-    }
-}
-
 /// Writes `tree` as a gzip'd newc archive to `path` ([`crate::fs::cpio::write_gzip`])
-/// on a thread of its own and hands back its bytes: gzip keeps a core busy
-/// for a tenth of a second or more, which the system image's compression (on
-/// every core) would otherwise wait for.
-pub fn write_in_background(tree: Tree, path: std::path::PathBuf) -> Result<PendingWrite> {
-    let work = move || -> Result<Vec<u8>> {
-        crate::fs::cpio::write_gzip(&tree, &path).context("writing the initramfs")?;
+/// on a thread of its own; its `wait` gives the archive's bytes. gzip keeps a
+/// core busy for a tenth of a second or more, which the system image's
+/// compression (on every core) would otherwise wait for.
+pub fn write_in_background(
+    tree: Tree,
+    path: std::path::PathBuf,
+) -> Result<crate::background::Background<Vec<u8>>> {
+    const WHAT: &str = "writing the initramfs";
+    crate::background::Background::spawn("initramfs", WHAT, move || {
+        crate::fs::cpio::write_gzip(&tree, &path).context(WHAT)?;
         std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
-    };
-    let handle = std::thread::Builder::new()
-        .name("initramfs".into())
-        .spawn(work)
-        .context("starting a thread to write the initramfs")?;
-    Ok(PendingWrite(handle))
+    })
 }
 
 /// Where the init looks for the node config inside the initramfs (see

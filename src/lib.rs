@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod android;
+pub mod background;
 pub mod base;
 pub mod board;
 pub mod bootfiles;

@@ -11,7 +11,8 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use crate::background::Background;
+use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 pub struct Staging {
@@ -123,54 +124,36 @@ pub fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 /// written to the page cache during minutes of compression and then to
 /// disk all at once at the end (a quarter of a second per 500 MB here).
 pub struct Flusher {
-    wake: Option<std::sync::mpsc::SyncSender<()>>,
-    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    // Dropped first: the thread stops when its channel closes, and is then
+    // waited for.
+    wake: std::sync::mpsc::SyncSender<()>,
+    thread: Background<()>,
 }
 
 impl Flusher {
     pub fn start(file: &File) -> Result<Flusher> {
+        const WHAT: &str = "flushing the image to disk";
         let f = file.try_clone().context("opening the image file again")?;
         let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
-        let thread = std::thread::Builder::new()
-            .name("flusher".into())
-            .spawn(move || {
-                for () in woken {
-                    f.sync_data()?;
-                }
-                Ok(())
-            })
-            .context("starting a thread to flush the image to disk")?;
-        Ok(Flusher {
-            wake: Some(wake),
-            thread: Some(thread),
-        })
+        let thread = Background::spawn("flusher", WHAT, move || {
+            for () in woken {
+                f.sync_data().context(WHAT)?;
+            }
+            Ok(())
+        })?;
+        Ok(Flusher { wake, thread })
     }
 
     /// Asks for an fsync soon; never waits.
     pub fn wake(&self) {
-        if let Some(w) = &self.wake {
-            let _ = w.try_send(());
-        }
+        let _ = self.wake.try_send(());
     }
 
     /// Waits for the fsync under way; its error, if it failed.
-    pub fn stop(mut self) -> Result<()> {
-        self.join()
-    }
-
-    fn join(&mut self) -> Result<()> {
-        self.wake = None;
-        match self.thread.take().map(|t| t.join()) {
-            Some(Ok(r)) => r.context("flushing the image to disk"),
-            Some(Err(_)) => bail!("the thread flushing the image to disk panicked"),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        let _ = self.join();
+    pub fn stop(self) -> Result<()> {
+        let Flusher { wake, thread } = self;
+        drop(wake);
+        thread.wait()
     }
 }
 
