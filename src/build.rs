@@ -561,7 +561,9 @@ fn place_system(sys: &System, image: &Path, start: u64, size: u64) -> Result<Pla
             let copy = move || -> Result<()> {
                 crate::disk::sparse::copy_dense_into(&file, start, &squashfs, size)
                     .context(WHAT)?;
-                Ok(())
+                // On to the disk while the boot partition is written: the
+                // image's fsync at assembly then finds little left to write.
+                file.sync_data().context(WHAT)
             };
             Ok(Placing(Some(Background::spawn("system-copy", WHAT, copy)?)))
         }
