@@ -769,6 +769,45 @@ fn an_uncached_build_writes_the_same_image_in_place_and_bmaptool_verifies_it() {
     let _ = fs::remove_dir_all(&out);
 }
 
+/// A directory with the cache on is hashed before anything else (its digest
+/// is the cache key); with `--no-cache` its files are hashed by the squashfs
+/// writer from the blocks it compresses. Both give the same rootfs digest in
+/// build.json, and the same image (the identifiers come from those digests).
+#[test]
+fn a_directory_hashed_first_or_while_compressed_gives_the_same_digest_and_image() {
+    let out = scratch("build-dir-digests");
+    let build = |name: &str, cache: Option<&Path>| {
+        let dir = out.join(name);
+        let mut cmd = nodeimg();
+        cmd.env("SOURCE_DATE_EPOCH", "1700000000")
+            .arg("build")
+            .arg("rpi4")
+            .arg("--rootfs")
+            .arg(unpacked_rootfs())
+            .arg("-o")
+            .arg(&dir);
+        match cache {
+            // A cache of its own: a miss, so this build writes the squashfs.
+            Some(c) => cmd.env("XDG_CACHE_HOME", c),
+            None => cmd.arg("--no-cache"),
+        };
+        run_ok(&mut cmd);
+        let dir = dir.join("rpi4");
+        let m: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.join("build.json")).unwrap()).unwrap();
+        (dir.join("rpi4.img"), m)
+    };
+    let (first_img, first) = build("hashed-first", Some(&out.join("cache")));
+    let (while_img, while_) = build("while-compressed", None);
+    assert_eq!(first["system_cache"], "miss", "{first}");
+    assert_eq!(while_["system_cache"], "off", "{while_}");
+    let digest = first["rootfs"]["tree_sha256"].as_str().unwrap_or_default();
+    assert_eq!(digest.len(), 64, "{first}");
+    assert_eq!(while_["rootfs"]["tree_sha256"], digest);
+    run_ok(Command::new("cmp").arg(&first_img).arg(&while_img));
+    let _ = fs::remove_dir_all(&out);
+}
+
 /// The image's content is checked independently of the map's own claims:
 /// every range's SHA-256 recomputed from the image, the ranges covering the
 /// tables and every partition's start, and bmaptool (the format's own tool)
