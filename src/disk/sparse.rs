@@ -72,12 +72,21 @@ pub fn hash_zeros(h: &mut Sha256, mut n: u64) {
 }
 
 /// Feeds the bytes `[from, to)` of `f` to `h`, reading only its data regions
-/// (holes are hashed as the zeros they read as). A file that ends before
-/// `to` is an error.
+/// (holes are hashed as the zeros they read as; a range of one read or less
+/// is read whole). A file that ends before `to` is an error.
 pub fn hash_range(h: &mut Sha256, f: &File, from: u64, to: u64) -> Result<()> {
-    let mut buf = vec![0u8; READ_BUF];
+    // Most files hashed through here are a rootfs's small files: a 1 MiB
+    // buffer zeroed for each cost more than hashing them (1.6 s for the
+    // 98,000 files of a 2 GB tree), and looking for holes in a range no
+    // larger than one read saves nothing.
+    let len = to.saturating_sub(from);
+    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(READ_BUF).min(READ_BUF)];
+    let regions = match len <= READ_BUF as u64 {
+        true => vec![(from, to)],
+        false => data_regions_in(f, from, to)?,
+    };
     let mut pos = from;
-    for (start, end) in data_regions_in(f, from, to)? {
+    for (start, end) in regions {
         hash_zeros(h, start - pos);
         pos = start;
         while pos < end {
@@ -88,6 +97,13 @@ pub fn hash_range(h: &mut Sha256, f: &File, from: u64, to: u64) -> Result<()> {
             }
             h.update(&buf[..n]);
             pos += n as u64;
+        }
+    }
+    // A hole to the end, or the file's end: only the first reads as zeros.
+    if pos < to {
+        let now = f.metadata()?.len();
+        if now < to {
+            bail!("the file ends at {now} bytes, before {to} (shrank while being hashed?)");
         }
     }
     hash_zeros(h, to - pos);
@@ -243,6 +259,43 @@ mod tests {
         assert_eq!(at(100 << 20, 6), b"middle");
         assert_eq!(at(len - 4, 4), b"tail");
         assert!(at(200 << 20, 1 << 20).iter().all(|&b| b == 0));
+    }
+
+    /// Ranges of any size, holes in them or not, hash as the bytes they
+    /// read as; a file shorter than the range is an error.
+    #[test]
+    fn hash_range_hashes_what_the_range_reads_as() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let f = File::create(&path).unwrap();
+        let len = 5u64 << 20;
+        f.set_len(len).unwrap();
+        f.write_all_at(b"head", 0).unwrap();
+        f.write_all_at(&[7u8; 3000], (2 << 20) + 5).unwrap();
+        f.write_all_at(b"tail", len - 4).unwrap();
+        drop(f);
+        let bytes = std::fs::read(&path).unwrap();
+        let f = File::open(&path).unwrap();
+        let ranges = [
+            (0, 0),
+            (0, 10),
+            (1, 4096),
+            (0, READ_BUF as u64),
+            (3, READ_BUF as u64 + 4),
+            ((2 << 20) - 100, (2 << 20) + 10_000),
+            (1 << 20, len),
+            (0, len),
+        ];
+        for (from, to) in ranges {
+            let mut h = Sha256::new();
+            hash_range(&mut h, &f, from, to).unwrap();
+            let want = Sha256::digest(&bytes[from as usize..to as usize]);
+            assert_eq!(h.finalize(), want, "{from}..{to}");
+        }
+        for (from, to) in [(len - 10, len + 1), (0, len + READ_BUF as u64)] {
+            let err = hash_range(&mut Sha256::new(), &f, from, to).unwrap_err();
+            assert!(format!("{err:#}").contains("shrank"), "{err:#}");
+        }
     }
 
     #[test]
