@@ -26,7 +26,6 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -47,32 +46,13 @@ const MAGIC: &[u8; 24] = b"nodeimg file-digests v1\n";
 const RECORD: usize = 8 * 9 + 32;
 
 /// What identifies a file's state: device and inode, size, mtime, ctime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
+use crate::tree::content::FileStamp as Stamp;
 
-impl Stamp {
-    fn of(m: &fs::Metadata) -> Stamp {
-        Stamp {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        }
-    }
-
-    /// Whether both timestamps lie at least `settle` (whole seconds)
-    /// before `start` (seconds and nanoseconds since the epoch).
-    fn settled_before(&self, start: (i64, i64), settle: Duration) -> bool {
-        let limit = (start.0 - settle.as_secs() as i64, start.1);
-        self.mtime <= limit && self.ctime <= limit
-    }
+/// Whether both of `stamp`'s timestamps lie at least `settle` (whole
+/// seconds) before `start` (seconds and nanoseconds since the epoch).
+fn settled_before(stamp: &Stamp, start: (i64, i64), settle: Duration) -> bool {
+    let limit = (start.0 - settle.as_secs() as i64, start.1);
+    stamp.mtime <= limit && stamp.ctime <= limit
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -164,7 +144,7 @@ impl FileDigests {
         let sha: [u8; 32] = h.finalize().into();
         let after = Stamp::of(&f.metadata().with_context(ctx)?);
         if let Some(memo) = &self.inner {
-            if after == before && before.settled_before(start, memo.settle) {
+            if after == before && settled_before(&before, start, memo.settle) {
                 self.remember(before, sha);
             }
         }
@@ -195,22 +175,25 @@ impl FileDigests {
     /// disk (a rootfs directory's), whose size must still be the one the
     /// tree recorded; else read.
     pub fn sha256_content(&self, c: &Content) -> Result<[u8; 32]> {
-        c.sha256_with(|c| match (c.path(), &self.inner) {
-            (Some(path), Some(_)) => {
-                let m =
-                    fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
-                let size = m.len();
-                if size != c.len() {
-                    anyhow::bail!(
-                        "{} changed while the build was reading it ({} bytes, was {})",
-                        path.display(),
-                        size,
-                        c.len()
-                    );
-                }
-                self.sha256_stat(path, &m)
+        c.sha256_with(|c| {
+            let (Some(path), Some(_)) = (c.path(), &self.inner) else {
+                return Ok(c.hash_bytes()?);
+            };
+            // Known by its stamp from the rootfs's listing: no `stat` again.
+            if let Some(sha) = c.listed_stamp().and_then(|s| self.recall(s)) {
+                return Ok(sha);
             }
-            _ => Ok(c.hash_bytes()?),
+            let m = fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+            let size = m.len();
+            if size != c.len() {
+                anyhow::bail!(
+                    "{} changed while the build was reading it ({} bytes, was {})",
+                    path.display(),
+                    size,
+                    c.len()
+                );
+            }
+            self.sha256_stat(path, &m)
         })
     }
 
@@ -416,6 +399,36 @@ mod tests {
         let mut want = vec![0u8; 1 << 20];
         want[300_000] = b'x';
         assert_eq!(memo.sha256_file(&s).unwrap(), sha(&want));
+    }
+
+    /// A rootfs file known to the memo by the stamp it was listed with is
+    /// not looked at again (here it is gone by then); one whose stamp the
+    /// memo does not know, or that was not listed, is.
+    #[test]
+    fn a_listed_file_known_by_its_stamp_is_not_stat_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let memo = memo_unsettled(dir.path().join("memo"));
+        let known = dir.path().join("known");
+        fs::write(&known, b"known bytes").unwrap();
+        assert_eq!(memo.sha256_file(&known).unwrap(), sha(b"known bytes"));
+        assert_eq!(recorded(&memo), 1);
+        let md = fs::metadata(&known).unwrap();
+        let listed = Content::from_listed_path(&known, &md);
+        let unlisted = Content::from_path(&known, md.len());
+        fs::remove_file(&known).unwrap();
+        assert_eq!(memo.sha256_content(&listed).unwrap(), sha(b"known bytes"));
+        let err = format!("{:#}", memo.sha256_content(&unlisted).unwrap_err());
+        assert!(err.contains("known"), "{err}");
+
+        // Listed after a change the memo has not seen: read, not recalled.
+        let changed = dir.path().join("changed");
+        fs::write(&changed, b"old").unwrap();
+        memo.sha256_file(&changed).unwrap();
+        // (Another size: within one tick of the clock, times may not change.)
+        fs::write(&changed, b"newer").unwrap();
+        let md = fs::metadata(&changed).unwrap();
+        let c = Content::from_listed_path(&changed, &md);
+        assert_eq!(memo.sha256_content(&c).unwrap(), sha(b"newer"));
     }
 
     #[test]

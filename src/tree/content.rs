@@ -26,6 +26,31 @@ use std::sync::{Arc, OnceLock};
 
 use sha2::{Digest, Sha256};
 
+/// What `stat` says of a file that changes when its content may have: the
+/// digest memo (`file_digests`) knows files by it, as git's index does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileStamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    /// Seconds and nanoseconds.
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+}
+
+impl FileStamp {
+    pub fn of(m: &std::fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
 /// The bytes of one regular file (shared by its hard links through an `Arc`).
 pub struct Content {
     len: u64,
@@ -36,8 +61,8 @@ pub struct Content {
 
 enum Source {
     Mem(Vec<u8>),
-    /// A whole file on disk.
-    Path(PathBuf),
+    /// A whole file on disk, and its stamp when the rootfs was listed.
+    Path(PathBuf, Option<FileStamp>),
     /// `len` bytes of an open file from `offset`.
     Range {
         file: Arc<File>,
@@ -59,8 +84,27 @@ impl Content {
     pub fn from_path(path: impl Into<PathBuf>, len: u64) -> Self {
         Content {
             len,
-            source: Source::Path(path.into()),
+            source: Source::Path(path.into(), None),
             sha256: OnceLock::new(),
+        }
+    }
+
+    /// A rootfs directory's file as it was listed (`md` from `stat`): its
+    /// stamp lets the digest memo know it without another `stat`.
+    pub fn from_listed_path(path: impl Into<PathBuf>, md: &std::fs::Metadata) -> Self {
+        Content {
+            len: md.len(),
+            source: Source::Path(path.into(), Some(FileStamp::of(md))),
+            sha256: OnceLock::new(),
+        }
+    }
+
+    /// The stamp of a file of a listed rootfs directory, taken when it was
+    /// listed.
+    pub fn listed_stamp(&self) -> Option<&FileStamp> {
+        match &self.source {
+            Source::Path(_, stamp) => stamp.as_ref(),
+            _ => None,
         }
     }
 
@@ -85,7 +129,7 @@ impl Content {
     /// tool can read it directly instead of from a copy).
     pub fn path(&self) -> Option<&Path> {
         match &self.source {
-            Source::Path(p) => Some(p),
+            Source::Path(p, _) => Some(p),
             _ => None,
         }
     }
@@ -95,7 +139,7 @@ impl Content {
     pub fn reader(&self) -> io::Result<ContentReader<'_>> {
         let inner = match &self.source {
             Source::Mem(v) => Inner::Mem(v),
-            Source::Path(p) => {
+            Source::Path(p, _) => {
                 let f = File::open(p).map_err(|e| annotate(e, p))?;
                 let actual = f.metadata().map_err(|e| annotate(e, p))?.len();
                 if actual != self.len {
@@ -150,7 +194,7 @@ impl Content {
                 buf.copy_from_slice(&v[start..start + buf.len()]);
                 Ok(())
             }
-            Source::Path(p) => {
+            Source::Path(p, _) => {
                 let f = File::open(p).map_err(|e| annotate(e, p))?;
                 f.read_exact_at(buf, offset).map_err(short)
             }
@@ -236,7 +280,7 @@ impl Content {
         }
         match (&self.source, &other.source) {
             (Source::Mem(a), Source::Mem(b)) => return Ok(a == b),
-            (Source::Path(a), Source::Path(b)) if a == b => return Ok(true),
+            (Source::Path(a, _), Source::Path(b, _)) if a == b => return Ok(true),
             (Source::Range { file: a, offset: x }, Source::Range { file: b, offset: y })
                 if Arc::ptr_eq(a, b) && x == y =>
             {
@@ -280,7 +324,7 @@ impl fmt::Debug for Content {
                 write!(f, "Content({:?})", String::from_utf8_lossy(v))
             }
             Source::Mem(_) => write!(f, "Content({} bytes in memory)", self.len),
-            Source::Path(p) => write!(f, "Content({} bytes of {})", self.len, p.display()),
+            Source::Path(p, _) => write!(f, "Content({} bytes of {})", self.len, p.display()),
             Source::Range { offset, .. } => {
                 write!(
                     f,

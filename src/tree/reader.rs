@@ -234,10 +234,10 @@ impl Walk {
                     .map_err(|_| anyhow!("a thread listing the rootfs panicked"))?;
                 let data = links
                     .entry((md.dev(), md.ino()))
-                    .or_insert_with(|| Arc::new(Content::from_path(full, md.len())));
+                    .or_insert_with(|| Arc::new(Content::from_listed_path(full, md)));
                 Kind::File(data.clone())
             } else {
-                Kind::File(Arc::new(Content::from_path(full, md.len())))
+                Kind::File(Arc::new(Content::from_listed_path(full, md)))
             }
         } else if ft.is_symlink() {
             let target = fs::read_link(full).with_context(|| format!("{}", full.display()))?;
