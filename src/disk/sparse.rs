@@ -222,19 +222,29 @@ mod tests {
     use super::*;
     use std::os::unix::fs::{FileExt, MetadataExt};
 
+    /// A file of `len` bytes, holes but for `data` (offset, bytes) and
+    /// "tail" in its last 4 bytes.
+    fn sparse_file(path: &Path, len: u64, data: &[(u64, &[u8])]) {
+        let f = File::create(path).unwrap();
+        f.set_len(len).unwrap();
+        for (off, bytes) in data {
+            f.write_all_at(bytes, *off).unwrap();
+        }
+        f.write_all_at(b"tail", len - 4).unwrap();
+    }
+
     #[test]
     fn copy_keeps_bytes_and_holes() {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
-        let f = File::create(&src).unwrap();
         let len = 256u64 << 20;
-        f.set_len(len).unwrap();
-        f.write_all_at(b"head", 0).unwrap();
-        f.write_all_at(b"middle", 100 << 20).unwrap();
         // Explicit zeros are data to the filesystem but stay holes in the copy.
-        f.write_all_at(&vec![0u8; 8 << 20], 200 << 20).unwrap();
-        f.write_all_at(b"tail", len - 4).unwrap();
-        drop(f);
+        let zeros = vec![0u8; 8 << 20];
+        sparse_file(
+            &src,
+            len,
+            &[(0, b"head"), (100 << 20, b"middle"), (200 << 20, &zeros)],
+        );
         let regions = data_regions(&File::open(&src).unwrap(), len).unwrap();
         assert!(regions.len() >= 3, "{regions:?}");
         let covered: u64 = regions.iter().map(|(a, b)| b - a).sum();
@@ -267,13 +277,8 @@ mod tests {
     fn hash_range_hashes_what_the_range_reads_as() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let f = File::create(&path).unwrap();
         let len = 5u64 << 20;
-        f.set_len(len).unwrap();
-        f.write_all_at(b"head", 0).unwrap();
-        f.write_all_at(&[7u8; 3000], (2 << 20) + 5).unwrap();
-        f.write_all_at(b"tail", len - 4).unwrap();
-        drop(f);
+        sparse_file(&path, len, &[(0, b"head"), ((2 << 20) + 5, &[7u8; 3000])]);
         let bytes = std::fs::read(&path).unwrap();
         let f = File::open(&path).unwrap();
         let ranges = [
