@@ -337,12 +337,16 @@ fn prepare_system(
     // taken once the squashfs is written, from a copy of the tree as read
     // (file contents are shared, not copied). The squashfs writer hashes the
     // system's files from the blocks it compresses, so each is read once.
+    enum RootfsDigest {
+        Known([u8; 32]),
+        Later(Tree),
+    }
     let (mut rootfs, epoch, rootfs_digest) = match read_already.take() {
-        Some((rootfs, epoch, digest)) => (rootfs, epoch, Ok(digest)),
+        Some((rootfs, epoch, digest)) => (rootfs, epoch, RootfsDigest::Known(digest)),
         None => {
             let (rootfs, epoch) = read()?;
             let as_read = rootfs.clone();
-            (rootfs, epoch, Err(as_read))
+            (rootfs, epoch, RootfsDigest::Later(as_read))
         }
     };
 
@@ -446,8 +450,8 @@ fn prepare_system(
     // the cache key): the rootfs's and the system's digests, from the same
     // files, cost little.
     let rootfs_digest = match rootfs_digest {
-        Ok(known) => known,
-        Err(as_read) => ids::tree_digest(&as_read, digests)?,
+        RootfsDigest::Known(d) => d,
+        RootfsDigest::Later(as_read) => ids::tree_digest(&as_read, digests)?,
     };
     let rootfs_tree_sha256 = hex::encode(rootfs_digest);
     let seed = ids::seed(&[

@@ -30,6 +30,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+// What identifies a file's state: device and inode, size, mtime, ctime.
+use crate::tree::content::FileStamp as Stamp;
+
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
@@ -44,9 +47,6 @@ pub const KEEP: usize = 400_000;
 
 const MAGIC: &[u8; 24] = b"nodeimg file-digests v1\n";
 const RECORD: usize = 8 * 9 + 32;
-
-/// What identifies a file's state: device and inode, size, mtime, ctime.
-use crate::tree::content::FileStamp as Stamp;
 
 /// Whether both of `stamp`'s timestamps lie at least `settle` (whole
 /// seconds) before `start` (seconds and nanoseconds since the epoch).

@@ -371,9 +371,10 @@ impl<'f, 'a> Jobs<'f, 'a> {
                 let mut bytes = Vec::new();
                 read_content(data, 0, size as usize, &mut bytes)
                     .with_context(|| format!("reading /{path}"))?;
-                data.remember_sha256(Sha256::digest(&bytes).into());
+                let d: [u8; 32] = Sha256::digest(&bytes).into();
+                data.remember_sha256(d);
                 read = Some(bytes);
-                data.known_sha256()
+                Some(d)
             }
             (true, None) => Some(data.sha256().with_context(|| format!("reading /{path}"))?),
         };
