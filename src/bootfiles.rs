@@ -146,26 +146,18 @@ pub fn kernel_cmdline(board: &Board, plan: &DiskPlan, disk_id: &str) -> String {
 pub fn boot_files(
     board: &Board,
     found: &Found,
-    initramfs: &[u8],
+    initramfs: &Data,
     cmdline: &str,
-) -> Result<BTreeMap<String, Vec<u8>>> {
+) -> Result<BTreeMap<String, Data>> {
     let mut files = BTreeMap::new();
-    let kernel = found
-        .kernel_data
-        .to_vec()
-        .with_context(|| format!("reading /{}", found.kernel))?;
-    files.insert(board.boot.kernel_name.clone(), kernel);
-    files.insert(board.boot.initramfs_name.clone(), initramfs.to_vec());
+    files.insert(board.boot.kernel_name.clone(), found.kernel_data.clone());
+    files.insert(board.boot.initramfs_name.clone(), initramfs.clone());
     files.insert(
         "cmdline.txt".to_string(),
-        format!("{cmdline}\n").into_bytes(),
+        tree::data(format!("{cmdline}\n")),
     );
     for (name, data) in found.dtbs.iter().chain(found.firmware.iter()) {
-        let bytes = data
-            .1
-            .to_vec()
-            .with_context(|| format!("reading /{}", data.0))?;
-        files.insert(name.clone(), bytes);
+        files.insert(name.clone(), data.1.clone());
     }
     if board.boot.method == BootMethod::RpiFirmware {
         let mut cfg = String::from("# written by nodeimg\narm_64bit=1\n");
@@ -178,7 +170,7 @@ pub fn boot_files(
             cfg.push_str(line);
             cfg.push('\n');
         }
-        files.insert("config.txt".to_string(), cfg.into_bytes());
+        files.insert("config.txt".to_string(), tree::data(cfg));
     }
     if board.boot.method == BootMethod::UBoot {
         if !board.boot.config_txt.is_empty() {
@@ -188,7 +180,7 @@ pub fn boot_files(
                 cfg.push_str(line);
                 cfg.push('\n');
             }
-            files.insert("config.txt".to_string(), cfg.into_bytes());
+            files.insert("config.txt".to_string(), tree::data(cfg));
         }
         files = crate::update::uboot::loader_files(
             files,

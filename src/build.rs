@@ -39,7 +39,7 @@ use crate::output::{self, Staging};
 use crate::phone;
 use crate::progress::Progress;
 use crate::system;
-use crate::tree::{self, reader, Tree};
+use crate::tree::{self, reader, Data, Tree};
 use crate::update;
 
 /// `nodeimg build`.
@@ -154,7 +154,7 @@ struct System {
     squashfs_size: u64,
     /// Hex of `squashfs::Written::tail_sha256`.
     squashfs_tail_sha256: String,
-    initramfs: Vec<u8>,
+    initramfs: Data,
     data_tree: Tree,
     found: Found,
     epoch: u64,
@@ -493,7 +493,7 @@ fn prepare_system(
         squashfs,
         squashfs_size,
         squashfs_tail_sha256,
-        initramfs,
+        initramfs: tree::data(initramfs),
         data_tree,
         found,
         epoch,
@@ -530,7 +530,7 @@ impl System {
             squashfs: SquashfsAt::File(c.squashfs),
             squashfs_size: c.scalars.squashfs_size,
             squashfs_tail_sha256: c.scalars.squashfs_tail_sha256,
-            initramfs: c.initramfs,
+            initramfs: tree::data(c.initramfs),
             data_tree,
             found: c.found,
             epoch: c.scalars.epoch,
@@ -637,7 +637,7 @@ fn write_node_image(
             progress.step(format!("{name}: writing the boot partition"));
             let mut files = bootfiles::boot_files(board, &sys.found, &sys.initramfs, &cmdline)?;
             for (path, f) in &node_files {
-                files.insert(path.clone(), f.data.clone());
+                files.insert(path.clone(), tree::data(f.data.clone()));
             }
             let boot_path = staging.work("boot.vfat");
             let boot = plan.part(Role::Boot)?;
@@ -675,7 +675,7 @@ fn write_node_image(
                 &phone::BootInputs {
                     android,
                     found: &sys.found,
-                    initramfs: &sys.initramfs,
+                    initramfs: &sys.initramfs.bytes()?,
                     node_files: &node_files,
                     cmdline: &cmdline,
                     mtime: sys.epoch,

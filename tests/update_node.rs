@@ -157,7 +157,7 @@ fn bundle_with(name: &str, key: &SecretKey, edit: impl Fn(&mut Contents)) -> Pat
         let e = e.unwrap();
         boot.insert(
             e.file_name().to_string_lossy().into_owned(),
-            fs::read(e.path()).unwrap(),
+            nodeimg::tree::data(fs::read(e.path()).unwrap()),
         );
     }
     let manifest: serde_json::Value = {

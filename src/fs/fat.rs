@@ -29,6 +29,7 @@ use fatfs::{
 };
 
 use crate::disk::layout::{mib, mib1, MIB};
+use crate::tree::Data;
 
 /// Options of the FAT32 volume.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,13 +179,13 @@ fn entry_bytes(name: &str) -> u64 {
 }
 
 /// Clusters the files and their directories take, the root's first cluster included.
-fn clusters_needed(files: &[(Vec<&str>, &Vec<u8>)], cluster: u64, label: bool) -> u64 {
+fn clusters_needed(files: &[(Vec<&str>, &Data)], cluster: u64, label: bool) -> u64 {
     // directory path -> bytes of entries in it
     let mut dirs: BTreeMap<String, u64> = BTreeMap::new();
     dirs.insert(String::new(), if label { DIR_ENTRY } else { 0 });
     let mut total = 0;
     for (parts, data) in files {
-        total += (data.len() as u64).div_ceil(cluster);
+        total += data.len().div_ceil(cluster);
         let last = parts.len() - 1;
         for depth in 0..last {
             let dir = parts[..=depth].join("/");
@@ -205,13 +206,15 @@ fn clusters_needed(files: &[(Vec<&str>, &Vec<u8>)], cluster: u64, label: bool) -
 
 /// Writes `out`, exactly `size` bytes, holding a FAT32 filesystem with `files`
 /// (keys are paths such as "config.txt" or "overlays/foo.dtbo"; missing
-/// directories are created). Not synced: the build copies it into the disk
-/// image and syncs that (flushing the intermediate file cost 50-70 ms).
+/// directories are created). Contents are streamed from where they are (a
+/// 44 MB kernel is not copied into memory). Not synced: the build copies it
+/// into the disk image and syncs that (flushing the intermediate file cost
+/// 50-70 ms).
 pub fn write(
     out: &Path,
     size: u64,
     opts: &FatOptions,
-    files: &BTreeMap<String, Vec<u8>>,
+    files: &BTreeMap<String, Data>,
 ) -> Result<()> {
     let result = write_inner(out, size, opts, files);
     if result.is_err() {
@@ -224,7 +227,7 @@ fn write_inner(
     out: &Path,
     size: u64,
     opts: &FatOptions,
-    files: &BTreeMap<String, Vec<u8>>,
+    files: &BTreeMap<String, Data>,
 ) -> Result<()> {
     let label = label_bytes(&opts.label)?;
     if size % SECTOR != 0 {
@@ -240,7 +243,7 @@ fn write_inner(
 
     // Check paths: plain, and no two differing only in case (FAT compares
     // names case-insensitively) or a file standing where a directory must be.
-    let mut checked: Vec<(Vec<&str>, &Vec<u8>)> = Vec::with_capacity(files.len());
+    let mut checked: Vec<(Vec<&str>, &Data)> = Vec::with_capacity(files.len());
     let mut folded: BTreeMap<String, (String, bool)> = BTreeMap::new();
     for (path, data) in files {
         let parts = split_path(path)?;
@@ -310,6 +313,7 @@ fn write_inner(
     }
     {
         let root = fs.root_dir();
+        let mut buf = vec![0u8; COPY_BUF];
         for (parts, data) in &checked {
             let path = parts.join("/");
             let mut dir = root.clone();
@@ -325,7 +329,7 @@ fn write_inner(
                 .map_err(|e| space_error(e, needed, capacity, size))
                 .with_context(|| format!("creating {path:?}"))?;
             f.truncate()?;
-            f.write_all(data)
+            copy_into(data, &mut f, &mut buf)
                 .map_err(|e| space_error(e, needed, capacity, size))
                 .with_context(|| format!("writing {path:?} ({} bytes)", data.len()))?;
             f.flush().with_context(|| format!("writing {path:?}"))?;
@@ -336,6 +340,31 @@ fn write_inner(
         .write_back()
         .with_context(|| format!("writing {}", out.display()))?;
     fix_dot_entries(&mut file).context("fixing the \".\" and \"..\" directory entries")?;
+    Ok(())
+}
+
+/// Bytes read from a boot file per write into the filesystem.
+const COPY_BUF: usize = 1024 * 1024;
+
+/// Writes all of `data` to `to`; an error if it is not `data.len()` bytes
+/// long when read (`Content`'s reader also refuses a file that grew).
+fn copy_into(data: &Data, to: &mut impl Write, buf: &mut [u8]) -> std::io::Result<()> {
+    let mut r = data.reader()?;
+    let mut copied = 0u64;
+    loop {
+        let n = r.read(buf)?;
+        if n == 0 {
+            break;
+        }
+        to.write_all(&buf[..n])?;
+        copied += n as u64;
+    }
+    if copied != data.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("read {copied} bytes of {}", data.len()),
+        ));
+    }
     Ok(())
 }
 
@@ -683,6 +712,20 @@ mod tests {
     use crate::fs::test_noise as noise;
     use std::process::Command;
 
+    /// [`super::write`] with the contents given as bytes.
+    fn write(
+        out: &Path,
+        size: u64,
+        opts: &FatOptions,
+        files: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<()> {
+        let files = files
+            .iter()
+            .map(|(k, v)| (k.clone(), crate::tree::data(v.clone())))
+            .collect();
+        super::write(out, size, opts, &files)
+    }
+
     fn opts() -> FatOptions {
         FatOptions {
             volume_id: 0x1234_abcd,
@@ -858,6 +901,47 @@ mod tests {
         let mut files = BTreeMap::new();
         files.insert("x/../y".to_string(), vec![]);
         assert!(write(&img, 64 * MIB, &opts(), &files).is_err());
+    }
+
+    #[test]
+    fn files_on_disk_are_streamed_and_one_that_changed_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("vmlinuz");
+        let bytes = noise(3 * COPY_BUF + 12_345, 4);
+        std::fs::write(&kernel, &bytes).unwrap();
+        let mut files = BTreeMap::new();
+        let on_disk = crate::tree::Content::from_path(&kernel, bytes.len() as u64);
+        files.insert("slot-a/vmlinuz".to_string(), std::sync::Arc::new(on_disk));
+        files.insert("cmdline.txt".to_string(), crate::tree::data(*b"x\n"));
+        let img = dir.path().join("boot.img");
+        super::write(&img, 64 * MIB, &opts(), &files).unwrap();
+        assert!(read_file(&img, "slot-a/vmlinuz").unwrap() == bytes);
+        let (code, out) = run("fsck.fat", &["-n", img.to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}");
+
+        // Shorter or longer than when it was listed: an error naming the
+        // file, and no partition file left behind.
+        std::fs::write(&kernel, &bytes[..1000]).unwrap();
+        let err = format!(
+            "{:#}",
+            super::write(&img, 64 * MIB, &opts(), &files).unwrap_err()
+        );
+        assert!(
+            err.contains("\"slot-a/vmlinuz\"")
+                && err.contains("changed during the build (1000 bytes"),
+            "{err}"
+        );
+        assert!(!img.exists());
+        std::fs::write(&kernel, [&bytes[..], b"more"].concat()).unwrap();
+        let err = format!(
+            "{:#}",
+            super::write(&img, 64 * MIB, &opts(), &files).unwrap_err()
+        );
+        assert!(
+            err.contains("\"slot-a/vmlinuz\"") && err.contains("changed during the build"),
+            "{err}"
+        );
+        assert!(!img.exists());
     }
 
     #[test]

@@ -25,6 +25,11 @@ pub use content::Content;
 /// File contents. Hard links to one inode share the same `Arc`.
 pub type Data = Arc<Content>;
 
+/// File contents held in memory.
+pub fn data(bytes: impl Into<Vec<u8>>) -> Data {
+    Arc::new(Content::from_vec(bytes.into()))
+}
+
 /// Ownership, permission bits (`0o7777`, no file type bits) and modification time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Meta {

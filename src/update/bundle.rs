@@ -21,6 +21,7 @@ use crate::bootfiles::Found;
 use crate::cli::UpdateVerifyArgs;
 use crate::disk::plan::DiskPlan;
 use crate::manifest::OutputInfo;
+use crate::tree::Data;
 use crate::update::sign::{PublicKey, SecretKey};
 use crate::update::uboot;
 
@@ -71,7 +72,7 @@ pub struct Contents<'a> {
     pub layout: Layout,
     pub squashfs: &'a Path,
     /// Boot partition file name -> contents (stored as `boot/<name>`).
-    pub boot_files: &'a BTreeMap<String, Vec<u8>>,
+    pub boot_files: &'a BTreeMap<String, Data>,
     pub mtime: u64,
 }
 
@@ -97,7 +98,7 @@ pub fn for_build<'a>(
     key_path: &Path,
     build: (&Board, &DiskPlan, u64, &Found),
     squashfs: &Path,
-    boot_files: impl Iterator<Item = (&'a String, &'a Vec<u8>)>,
+    boot_files: impl Iterator<Item = (&'a String, &'a Data)>,
     args: &crate::cli::BuildArgs,
 ) -> Result<OutputInfo> {
     let (board, plan, epoch, found) = build;
@@ -110,7 +111,7 @@ pub fn for_build<'a>(
     }
     // A slot's files travel without their slot directory (the helper writes
     // them to the slot it updates); the loader's state is the node's own.
-    let boot_files: BTreeMap<String, Vec<u8>> = boot_files
+    let boot_files: BTreeMap<String, Data> = boot_files
         .filter(|(k, _)| k.as_str() != uboot::STATE_NAME)
         .map(|(k, v)| {
             let name = k.strip_prefix("slot-a/").unwrap_or(k);
@@ -164,8 +165,11 @@ pub fn write(out: &Path, c: &Contents, key: &SecretKey) -> Result<String> {
     for (name, data) in c.boot_files {
         payloads.push(Payload {
             name: format!("boot/{name}"),
-            size: data.len() as u64,
-            sha256: hex::encode(Sha256::digest(data)),
+            size: data.len(),
+            sha256: hex::encode(
+                data.sha256()
+                    .with_context(|| format!("reading boot file {name}"))?,
+            ),
         });
     }
     let manifest = Manifest {
@@ -209,11 +213,10 @@ pub fn write(out: &Path, c: &Contents, key: &SecretKey) -> Result<String> {
                 .with_context(|| format!("reading {}", c.squashfs.display()))?;
             add(SYSTEM, system_size, &mut sq)?;
             for (name, data) in c.boot_files {
-                add(
-                    &format!("boot/{name}"),
-                    data.len() as u64,
-                    &mut data.as_slice(),
-                )?;
+                let mut r = data
+                    .reader()
+                    .with_context(|| format!("reading boot file {name}"))?;
+                add(&format!("boot/{name}"), data.len(), &mut r)?;
             }
             tar.finish()
                 .with_context(|| format!("writing {}", out.display()))?;
@@ -439,8 +442,11 @@ mod tests {
         let sq = dir.join("sq");
         std::fs::write(&sq, vec![7u8; 10_000]).unwrap();
         let mut boot = BTreeMap::new();
-        boot.insert("Image".to_string(), b"kernel".to_vec());
-        boot.insert("cmdline.txt".to_string(), b"console=ttyAMA0\n".to_vec());
+        boot.insert("Image".to_string(), crate::tree::data(*b"kernel"));
+        boot.insert(
+            "cmdline.txt".to_string(),
+            crate::tree::data(*b"console=ttyAMA0\n"),
+        );
         let out = dir.join("b.bundle");
         write(
             &out,
@@ -526,7 +532,7 @@ mod tests {
         let mut written = 0;
         for bad in ["../x", "boot/../../etc/x", "/abs", ""] {
             let mut boot = BTreeMap::new();
-            boot.insert(bad.to_string(), b"k".to_vec());
+            boot.insert(bad.to_string(), crate::tree::data(*b"k"));
             let out = dir.path().join("b.bundle");
             let c = Contents {
                 board: "qemu-aarch64",

@@ -25,6 +25,8 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
 
+use crate::tree::{self, Data};
+
 /// What U-Boot's distro boot looks for.
 pub const SCRIPT_NAME: &str = "boot.scr";
 pub const STATE_NAME: &str = "slots.env";
@@ -209,17 +211,17 @@ pub fn set_cmdline_word(cmdline: &str, key: &str, value: &str) -> String {
 /// The files of one slot's directory on the FAT partition.
 pub fn slot_files(
     slot: char,
-    kernel: &[u8],
-    initramfs: &[u8],
+    kernel: &Data,
+    initramfs: &Data,
     cmdline: &str,
-) -> BTreeMap<String, Vec<u8>> {
+) -> BTreeMap<String, Data> {
     let dir = format!("slot-{slot}");
     let mut f = BTreeMap::new();
-    f.insert(format!("{dir}/{KERNEL}"), kernel.to_vec());
-    f.insert(format!("{dir}/{INITRAMFS}"), initramfs.to_vec());
+    f.insert(format!("{dir}/{KERNEL}"), kernel.clone());
+    f.insert(format!("{dir}/{INITRAMFS}"), initramfs.clone());
     f.insert(
         format!("{dir}/bootargs.env"),
-        format!("bootargs={cmdline}\n").into_bytes(),
+        tree::data(format!("bootargs={cmdline}\n")),
     );
     f
 }
@@ -232,12 +234,12 @@ pub fn slot_files(
 /// reproducible) and a `slots.env` with slot a primary and no trial are
 /// added. The image's cmdline already names slot a's system partition.
 pub fn loader_files(
-    mut boot_files: BTreeMap<String, Vec<u8>>,
+    mut boot_files: BTreeMap<String, Data>,
     kernel_name: &str,
     initramfs_name: &str,
     dtb_name: Option<&str>,
     env: &[(String, String)],
-) -> Result<BTreeMap<String, Vec<u8>>> {
+) -> Result<BTreeMap<String, Data>> {
     let mut take = |name: &str| {
         boot_files
             .remove(name)
@@ -245,7 +247,7 @@ pub fn loader_files(
     };
     let kernel = take(kernel_name)?;
     let initramfs = take(initramfs_name)?;
-    let cmdline = String::from_utf8(take("cmdline.txt")?)?;
+    let cmdline = String::from_utf8(take("cmdline.txt")?.to_vec()?)?;
     let cmdline = cmdline.trim();
     for name in [SCRIPT_NAME, STATE_NAME] {
         if boot_files.contains_key(name) {
@@ -263,13 +265,13 @@ pub fn loader_files(
     }
     boot_files.insert(
         SCRIPT_NAME.to_string(),
-        script_image(&boot_script(env), "nodeimg slots", 0)?,
+        tree::data(script_image(&boot_script(env), "nodeimg slots", 0)?),
     );
     let state = State {
         primary: 'a',
         trial: None,
     };
-    boot_files.insert(STATE_NAME.to_string(), state.to_text()?.into_bytes());
+    boot_files.insert(STATE_NAME.to_string(), tree::data(state.to_text()?));
     Ok(boot_files)
 }
 
@@ -350,13 +352,13 @@ mod tests {
     #[test]
     fn loader_files_move_the_kernel_into_slot_a() {
         let mut f = BTreeMap::new();
-        f.insert("vmlinuz".to_string(), b"K".to_vec());
-        f.insert("initrd.img".to_string(), b"I".to_vec());
+        f.insert("vmlinuz".to_string(), tree::data(*b"K"));
+        f.insert("initrd.img".to_string(), tree::data(*b"I"));
         f.insert(
             "cmdline.txt".to_string(),
-            b"console=x nodeimg.system=2\n".to_vec(),
+            tree::data(*b"console=x nodeimg.system=2\n"),
         );
-        f.insert("nodeimg/node.env".to_string(), b"N".to_vec());
+        f.insert("nodeimg/node.env".to_string(), tree::data(*b"N"));
         let l = loader_files(f.clone(), "vmlinuz", "initrd.img", None, &[]).unwrap();
         let names: Vec<&str> = l.keys().map(String::as_str).collect();
         assert_eq!(
@@ -371,15 +373,15 @@ mod tests {
             ]
         );
         assert_eq!(
-            l["slot-a/bootargs.env"],
+            l["slot-a/bootargs.env"].to_vec().unwrap(),
             b"bootargs=console=x nodeimg.system=2\n"
         );
         assert!(loader_files(f.clone(), "Image", "initrd.img", None, &[]).is_err());
         // The board's device tree: kept for the firmware, copied into the slot.
-        f.insert("board.dtb".to_string(), b"D".to_vec());
+        f.insert("board.dtb".to_string(), tree::data(*b"D"));
         let l = loader_files(f.clone(), "vmlinuz", "initrd.img", Some("board.dtb"), &[]).unwrap();
-        assert_eq!(l["board.dtb"], b"D");
-        assert_eq!(l[&format!("slot-a/{FDT}")], b"D");
+        assert_eq!(l["board.dtb"].to_vec().unwrap(), b"D");
+        assert_eq!(l[&format!("slot-a/{FDT}")].to_vec().unwrap(), b"D");
         assert!(loader_files(f, "vmlinuz", "initrd.img", Some("other.dtb"), &[]).is_err());
     }
 
