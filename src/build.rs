@@ -546,8 +546,10 @@ impl System {
 /// Puts the system squashfs into the disk image `image` at `start` (a slot
 /// of `size` bytes): the image written with it in place is moved there, or
 /// the squashfs file is copied in by the kernel on a thread of its own
-/// (`Placing::wait` for it). The image holds nothing else yet.
-fn place_system(sys: &System, image: &Path, start: u64, size: u64) -> Result<Placing> {
+/// (`Placing::wait` for it). The image is made its full `total` bytes; it
+/// holds nothing else yet.
+fn place_system(sys: &System, image: &Path, total: u64, start: u64, size: u64) -> Result<Placing> {
+    let ctx = || format!("writing disk image {}", image.display());
     match &sys.squashfs {
         SquashfsAt::InImage(prebuilt) => {
             let from = prebuilt
@@ -555,11 +557,19 @@ fn place_system(sys: &System, image: &Path, start: u64, size: u64) -> Result<Pla
                 .ok_or_else(|| anyhow!("internal: the disk image holding the squashfs is taken"))?;
             std::fs::rename(&from, image)
                 .with_context(|| format!("moving {} to {}", from.display(), image.display()))?;
+            // Its full size now: the boot partition is written into it next.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(image)
+                .and_then(|f| f.set_len(total))
+                .with_context(ctx)?;
             Ok(Placing(None))
         }
         SquashfsAt::File(squashfs) => {
-            let ctx = || format!("writing disk image {}", image.display());
             let file = std::fs::File::create(image).with_context(ctx)?;
+            // Its full size before the copy starts: the boot partition is
+            // written into it meanwhile, and nothing may change its length.
+            file.set_len(total).with_context(ctx)?;
             let squashfs = squashfs.clone();
             const WHAT: &str = "copying the system image into the disk image";
             let copy = move || -> Result<()> {
@@ -626,10 +636,9 @@ fn write_node_image(
     // The system squashfs goes into the disk image first, by the kernel on
     // a thread of its own while this one writes the boot partition.
     let system = plan.part(Role::SystemA)?;
-    let placing = place_system(sys, &image_path, system.start, system.size)?;
+    let placing = place_system(sys, &image_path, plan.total, system.start, system.size)?;
 
     // Boot: a FAT partition on the disk, or a phone's boot.img.
-    let mut boot_parts = Vec::new();
     let mut boot_images = Vec::new();
     let mut bundle = None;
     match &board.android {
@@ -639,10 +648,16 @@ fn write_node_image(
             for (path, f) in &node_files {
                 files.insert(path.clone(), tree::data(f.data.clone()));
             }
-            let boot_path = staging.work("boot.vfat");
+            // In its place in the image, beside the system's copy.
             let boot = plan.part(Role::Boot)?;
-            fat::write(
-                &boot_path,
+            let image = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&image_path)
+                .with_context(|| format!("opening {}", image_path.display()))?;
+            fat::write_into(
+                &image,
+                boot.start,
                 boot.size,
                 &fat::FatOptions {
                     volume_id: ids::u32_id(&seed, "boot-volume-id"),
@@ -651,7 +666,6 @@ fn write_node_image(
                 &files,
             )
             .context("writing the boot partition")?;
-            boot_parts.push((boot.start, boot.size, boot_path));
             if let Some(key) = &args.sign_key {
                 progress.step(format!("{name}: writing the signed update bundle"));
                 let boot_files = files.iter().filter(|(p, _)| !node_files.contains_key(*p));
@@ -699,15 +713,14 @@ fn write_node_image(
     ));
     let tables = plan.tables(&seed)?;
     let blobs: Vec<(u64, &[u8])> = tables.iter().map(|(o, b)| (*o, b.as_slice())).collect();
-    let parts: Vec<(u64, u64, &Path)> = boot_parts
-        .iter()
-        .map(|(start, size, p)| (*start, *size, p.as_path()))
-        .collect();
     placing.wait()?;
-    let present = [(system.start, system.size)];
+    let mut present = vec![(system.start, system.size)];
+    if board.android.is_none() {
+        let boot = plan.part(Role::Boot)?;
+        present.push((boot.start, boot.size));
+    }
     let data_part = plan.part(Role::Data)?;
-    image::assemble(&image_path, total, &blobs, &parts, &present)
-        .context("assembling the disk image")?;
+    image::assemble(&image_path, total, &blobs, &present).context("assembling the disk image")?;
 
     // Made in its place in the image, not in a temporary file: nothing is
     // copied, and the image stays sparse whatever the data partition's size.
@@ -736,12 +749,8 @@ fn write_node_image(
                 // The image carries the join token: owner-only, like every file holding it.
                 output::restrict(&image_path)?;
             }
-            let boot_fs = boot_parts
-                .first()
-                .map(|(_, _, p)| p.as_path())
-                .ok_or_else(|| anyhow!("internal: a disk image without a boot partition"))?;
             let bmap_name = format!("{image_name}.bmap");
-            let bmap = image_bmap(&image_path, plan, &tables, boot_fs, sys)?;
+            let bmap = image_bmap(&image_path, plan, &tables, sys)?;
             let bmap_xml = bmap.to_xml();
             output::write_synced(&staging.output(&bmap_name), bmap_xml.as_bytes())?;
             let bmap_sha256 = hex::encode(Sha256::digest(bmap_xml.as_bytes()));
@@ -837,19 +846,19 @@ fn image_bmap(
     image: &Path,
     plan: &DiskPlan,
     tables: &[(u64, Vec<u8>)],
-    boot_fs: &Path,
     sys: &System,
 ) -> Result<Bmap> {
+    use std::os::unix::fs::FileExt;
     let mut meaningful: Vec<(u64, u64)> = tables
         .iter()
         .map(|(o, b)| (*o, o.saturating_add(b.len() as u64)))
         .collect();
-    let mut boot_sector = [0u8; 512];
-    std::fs::File::open(boot_fs)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut boot_sector))
-        .with_context(|| format!("reading the boot sector of {}", boot_fs.display()))?;
-    let fat = crate::inspect::probe::FatGeometry::parse(&boot_sector)?;
     let (boot, system) = (plan.part(Role::Boot)?, plan.part(Role::SystemA)?);
+    let mut boot_sector = [0u8; 512];
+    std::fs::File::open(image)
+        .and_then(|f| f.read_exact_at(&mut boot_sector, boot.start))
+        .with_context(|| format!("reading the boot sector in {}", image.display()))?;
+    let fat = crate::inspect::probe::FatGeometry::parse(&boot_sector)?;
     meaningful.push((boot.start, boot.start + fat.metadata_bytes().min(boot.size)));
     // Slot A holds the system squashfs as it is (padded to 4 KiB, so on
     // whole blocks): the digest of all but its first block was taken as it

@@ -315,7 +315,6 @@ mod tests {
             total,
             &[(0, &t.primary), (t.backup_offset, &t.backup)],
             &[],
-            &[],
         )
         .unwrap();
     }

@@ -1,35 +1,32 @@
-//! Assembling a whole-disk image from partition images and table blobs.
+//! Finishing a whole-disk image around the filesystems written in place.
 //!
-//! The output is a sparse file: it is sized with `set_len` (all holes), then
-//! only the data of the partition images is written (`disk::sparse`: their
-//! data regions, less all-zero 64 KiB chunks). A 4 GiB image whose data partition is mostly empty takes little
-//! space and is written quickly; readers see zeros in the holes, so the bytes
-//! are the same as a fully written image.
+//! Every filesystem is written straight into its partition of the image (the
+//! squashfs, the FAT boot partition, the ext4 data partition), so nothing is
+//! copied here: the image is sized with `set_len` (all holes where nothing
+//! was written), the partition tables are written at their offsets, and the
+//! file is synced. Readers see zeros in the holes, so the bytes are the same
+//! as a fully written image, and a 64 GiB image whose data partition is
+//! mostly empty takes little space and no time.
 
 use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
-use super::sparse;
-
-/// Makes `out` a disk image of exactly `total` bytes: each partition image
-/// copied at its offset (it must fit its slot of `max size` bytes; the rest of
-/// the slot stays zero), then the table `blobs` written at theirs, then fsync.
-/// Regions must lie inside the image and must not overlap. With no `present`
-/// regions, `out` is created (an existing file replaced in place; the caller
-/// writes to a temporary name and renames); `present` names regions (offset,
-/// size) an existing `out` already holds, written there by their maker (the
-/// system squashfs), which are kept.
+/// Makes `out` exactly `total` bytes with the table `blobs` written at their
+/// offsets, then fsyncs it. `present` names the regions (offset, size) an
+/// existing `out` already holds, written there by their makers (the
+/// partitions' filesystems), which are kept; with none, `out` is created (an
+/// existing file replaced in place; the caller writes to a temporary name
+/// and renames). Regions must lie inside the image and must not overlap;
+/// they are checked before anything is written.
 pub fn assemble(
     out: &Path,
     total: u64,
     blobs: &[(u64, &[u8])],
-    partitions: &[(u64, u64, &Path)],
     present: &[(u64, u64)],
 ) -> Result<()> {
-    // Check everything before creating the file.
-    check(total, blobs, partitions, present)?;
+    check(total, blobs, present)?;
     let ctx = || format!("writing disk image {}", out.display());
     let mut f = match present.is_empty() {
         true => File::create(out),
@@ -37,9 +34,6 @@ pub fn assemble(
     }
     .with_context(ctx)?;
     f.set_len(total).with_context(ctx)?;
-    for (off, max, path) in partitions {
-        sparse::copy_into(&mut f, *off, path, *max).with_context(ctx)?;
-    }
     for (off, data) in blobs {
         f.seek(SeekFrom::Start(*off)).with_context(ctx)?;
         f.write_all(data).with_context(ctx)?;
@@ -48,14 +42,9 @@ pub fn assemble(
     Ok(())
 }
 
-/// The checks of `assemble`: every partition image fits its slot, every
-/// region lies inside the image, none overlaps another.
-fn check(
-    total: u64,
-    blobs: &[(u64, &[u8])],
-    partitions: &[(u64, u64, &Path)],
-    present: &[(u64, u64)],
-) -> Result<()> {
+/// The checks of `assemble`: every region lies inside the image, none
+/// overlaps another.
+fn check(total: u64, blobs: &[(u64, &[u8])], present: &[(u64, u64)]) -> Result<()> {
     let mut regions: Vec<(u64, u64, String)> = Vec::new();
     for (off, len) in present {
         regions.push((
@@ -67,22 +56,8 @@ fn check(
     for (off, data) in blobs {
         regions.push((*off, data.len() as u64, format!("table at offset {off}")));
     }
-    for (off, max, path) in partitions {
-        let len = std::fs::metadata(path)
-            .with_context(|| format!("reading partition image {}", path.display()))?
-            .len();
-        if len > *max {
-            bail!(
-                "partition image {} is {} bytes, larger than its slot of {} bytes at offset {off}",
-                path.display(),
-                len,
-                max
-            );
-        }
-        regions.push((*off, *max, format!("partition image {}", path.display())));
-    }
     for (off, len, what) in &regions {
-        if off.checked_add(*len).map_or(true, |end| end > total) {
+        if off.checked_add(*len).is_none_or(|end| end > total) {
             bail!("{what} (offset {off}, {len} bytes) does not fit in the {total}-byte image");
         }
     }
@@ -99,7 +74,7 @@ fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{FileExt, MetadataExt};
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
         (0..len)
@@ -107,63 +82,43 @@ mod tests {
             .collect()
     }
 
+    /// A new image: the tables at their offsets, zeros elsewhere, and a
+    /// pre-existing file's bytes gone.
     #[test]
-    fn bytes_at_offsets_equal_inputs_and_the_rest_is_zero() {
+    fn tables_at_offsets_and_the_rest_is_zero() {
         let dir = tempfile::tempdir().unwrap();
-        // A partition image with data, a zero gap spanning chunks, and an unaligned tail.
-        let mut p1 = pattern(70_000, 3);
-        p1.extend(vec![0u8; 3 * sparse::CHUNK]);
-        p1.extend(pattern(1000, 9));
-        let p2 = pattern(5, 7);
-        let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
-        std::fs::write(&a, &p1).unwrap();
-        std::fs::write(&b, &p2).unwrap();
         let blob = pattern(512, 1);
         let tail = pattern(100, 2);
         let out = dir.path().join("disk.img");
         let total = 2 << 20;
-        // Pre-existing junk is replaced.
         std::fs::write(&out, vec![0xffu8; 3 << 20]).unwrap();
-        assemble(
-            &out,
-            total,
-            &[(0, &blob), (total - 100, &tail)],
-            &[(65536, 1 << 20, &a), ((1 << 20) + 65536, 4096, &b)],
-            &[],
-        )
-        .unwrap();
+        assemble(&out, total, &[(0, &blob), (total - 100, &tail)], &[]).unwrap();
         let got = std::fs::read(&out).unwrap();
-        assert_eq!(got.len() as u64, total);
         let mut want = vec![0u8; total as usize];
         want[..512].copy_from_slice(&blob);
-        want[65536..65536 + p1.len()].copy_from_slice(&p1);
-        let o2 = (1 << 20) + 65536;
-        want[o2..o2 + 5].copy_from_slice(&p2);
         want[total as usize - 100..].copy_from_slice(&tail);
         assert!(got == want, "assembled bytes differ");
     }
 
-    /// The background hash equals the hash of the finished image wherever
-    /// its boundary lies (in a gap, inside a partition image, at the end),
-    /// with data written after the boundary once the image is assembled.
+    /// Regions the image already holds (filesystems written in place) are
+    /// kept as they are, the tables go around them, and the image stays
+    /// sparse whatever its size.
     #[test]
-    fn output_is_sparse() {
+    fn present_regions_are_kept_and_the_image_stays_sparse() {
         let dir = tempfile::tempdir().unwrap();
-        // A 64 MiB "filesystem" with 128 KiB of data at each end.
-        let mut data = vec![0u8; 64 << 20];
-        data[..131072].copy_from_slice(&pattern(131072, 5));
-        let l = data.len();
-        data[l - 131072..].copy_from_slice(&pattern(131072, 6));
-        let part = dir.path().join("data.img");
-        std::fs::write(&part, &data).unwrap();
         let out = dir.path().join("disk.img");
+        let (a, b) = (pattern(131_072, 3), pattern(5000, 4));
+        let f = File::create(&out).unwrap();
+        f.write_all_at(&a, 1 << 20).unwrap();
+        f.write_all_at(&b, 100 << 20).unwrap();
+        drop(f);
+        let blob = pattern(512, 5);
         let total = 256u64 << 20;
         assemble(
             &out,
             total,
-            &[(0, &[1u8; 512])],
-            &[(1 << 20, 200 << 20, &part)],
-            &[],
+            &[(0, &blob)],
+            &[(1 << 20, 64 << 20), (100 << 20, 64 << 20)],
         )
         .unwrap();
         let md = std::fs::metadata(&out).unwrap();
@@ -174,16 +129,19 @@ mod tests {
             "image uses {used} bytes on disk, expected a sparse file"
         );
         let got = std::fs::read(&out).unwrap();
-        assert!(got[(1 << 20)..(1 << 20) + l] == data[..]);
+        let mut want = vec![0u8; total as usize];
+        want[..512].copy_from_slice(&blob);
+        want[1 << 20..(1 << 20) + a.len()].copy_from_slice(&a);
+        want[100 << 20..(100 << 20) + b.len()].copy_from_slice(&b);
+        assert!(got == want, "assembled bytes differ");
     }
 
-    /// The whole path for a 4 GiB qemu-style GPT image: planned, assembled
-    /// sparse, readable by sfdisk, partition contents at their planned offsets.
+    /// The whole path for a 4 GiB qemu-style GPT image: planned, partitions
+    /// written in place, finished sparse, readable by sfdisk.
     #[test]
     fn four_gib_gpt_image_end_to_end() {
         use crate::disk::gpt::{default_type, tables, GptPart};
         use crate::disk::layout::{plan, PartKind, PartSpec, TableKind, MIB};
-        use std::io::{Read, Seek};
         let total = 4u64 << 30;
         let spec = |name: &str, size: Option<u64>, kind| PartSpec {
             name: name.into(),
@@ -212,30 +170,22 @@ mod tests {
             .collect();
         let t = tables(crate::ids::uuid(b"e2e", "disk"), 512, total, &gparts).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let boot = pattern(300_000, 11);
-        let mut data = vec![0u8; 8 << 20];
-        data[1024..5000].copy_from_slice(&pattern(3976, 12));
-        let (bp, dp) = (dir.path().join("boot.vfat"), dir.path().join("data.ext4"));
-        std::fs::write(&bp, &boot).unwrap();
-        std::fs::write(&dp, &data).unwrap();
+        let (boot, data) = (pattern(300_000, 11), pattern(3976, 12));
         let out = dir.path().join("disk.img");
-        let started = std::time::Instant::now();
+        let f = File::create(&out).unwrap();
+        f.write_all_at(&boot, placed[0].start).unwrap();
+        f.write_all_at(&data, placed[3].start + 1024).unwrap();
+        drop(f);
         assemble(
             &out,
             total,
             &[(0, &t.primary), (t.backup_offset, &t.backup)],
             &[
-                (placed[0].start, placed[0].size, &bp),
-                (placed[3].start, placed[3].size, &dp),
+                (placed[0].start, placed[0].size),
+                (placed[3].start, placed[3].size),
             ],
-            &[],
         )
         .unwrap();
-        assert!(
-            started.elapsed().as_secs() < 20,
-            "assembly took {:?}",
-            started.elapsed()
-        );
         let md = std::fs::metadata(&out).unwrap();
         assert_eq!(md.len(), total);
         assert!(
@@ -244,15 +194,14 @@ mod tests {
             md.blocks() * 512
         );
 
+        let f = File::open(&out).unwrap();
         let read_at = |off: u64, len: usize| {
-            let mut f = File::open(&out).unwrap();
-            f.seek(SeekFrom::Start(off)).unwrap();
             let mut b = vec![0u8; len];
-            f.read_exact(&mut b).unwrap();
+            f.read_exact_at(&mut b, off).unwrap();
             b
         };
         assert_eq!(read_at(placed[0].start, boot.len()), boot);
-        assert_eq!(read_at(placed[3].start, data.len()), data);
+        assert_eq!(read_at(placed[3].start + 1024, data.len()), data);
         assert_eq!(read_at(t.backup_offset, t.backup.len()), t.backup);
 
         let o = std::process::Command::new("sfdisk")
@@ -267,103 +216,31 @@ mod tests {
         );
     }
 
-    /// A region the image already holds (the squashfs written in place) is
-    /// kept as it is; the rest is assembled around it, and nothing may
-    /// overlap it.
     #[test]
-    fn present_regions_are_kept_and_guarded() {
-        use std::os::unix::fs::FileExt;
+    fn regions_outside_or_overlapping_are_refused_before_writing() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("disk.img");
-        let held = pattern(5000, 3);
-        std::fs::File::create(&out)
-            .unwrap()
-            .write_all_at(&held, 65536)
-            .unwrap();
-        let part = dir.path().join("p.img");
-        std::fs::write(&part, pattern(3000, 4)).unwrap();
-        let blob = pattern(512, 5);
-        let total = 1 << 20;
-        assemble(
-            &out,
-            total,
-            &[(0, &blob)],
-            &[(131072, 65536, &part)],
-            &[(65536, 65536)],
-        )
-        .unwrap();
-        let got = std::fs::read(&out).unwrap();
-        let mut want = vec![0u8; total as usize];
-        want[..512].copy_from_slice(&blob);
-        want[65536..65536 + 5000].copy_from_slice(&held);
-        want[131072..131072 + 3000].copy_from_slice(&pattern(3000, 4));
-        assert!(got == want, "assembled bytes differ");
-
-        let e = assemble(
-            &out,
-            total,
-            &[],
-            &[(100_000, 65536, &part)],
-            &[(65536, 65536)],
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("overlaps"), "{e}");
-        let e = assemble(&dir.path().join("none.img"), total, &[], &[], &[(0, 4096)]).unwrap_err();
-        assert!(format!("{e:#}").contains("none.img"), "{e:#}");
-    }
-
-    #[test]
-    fn oversized_partition_image_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let part = dir.path().join("system.squashfs");
-        std::fs::write(&part, vec![1u8; 5000]).unwrap();
-        let out = dir.path().join("disk.img");
-        let e = assemble(&out, 1 << 20, &[], &[(4096, 4096, &part)], &[]).unwrap_err();
-        let msg = format!("{e:#}");
-        assert!(msg.contains("system.squashfs"), "{msg}");
-        assert!(msg.contains("5000 bytes"), "{msg}");
-        assert!(msg.contains("slot of 4096 bytes"), "{msg}");
-        assert!(
-            !out.exists(),
-            "nothing is created when the inputs are wrong"
-        );
-    }
-
-    #[test]
-    fn regions_outside_or_overlapping_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let part = dir.path().join("p.img");
-        std::fs::write(&part, [1u8; 10]).unwrap();
-        let out = dir.path().join("disk.img");
-        let e = assemble(&out, 8192, &[], &[(4096, 8192, &part)], &[]).unwrap_err();
+        let e = assemble(&out, 8192, &[(8000, &[1u8; 200])], &[]).unwrap_err();
         assert!(e.to_string().contains("does not fit"), "{e}");
-        let e = assemble(
-            &out,
-            8192,
-            &[(4000, &[1u8; 200])],
-            &[(4096, 4096, &part)],
-            &[],
-        )
-        .unwrap_err();
+        let e = assemble(&out, 8192, &[], &[(4096, 8192)]).unwrap_err();
+        assert!(e.to_string().contains("does not fit"), "{e}");
+        let e = assemble(&out, 8192, &[(4000, &[1u8; 200])], &[(4096, 4096)]).unwrap_err();
         assert!(e.to_string().contains("overlaps"), "{e}");
         // An empty blob between two overlapping regions does not hide the overlap.
         let e = assemble(
             &out,
             8192,
             &[(4000, &[1u8; 200]), (4050, &[])],
-            &[(4096, 4096, &part)],
-            &[],
+            &[(4096, 4096)],
         )
         .unwrap_err();
         assert!(e.to_string().contains("overlaps"), "{e}");
-        let e = assemble(
-            &out,
-            8192,
-            &[],
-            &[(0, 100, &dir.path().join("missing.img"))],
-            &[],
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("missing.img"), "{e}");
+        assert!(
+            !out.exists(),
+            "nothing is created when the inputs are wrong"
+        );
+        // Regions said to be present need the file they are in.
+        let e = assemble(&dir.path().join("none.img"), 8192, &[], &[(0, 4096)]).unwrap_err();
+        assert!(format!("{e:#}").contains("none.img"), "{e:#}");
     }
 }

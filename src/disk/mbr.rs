@@ -249,7 +249,7 @@ mod tests {
         let m = table(0xdeadbeef, &parts, Some(1)).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("pi.img");
-        assemble(&img, total, &[(0, &m)], &[], &[]).unwrap();
+        assemble(&img, total, &[(0, &m)], &[]).unwrap();
 
         let out = Command::new("sfdisk")
             .arg("--json")

@@ -19,8 +19,9 @@
 //! after the fact so that `fsck.fat` is clean.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -204,27 +205,27 @@ fn clusters_needed(files: &[(Vec<&str>, &Data)], cluster: u64, label: bool) -> u
             .sum::<u64>()
 }
 
-/// Writes `out`, exactly `size` bytes, holding a FAT32 filesystem with `files`
-/// (keys are paths such as "config.txt" or "overlays/foo.dtbo"; missing
-/// directories are created). Contents are streamed from where they are (a
-/// 44 MB kernel is not copied into memory). Not synced: the build copies it
-/// into the disk image and syncs that (flushing the intermediate file cost
-/// 50-70 ms).
-pub fn write(
-    out: &Path,
+/// Writes a FAT32 filesystem with `files` into `file`'s `size` bytes from
+/// `base` (a disk image's boot partition, in its place: nothing is copied
+/// afterwards). Keys are paths such as "config.txt" or "overlays/foo.dtbo";
+/// missing directories are created. Contents are streamed from where they
+/// are (a 44 MB kernel is not copied into memory). The region must read as
+/// zeros (the holes of a new image) and lie within the file: only what the
+/// filesystem needs is written, and what is not written is not read. Not
+/// synced: the build syncs the whole image.
+pub fn write_into(
+    file: &File,
+    base: u64,
     size: u64,
     opts: &FatOptions,
     files: &BTreeMap<String, Data>,
 ) -> Result<()> {
-    let result = write_inner(out, size, opts, files);
-    if result.is_err() {
-        let _ = std::fs::remove_file(out);
-    }
-    result.with_context(|| format!("writing FAT32 boot filesystem {}", out.display()))
+    write_inner(file, base, size, opts, files).context("writing the FAT32 boot filesystem")
 }
 
 fn write_inner(
-    out: &Path,
+    file: &File,
+    base: u64,
     size: u64,
     opts: &FatOptions,
     files: &BTreeMap<String, Data>,
@@ -268,15 +269,10 @@ fn write_inner(
         checked.push((parts, data));
     }
 
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(out)
-        .with_context(|| format!("creating {}", out.display()))?;
-    file.set_len(size)
-        .with_context(|| format!("sizing {} to {size} bytes", out.display()))?;
+    let file_len = file.metadata().context("reading the image's length")?.len();
+    if base.checked_add(size).is_none_or(|end| end > file_len) {
+        bail!("internal: the boot partition ({size} bytes at {base}) lies beyond the image's {file_len} bytes");
+    }
 
     let mut fmt = FormatVolumeOptions::new()
         .fat_type(FatType::Fat32)
@@ -285,7 +281,7 @@ fn write_inner(
     if let Some(l) = label {
         fmt = fmt.volume_label(l);
     }
-    let mut cached = PageCache::over_new_file(&mut file, size);
+    let mut cached = PageCache::over_zeros(file, base, size);
     fatfs::format_volume(&mut cached, fmt).context("formatting FAT32")?;
     cached.seek(SeekFrom::Start(0))?;
 
@@ -336,10 +332,8 @@ fn write_inner(
         }
     }
     fs.unmount().context("finishing the FAT32 filesystem")?;
-    cached
-        .write_back()
-        .with_context(|| format!("writing {}", out.display()))?;
-    fix_dot_entries(&mut file).context("fixing the \".\" and \"..\" directory entries")?;
+    cached.write_back().context("writing the image")?;
+    fix_dot_entries(file, base).context("fixing the \".\" and \"..\" directory entries")?;
     Ok(())
 }
 
@@ -381,17 +375,20 @@ const MAX_PAGES: usize = 64;
 /// the same; [`PageCache::write_back`] must be called at the end (dropping the
 /// cache loses unwritten pages).
 struct PageCache<'a> {
-    file: &'a mut File,
-    /// The file's length as seen through the cache.
+    file: &'a File,
+    /// Where the cached region starts in the file.
+    base: u64,
+    /// The region's length as seen through the cache.
     len: u64,
     pos: u64,
     pages: std::collections::HashMap<u64, Page>,
     /// Use counter, for least-recently-used eviction.
     tick: u64,
-    /// Pages written to the file at least once: the file is new (all holes)
-    /// and written only through this cache, so any other page is zeros and
-    /// is not read (reading the holes of a 256 MiB partition, which the
-    /// kernel fills with zeros, took a fifth of a second).
+    /// Pages written to the file at least once: the region starts as zeros
+    /// (a new image's holes) and is written only through this cache, so any
+    /// other page is zeros and is not read (reading the holes of a 256 MiB
+    /// partition, which the kernel fills with zeros, took a fifth of a
+    /// second).
     written: std::collections::HashSet<u64>,
 }
 
@@ -402,11 +399,12 @@ struct Page {
 }
 
 impl<'a> PageCache<'a> {
-    /// A cache over `file`, just created `len` bytes long (all zeros), and
+    /// A cache over `len` bytes of `file` from `base`, all zeros, and
     /// written through this cache only.
-    fn over_new_file(file: &'a mut File, len: u64) -> Self {
+    fn over_zeros(file: &'a File, base: u64, len: u64) -> Self {
         PageCache {
             file,
+            base,
             len,
             pos: 0,
             pages: std::collections::HashMap::new(),
@@ -428,8 +426,7 @@ impl<'a> PageCache<'a> {
             if start < self.len && self.written.contains(&index) {
                 // Less than PAGE: fits.
                 let n = (self.len - start).min(PAGE as u64) as usize;
-                self.file.seek(SeekFrom::Start(start))?;
-                crate::io::read_full(self.file, &mut data[..n])?;
+                self.file.read_exact_at(&mut data[..n], self.base + start)?;
             }
             self.pages.insert(
                 index,
@@ -474,8 +471,12 @@ impl<'a> PageCache<'a> {
         }
         // Less than PAGE: fits.
         let n = (self.len - start).min(PAGE as u64) as usize;
-        self.file.seek(SeekFrom::Start(start))?;
-        self.file.write_all(&data[..n])?;
+        // Zeros where the region still holds zeros stay a hole: the image
+        // stays sparse and its block map does not list them.
+        if !self.written.contains(&index) && data[..n].iter().all(|&b| b == 0) {
+            return Ok(());
+        }
+        self.file.write_all_at(&data[..n], self.base + start)?;
         self.written.insert(index);
         Ok(())
     }
@@ -496,7 +497,7 @@ impl<'a> PageCache<'a> {
                 self.pages.insert(index, page);
             }
         }
-        self.file.flush()
+        Ok(())
     }
 
     /// The page index and the offset in it of a position.
@@ -528,13 +529,23 @@ impl Write for PageCache<'_> {
         if buf.is_empty() {
             return Ok(0);
         }
+        // The region is a partition: nothing is written past its end.
+        let left = self.len.saturating_sub(self.pos);
+        if left == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "write past the end of the partition",
+            ));
+        }
         let (index, at) = Self::split(self.pos);
-        let n = buf.len().min(PAGE - at);
+        let n = buf
+            .len()
+            .min(PAGE - at)
+            .min(usize::try_from(left).unwrap_or(usize::MAX));
         let page = self.page(index)?;
         page.data[at..at + n].copy_from_slice(&buf[..n]);
         page.dirty = true;
         self.pos += n as u64;
-        self.len = self.len.max(self.pos);
         Ok(n)
     }
 
@@ -563,9 +574,8 @@ impl Seek for PageCache<'_> {
 }
 
 /// Reads `buf.len()` bytes at `pos`.
-fn read_at(file: &mut File, pos: u64, buf: &mut [u8]) -> Result<()> {
-    file.seek(SeekFrom::Start(pos))?;
-    file.read_exact(buf)?;
+fn read_at(file: &File, pos: u64, buf: &mut [u8]) -> Result<()> {
+    file.read_exact_at(buf, pos)?;
     Ok(())
 }
 
@@ -587,9 +597,9 @@ fn le32(b: &[u8], at: usize) -> u64 {
 /// tree from the root, moves "." and ".." into slots 0 and 1, marks slots 2
 /// and 3 deleted, and sets 0 in ".." for children of the root. It refuses
 /// (rather than guesses) if a directory does not start with that exact pattern.
-fn fix_dot_entries(file: &mut File) -> Result<()> {
+fn fix_dot_entries(file: &File, base: u64) -> Result<()> {
     let mut bpb = [0u8; 512];
-    read_at(file, 0, &mut bpb)?;
+    read_at(file, base, &mut bpb)?;
     let bytes_per_sector = le16(&bpb, 11);
     let cluster_size = bytes_per_sector * u64::from(bpb[13]);
     let reserved = le16(&bpb, 14);
@@ -597,9 +607,10 @@ fn fix_dot_entries(file: &mut File) -> Result<()> {
     let sectors_per_fat = le32(&bpb, 36);
     let root_cluster = le32(&bpb, 44);
     let total_sectors = le32(&bpb, 32);
-    let fat_start = reserved * bytes_per_sector;
+    let fat_start = base + reserved * bytes_per_sector;
     let data_start = (reserved + fats * sectors_per_fat) * bytes_per_sector;
     let clusters = (total_sectors * bytes_per_sector).saturating_sub(data_start) / cluster_size;
+    let data_start = base + data_start;
     let valid = |c: u64| (2..clusters + 2).contains(&c);
     let offset = |c: u64| data_start + (c - 2) * cluster_size;
 
@@ -633,8 +644,7 @@ fn fix_dot_entries(file: &mut File) -> Result<()> {
             fixed[32 + 26..32 + 28].copy_from_slice(&lo);
             fixed[64] = 0xe5;
             fixed[96] = 0xe5;
-            file.seek(SeekFrom::Start(offset(first)))?;
-            file.write_all(&fixed)?;
+            file.write_all_at(&fixed, offset(first))?;
         }
         // Queue the subdirectories, following the cluster chain.
         let mut cluster = first;
@@ -712,7 +722,25 @@ mod tests {
     use crate::fs::test_noise as noise;
     use std::process::Command;
 
-    /// [`super::write`] with the contents given as bytes.
+    /// A FAT32 filesystem of `size` bytes with `files` as the new file `out`.
+    fn write_data(
+        out: &Path,
+        size: u64,
+        opts: &FatOptions,
+        files: &BTreeMap<String, Data>,
+    ) -> Result<()> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(out)
+            .unwrap();
+        f.set_len(size).unwrap();
+        write_into(&f, 0, size, opts, files)
+    }
+
+    /// [`write_data`] with the contents given as bytes.
     fn write(
         out: &Path,
         size: u64,
@@ -723,7 +751,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.clone(), crate::tree::data(v.clone())))
             .collect();
-        super::write(out, size, opts, &files)
+        write_data(out, size, opts, &files)
     }
 
     fn opts() -> FatOptions {
@@ -759,6 +787,70 @@ mod tests {
         let text =
             String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
         (o.status.code().unwrap_or(-1), text)
+    }
+
+    /// Written into a partition of a larger file (a disk image), the
+    /// filesystem is the same bytes as on its own, and nothing outside the
+    /// region changes; the page cache refuses to write past its end.
+    #[test]
+    fn written_in_place_it_is_the_same_filesystem_and_touches_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let files: BTreeMap<String, Data> = sample_files()
+            .into_iter()
+            .map(|(k, v)| (k, crate::tree::data(v)))
+            .collect();
+        let alone = dir.path().join("alone.img");
+        write_data(&alone, 64 * MIB, &opts(), &files).unwrap();
+
+        let image = dir.path().join("disk.img");
+        let (base, total) = (MIB, 66 * MIB);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&image)
+            .unwrap();
+        f.set_len(total).unwrap();
+        let (head, tail) = (noise(4096, 1), noise(4096, 2));
+        f.write_all_at(&head, base - 4096).unwrap();
+        f.write_all_at(&tail, base + 64 * MIB).unwrap();
+        write_into(&f, base, 64 * MIB, &opts(), &files).unwrap();
+        let got = std::fs::read(&image).unwrap();
+        let (b, e) = (base as usize, (base + 64 * MIB) as usize);
+        assert!(
+            got[b..e] == std::fs::read(&alone).unwrap()[..],
+            "the filesystem differs"
+        );
+        assert!(got[b - 4096..b] == head[..] && got[e..e + 4096] == tail[..]);
+        assert!(got[..b - 4096]
+            .iter()
+            .chain(&got[e + 4096..])
+            .all(|&x| x == 0));
+        // What stays zeros stays a hole: every 64 KiB the region maps holds data.
+        let end = base + 64 * MIB;
+        let mapped = crate::disk::sparse::data_regions_in(&f, base, end).unwrap();
+        assert!(!mapped.is_empty());
+        for (from, to) in mapped {
+            for at in (from..to.min(end)).step_by(PAGE) {
+                let stop = (at as usize + PAGE).min(to as usize);
+                assert!(
+                    got[at as usize..stop].iter().any(|&x| x != 0),
+                    "an all-zero page at {at} was written, not left a hole"
+                );
+            }
+        }
+
+        // A region past the file's end is an error, not a longer file.
+        let err = write_into(&f, total - MIB, 64 * MIB, &opts(), &files).unwrap_err();
+        assert!(format!("{err:#}").contains("beyond the image"), "{err:#}");
+        assert_eq!(f.metadata().unwrap().len(), total);
+
+        let mut cache = PageCache::over_zeros(&f, base, 8192);
+        cache.seek(SeekFrom::Start(8000)).unwrap();
+        assert!(cache.write_all(&[9u8; 500]).is_err());
+        cache.write_back().unwrap();
+        assert_eq!(std::fs::read(&image).unwrap()[e..e + 4096], tail[..]);
     }
 
     #[test]
@@ -837,7 +929,6 @@ mod tests {
             err.contains("boot files need 70.0 MiB but the 64 MiB boot partition holds 63."),
             "{err}"
         );
-        assert!(!img.exists(), "a failed write leaves no image behind");
     }
 
     #[test]
@@ -914,34 +1005,31 @@ mod tests {
         files.insert("slot-a/vmlinuz".to_string(), std::sync::Arc::new(on_disk));
         files.insert("cmdline.txt".to_string(), crate::tree::data(*b"x\n"));
         let img = dir.path().join("boot.img");
-        super::write(&img, 64 * MIB, &opts(), &files).unwrap();
+        write_data(&img, 64 * MIB, &opts(), &files).unwrap();
         assert!(read_file(&img, "slot-a/vmlinuz").unwrap() == bytes);
         let (code, out) = run("fsck.fat", &["-n", img.to_str().unwrap()]);
         assert_eq!(code, 0, "{out}");
 
-        // Shorter or longer than when it was listed: an error naming the
-        // file, and no partition file left behind.
+        // Shorter or longer than when it was listed: an error naming the file.
         std::fs::write(&kernel, &bytes[..1000]).unwrap();
         let err = format!(
             "{:#}",
-            super::write(&img, 64 * MIB, &opts(), &files).unwrap_err()
+            write_data(&img, 64 * MIB, &opts(), &files).unwrap_err()
         );
         assert!(
             err.contains("\"slot-a/vmlinuz\"")
                 && err.contains("changed during the build (1000 bytes"),
             "{err}"
         );
-        assert!(!img.exists());
         std::fs::write(&kernel, [&bytes[..], b"more"].concat()).unwrap();
         let err = format!(
             "{:#}",
-            super::write(&img, 64 * MIB, &opts(), &files).unwrap_err()
+            write_data(&img, 64 * MIB, &opts(), &files).unwrap_err()
         );
         assert!(
             err.contains("\"slot-a/vmlinuz\"") && err.contains("changed during the build"),
             "{err}"
         );
-        assert!(!img.exists());
     }
 
     #[test]
@@ -969,7 +1057,7 @@ mod tests {
         let len = (MAX_PAGES as u64 * 3 + 1) * PAGE as u64 + 1000;
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         let open = |p: &Path| {
-            let f = OpenOptions::new()
+            let f = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
@@ -979,8 +1067,8 @@ mod tests {
             f.set_len(len).unwrap();
             f
         };
-        let (mut fa, mut fb) = (open(&a), open(&b));
-        let mut cache = PageCache::over_new_file(&mut fb, len);
+        let (mut fa, fb) = (open(&a), open(&b));
+        let mut cache = PageCache::over_zeros(&fb, 0, len);
         let r = noise(4096, 7);
         let mut x = 12345u64;
         for step in 0..20_000usize {
