@@ -251,30 +251,19 @@ fn prepare_system(
         rootfs.clamp_mtimes(epoch);
         Ok((rootfs, epoch))
     };
-    // A directory's cache key is its content. When the memo of file digests
-    // knows most of its files (an earlier build read them), the rest are
-    // hashed and the key looked up first. When it does not, this content has
-    // not been built (or was moved or copied): the build goes ahead and the
-    // key is taken afterwards from the digests the squashfs writer computed,
-    // so each file is read once. An archive's key is its file hash, so its
-    // tree is hashed by the squashfs writer too. A base's key is its lock's
-    // hash: composed later, like an archive.
-    let listed_at = FileDigests::clock();
+    // A directory's cache key is its content, so it is read and hashed first
+    // (once); an archive's is its file hash, so its tree is hashed by the
+    // squashfs writer, from the blocks it compresses (each file read once).
+    // A base's key is its lock's hash: composed later, like an archive.
     let mut read_already = match (&rootfs_file_sha256, args.no_cache) {
         _ if base.is_some() => None,
         (Some(_), _) | (None, true) => None,
         (None, false) => {
             let (rootfs, epoch) = read()?;
-            let (known, all) = digests.recall_listed(tree_files(&rootfs));
-            let digest = match known.checked_mul(2).is_some_and(|k| k >= all) {
-                true => Some(ids::tree_digest(&rootfs, digests)?),
-                false => None,
-            };
+            let digest = ids::tree_digest(&rootfs, digests)?;
             Some((rootfs, epoch, digest))
         }
     };
-    let dir_digest = read_already.as_ref().and_then(|r| r.2);
-    let key_later = read_already.is_some() && dir_digest.is_none();
     let joined = nodes.first().is_some_and(|n| n.is_some());
     let k3s_spec = nodes.first().and_then(|n| n.as_ref()?.k3s.as_ref());
     let airgap = match k3s_spec {
@@ -291,32 +280,30 @@ fn prepare_system(
     };
     let base_input = base.as_ref().map(NodeBase::manifest);
 
-    let key_inputs = cache::KeyInputs {
-        data,
-        board,
-        board_bytes,
-        args,
-        rootfs_file_sha256: rootfs_file_sha256.as_deref(),
-        rootfs_dir_digest: dir_digest.as_ref(),
-        base_lock_sha256: base.as_ref().map(|b| b.lock.sha256.as_str()),
-        node_helper_sha256: node_helper.as_ref().map(|h| h.1.as_str()),
-        joined,
-        k3s_spec,
-        airgap: airgap.as_ref(),
-        progress,
-        digests,
+    let cached = if args.no_cache {
+        None
+    } else {
+        cache::key_for(&cache::KeyInputs {
+            data,
+            board,
+            board_bytes,
+            args,
+            rootfs_file_sha256: rootfs_file_sha256.as_deref(),
+            rootfs_dir_digest: read_already.as_ref().map(|r| &r.2),
+            base_lock_sha256: base.as_ref().map(|b| b.lock.sha256.as_str()),
+            node_helper_sha256: node_helper.as_ref().map(|h| h.1.as_str()),
+            joined,
+            k3s_spec,
+            airgap: airgap.as_ref(),
+            progress,
+            digests,
+        })?
+        .map(|key| {
+            let store = cache::Store::default_location().remembering(digests.clone());
+            (store, key)
+        })
     };
-    let store = || cache::Store::default_location().remembering(digests.clone());
-    // The store, and the key when it is known before the build.
-    let cached = match (args.no_cache, key_later) {
-        (true, _) => None,
-        (false, true) => Some((store(), None)),
-        (false, false) => cache::key_for(&key_inputs)?.map(|key| (store(), Some(key))),
-    };
-    let hit = cached
-        .as_ref()
-        .and_then(|(store, key)| store.lookup(key.as_ref()?));
-    if let Some(c) = hit {
+    if let Some(c) = cached.as_ref().and_then(|(store, key)| store.lookup(key)) {
         progress.step(format!(
             "reusing the system image from the cache ({})",
             c.dir.display()
@@ -355,11 +342,7 @@ fn prepare_system(
         Later(Tree),
     }
     let (mut rootfs, epoch, rootfs_digest) = match read_already.take() {
-        Some((rootfs, epoch, Some(digest))) => (rootfs, epoch, RootfsDigest::Known(digest)),
-        Some((rootfs, epoch, None)) => {
-            let as_read = rootfs.clone();
-            (rootfs, epoch, RootfsDigest::Later(as_read))
-        }
+        Some((rootfs, epoch, digest)) => (rootfs, epoch, RootfsDigest::Known(digest)),
         None => {
             let (rootfs, epoch) = read()?;
             let as_read = rootfs.clone();
@@ -468,14 +451,7 @@ fn prepare_system(
     // files, cost little.
     let rootfs_digest = match rootfs_digest {
         RootfsDigest::Known(d) => d,
-        RootfsDigest::Later(as_read) => {
-            let d = ids::tree_digest(&as_read, digests)?;
-            if key_later {
-                // What the writer hashed, for the next build of this directory.
-                digests.learn_listed(tree_files(&as_read), listed_at);
-            }
-            d
-        }
+        RootfsDigest::Later(as_read) => ids::tree_digest(&as_read, digests)?,
     };
     let rootfs_tree_sha256 = hex::encode(rootfs_digest);
     let seed = ids::seed(&[
@@ -490,14 +466,7 @@ fn prepare_system(
     let mut state = "off";
     if let Some((store, key)) = &cached {
         state = "miss";
-        let key = match key {
-            Some(k) => Some(k.clone()),
-            None => cache::key_for(&cache::KeyInputs {
-                rootfs_dir_digest: Some(&rootfs_digest),
-                ..key_inputs
-            })?,
-        };
-        if let (Some(key), Some(p)) = (key, &pending) {
+        if let Some(p) = &pending {
             let scalars = cache::Scalars {
                 epoch,
                 seed: hex::encode(&seed),
@@ -513,7 +482,7 @@ fn prepare_system(
                 found: &found,
                 scalars: &scalars,
             };
-            if let Some(entry) = store.keep(&key, p, &what) {
+            if let Some(entry) = store.keep(key, p, &what) {
                 squashfs = SquashfsAt::File(entry.join(cache::SQUASHFS));
             }
         }
@@ -572,14 +541,6 @@ impl System {
             cache: "hit",
         })
     }
-}
-
-/// The contents of a tree's regular files.
-fn tree_files(t: &Tree) -> impl Iterator<Item = &tree::Content> {
-    t.iter().filter_map(|(_, e)| match &e.kind {
-        tree::Kind::File(d) => Some(d.as_ref()),
-        _ => None,
-    })
 }
 
 /// Puts the system squashfs into the disk image `image` at `start` (a slot

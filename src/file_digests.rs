@@ -6,11 +6,6 @@
 //! this executable. For a second node of a cluster those are the same files
 //! as for the first, and reading them was most of that build's time.
 //!
-//! A rootfs directory's files are hashed once per build, by whatever reads
-//! them first: the memo for its key, or the squashfs writer when the memo
-//! does not know the directory (a first build, keyed afterwards). What the
-//! writer hashed is learnt by the stamps the listing took (`learn_listed`).
-//!
 //! A file's digest is reused when its device, inode, size, mtime and ctime
 //! (to the nanosecond) are those recorded with it. Any write, truncation,
 //! `chmod` or `touch` changes the ctime, which userspace cannot set back.
@@ -200,57 +195,6 @@ impl FileDigests {
             }
             self.sha256_stat(path, &m)
         })
-    }
-
-    /// The time now, as [`Self::learn_listed`] takes it: taken before a
-    /// rootfs directory is listed.
-    pub fn clock() -> (i64, i64) {
-        unix_now()
-    }
-
-    /// How many of a rootfs directory's files the memo knows by the stamps
-    /// they were listed with: (files known, all files). Each known file gets
-    /// its digest (`Content::remember_sha256`), so it is not looked up again.
-    pub fn recall_listed<'a>(&self, files: impl Iterator<Item = &'a Content>) -> (u64, u64) {
-        let (mut known, mut all) = (0u64, 0u64);
-        for c in files {
-            all += 1;
-            let sha = c
-                .known_sha256()
-                .or_else(|| c.listed_stamp().and_then(|s| self.recall(s)));
-            if let Some(sha) = sha {
-                c.remember_sha256(sha);
-                known += 1;
-            }
-        }
-        (known, all)
-    }
-
-    /// Records the digests this build computed of a rootfs directory's
-    /// files (the squashfs writer's, from the blocks it read), by the stamps
-    /// they were listed with, so the next build of that directory does not
-    /// read them. Only files whose stamp is settled before `listed_at` (the
-    /// [`Self::clock`] before the listing) and is still theirs now: a file
-    /// written between its listing and its reading has another ctime now.
-    pub fn learn_listed<'a>(
-        &self,
-        files: impl Iterator<Item = &'a Content>,
-        listed_at: (i64, i64),
-    ) {
-        let Some(memo) = &self.inner else { return };
-        for c in files {
-            let (Some(path), Some(stamp), Some(sha)) =
-                (c.path(), c.listed_stamp(), c.known_sha256())
-            else {
-                continue;
-            };
-            if !settled_before(stamp, listed_at, memo.settle) || self.recall(stamp).is_some() {
-                continue;
-            }
-            if fs::symlink_metadata(path).is_ok_and(|m| Stamp::of(&m) == *stamp) {
-                self.remember(*stamp, sha);
-            }
-        }
     }
 
     fn recall(&self, stamp: &Stamp) -> Option<[u8; 32]> {
@@ -485,56 +429,6 @@ mod tests {
         let md = fs::metadata(&changed).unwrap();
         let c = Content::from_listed_path(&changed, &md);
         assert_eq!(memo.sha256_content(&c).unwrap(), sha(b"newer"));
-    }
-
-    /// What the squashfs writer hashed of a listed directory is recorded
-    /// for the next build, by the listed stamps: not for a file changed
-    /// since it was listed, nor one too new to trust its stamp; and a later
-    /// listing finds the digests by those stamps without reading.
-    #[test]
-    fn digests_hashed_by_the_build_are_learnt_by_the_listed_stamps() {
-        let dir = tempfile::tempdir().unwrap();
-        let memo = memo_unsettled(dir.path().join("memo"));
-        let listed = |name: &str, bytes: &[u8]| {
-            let p = dir.path().join(name);
-            fs::write(&p, bytes).unwrap();
-            let c = Content::from_listed_path(&p, &fs::metadata(&p).unwrap());
-            (p, c)
-        };
-        let (_, kept) = listed("kept", b"kept bytes");
-        let (changed_path, changed) = listed("changed", b"before");
-        let (_, unhashed) = listed("unhashed", b"never read");
-        assert_eq!(
-            memo.recall_listed([&kept, &changed, &unhashed].into_iter()),
-            (0, 3)
-        );
-        // The writer's digests; then "changed" is written again (its ctime moves).
-        kept.remember_sha256(sha(b"kept bytes"));
-        changed.remember_sha256(sha(b"before"));
-        std::thread::sleep(Duration::from_millis(20));
-        fs::write(&changed_path, b"after!").unwrap();
-        let at = FileDigests::clock();
-        memo.learn_listed([&kept, &changed, &unhashed].into_iter(), at);
-        assert_eq!(recorded(&memo), 1, "only the unchanged, hashed file");
-
-        // The next build lists them again: "kept" is known without reading.
-        let relisted: Vec<Content> = ["kept", "changed", "unhashed"]
-            .iter()
-            .map(|n| {
-                let p = dir.path().join(n);
-                Content::from_listed_path(&p, &fs::metadata(&p).unwrap())
-            })
-            .collect();
-        assert_eq!(memo.recall_listed(relisted.iter()), (1, 3));
-        assert_eq!(relisted[0].known_sha256(), Some(sha(b"kept bytes")));
-        assert_eq!(relisted[1].known_sha256(), None);
-
-        // With the real settling time, files this new are not recorded.
-        let strict = FileDigests::open(dir.path().join("memo2"));
-        let (_, fresh) = listed("fresh", b"fresh");
-        fresh.remember_sha256(sha(b"fresh"));
-        strict.learn_listed([&fresh].into_iter(), FileDigests::clock());
-        assert_eq!(recorded(&strict), 0);
     }
 
     #[test]
