@@ -769,12 +769,12 @@ fn an_uncached_build_writes_the_same_image_in_place_and_bmaptool_verifies_it() {
     let _ = fs::remove_dir_all(&out);
 }
 
-/// A directory with the cache on is hashed before anything else (its digest
-/// is the cache key); with `--no-cache` its files are hashed by the squashfs
-/// writer from the blocks it compresses. Both give the same rootfs digest in
-/// build.json, and the same image (the identifiers come from those digests).
+/// A directory with the cache on is hashed through the memo of file digests
+/// (its digest is the cache key); with `--no-cache` without it. Both give the
+/// same rootfs digest in build.json, and the same image (the identifiers come
+/// from those digests).
 #[test]
-fn a_directory_hashed_first_or_while_compressed_gives_the_same_digest_and_image() {
+fn a_directory_with_or_without_the_cache_gives_the_same_digest_and_image() {
     let out = scratch("build-dir-digests");
     let build = |name: &str, cache: Option<&Path>| {
         let dir = out.join(name);

@@ -52,9 +52,11 @@
 //! File contents are read through `read_content`, 128 KiB at a time, from
 //! wherever the tree says they are (`tree::Content`: memory, a rootfs file's
 //! path, or a range of the spill file); each file's SHA-256 (the duplicate
-//! check's, and the rootfs digest's after the writer) is computed once per
-//! build and kept with its `Content`: by the writer from the blocks it reads
-//! to compress (`Hashing`), or, for files of a size others share, when the
+//! check's, the rootfs digest's) is computed once per build and kept with
+//! its `Content`. The build hashes the rootfs on every core before the
+//! writer starts (hashing beside zstd slowed zstd more than it saved); a
+//! file it did not hash is hashed by the writer, from the blocks it reads to
+//! compress (`Hashing`), or, for files of a size others share, when the
 //! file's turn comes.
 //!
 //! Default level, measured with `perf::levels_on_test_rootfs` (ours vs
@@ -287,11 +289,12 @@ struct Piece<'a> {
 ///
 /// Exact duplicates are stored once: only files of equal size can be equal,
 /// and those are told apart by the SHA-256 of their whole content
-/// (`Content::sha256`, computed once per build). A file's digest is needed
-/// only when its turn comes, so compression starts at once. A small file
-/// read to be hashed here keeps its bytes for its fragment block, so it is
-/// read once; a file of a size no other has is hashed by the writer from the
-/// blocks it compresses (`Hashing`).
+/// (`Content::sha256`, computed once per build, usually before the writer
+/// starts). A digest not known yet is needed only when its file's turn
+/// comes, so compression starts at once: a small file read to be hashed
+/// here keeps its bytes for its fragment block, so it is read once; a file
+/// of a size no other has is hashed by the writer from the blocks it
+/// compresses (`Hashing`).
 struct Jobs<'f, 'a> {
     files: &'f [FileInode<'a>],
     /// How many files have each size.
