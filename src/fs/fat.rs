@@ -309,7 +309,6 @@ fn write_inner(
     }
     {
         let root = fs.root_dir();
-        let mut buf = vec![0u8; COPY_BUF];
         for (parts, data) in &checked {
             let path = parts.join("/");
             let mut dir = root.clone();
@@ -325,7 +324,9 @@ fn write_inner(
                 .map_err(|e| space_error(e, needed, capacity, size))
                 .with_context(|| format!("creating {path:?}"))?;
             f.truncate()?;
-            copy_into(data, &mut f, &mut buf)
+            // The reader refuses a file shorter or longer than listed.
+            data.reader()
+                .and_then(|mut r| std::io::copy(&mut r, &mut f))
                 .map_err(|e| space_error(e, needed, capacity, size))
                 .with_context(|| format!("writing {path:?} ({} bytes)", data.len()))?;
             f.flush().with_context(|| format!("writing {path:?}"))?;
@@ -334,31 +335,6 @@ fn write_inner(
     fs.unmount().context("finishing the FAT32 filesystem")?;
     cached.write_back().context("writing the image")?;
     fix_dot_entries(file, base).context("fixing the \".\" and \"..\" directory entries")?;
-    Ok(())
-}
-
-/// Bytes read from a boot file per write into the filesystem.
-const COPY_BUF: usize = 1024 * 1024;
-
-/// Writes all of `data` to `to`; an error if it is not `data.len()` bytes
-/// long when read (`Content`'s reader also refuses a file that grew).
-fn copy_into(data: &Data, to: &mut impl Write, buf: &mut [u8]) -> std::io::Result<()> {
-    let mut r = data.reader()?;
-    let mut copied = 0u64;
-    loop {
-        let n = r.read(buf)?;
-        if n == 0 {
-            break;
-        }
-        to.write_all(&buf[..n])?;
-        copied += n as u64;
-    }
-    if copied != data.len() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("read {copied} bytes of {}", data.len()),
-        ));
-    }
     Ok(())
 }
 
@@ -998,7 +974,7 @@ mod tests {
     fn files_on_disk_are_streamed_and_one_that_changed_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let kernel = dir.path().join("vmlinuz");
-        let bytes = noise(3 * COPY_BUF + 12_345, 4);
+        let bytes = noise(3 * 1024 * 1024 + 12_345, 4);
         std::fs::write(&kernel, &bytes).unwrap();
         let mut files = BTreeMap::new();
         let on_disk = crate::tree::Content::from_path(&kernel, bytes.len() as u64);

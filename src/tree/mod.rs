@@ -100,7 +100,7 @@ impl Entry {
     pub fn file(meta: Meta, data: Vec<u8>) -> Self {
         Entry {
             meta,
-            kind: Kind::File(Arc::new(Content::from_vec(data))),
+            kind: Kind::File(self::data(data)),
         }
     }
     pub fn symlink(meta: Meta, target: &str) -> Self {
