@@ -991,6 +991,15 @@ fn check_power_loss(vm: &mut Vm) -> Check {
 /// running), through `/etc/rancher/node` as k3s would.
 fn identity(vm: &mut Vm) -> Result<Vec<(String, String)>> {
     sh(vm, "mkdir -p /etc/rancher/node && { test -s /etc/rancher/node/password || head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /etc/rancher/node/password; } && sync")?;
+    // The facts are compared across boots as captured: a kernel message
+    // amid them would make equal facts differ (see `Vm::wait_for_shell`).
+    let probe = sh(
+        vm,
+        "echo '<3>nodeimg: console probe' > /dev/kmsg; echo clean",
+    )?;
+    if probe.trim() != "clean" {
+        bail!("kernel messages reach the console amid command output: {probe:?}");
+    }
     let mut facts = Vec::new();
     for (what, cmd) in [
         ("hostname", "hostname"),

@@ -235,6 +235,11 @@ impl Vm {
                 // Let the rest of the probes' echoes pass.
                 std::thread::sleep(Duration::from_millis(300));
                 self.seen = lock(&self.console).len();
+                // Kernel messages on the console land amid commands' output
+                // (a "hrtimer: interrupt took" line once split a captured
+                // value): from here on only emergencies, a panic, reach it.
+                // The kernel's buffer (`dmesg`) still has them all.
+                let _ = self.sh("dmesg -n 1 2>/dev/null", Duration::from_secs(10));
                 return Ok(());
             }
         }
