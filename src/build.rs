@@ -79,15 +79,10 @@ pub fn run(data: &DataDir, args: &BuildArgs) -> Result<()> {
     if let Err(e) = digests.save() {
         eprintln!("nodeimg: warning: {e:#}");
     }
-    let slot = plan.part(Role::SystemA)?.size;
-    if system.squashfs_size > slot {
-        bail!(
-            "the system image (/usr of the rootfs, compressed) is {} but the system partition holds {}; \
-             raise disk.system_size in boards/{}.toml or slim the rootfs",
-            human(system.squashfs_size),
-            human(slot),
-            board.name
-        );
+    // A system image already written is checked before any node's work;
+    // one still being written, when its node waits for it.
+    if let Some(image) = system.image_if_written() {
+        image.check_fits(&board, &plan)?;
     }
     for node in &nodes {
         write_node_image(&board, &plan, &system, node.as_ref(), args, &progress)?;
@@ -146,14 +141,15 @@ fn output_name(board: &Board, node: Option<&NodeConfig>, args: &BuildArgs) -> St
 /// depend on which node is built (node config goes to the boot partition
 /// only), so it is cached between builds (`cache`).
 struct System {
+    /// First, so that it is dropped first: a squashfs still being written
+    /// is waited for before the work directory goes.
+    squashfs: SquashfsAt,
+    /// Set once the squashfs is written.
+    image: std::cell::OnceCell<SystemImage>,
     /// Holds the shared intermediate files; removed when dropped.
     _work: tempfile::TempDir,
     /// A cache entry that could not be stored, still holding the squashfs.
     _pending: Option<cache::Pending>,
-    squashfs: SquashfsAt,
-    squashfs_size: u64,
-    /// Hex of `squashfs::Written::tail_sha256`.
-    squashfs_tail_sha256: String,
     initramfs: Data,
     data_tree: Tree,
     found: Found,
@@ -167,14 +163,50 @@ struct System {
     cache: &'static str,
 }
 
+/// The written system squashfs.
+struct SystemImage {
+    size: u64,
+    /// Hex of `squashfs::Written::tail_sha256`.
+    tail_sha256: String,
+}
+
+impl SystemImage {
+    fn of(written: &squashfs::Written) -> SystemImage {
+        SystemImage {
+            size: written.size,
+            tail_sha256: hex::encode(written.tail_sha256),
+        }
+    }
+
+    /// An error unless the image fits in a system slot.
+    fn check_fits(&self, board: &Board, plan: &DiskPlan) -> Result<()> {
+        let slot = plan.part(Role::SystemA)?.size;
+        if self.size > slot {
+            bail!(
+                "the system image (/usr of the rootfs, compressed) is {} but the system partition holds {}; \
+                 raise disk.system_size in boards/{}.toml or slim the rootfs",
+                human(self.size),
+                human(slot),
+                board.name
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Where the system squashfs is.
 enum SquashfsAt {
     /// A file of its own: in the work directory, the cache entry or `_pending`.
     File(std::path::PathBuf),
-    /// Already in the disk image of the build's only node, at the system
-    /// partition's offset: the image file in the work directory that node
-    /// takes (once) as its own, so the squashfs is never copied.
-    InImage(std::cell::Cell<Option<std::path::PathBuf>>),
+    /// In the disk image of the build's only node, at the system partition's
+    /// offset: the image file in the work directory that node takes (once)
+    /// as its own, so the squashfs is never copied. It is written on a
+    /// thread of its own (`writing`) while the node's boot and data
+    /// partitions are written around it.
+    InImage {
+        image: std::cell::Cell<Option<std::path::PathBuf>>,
+        writing: std::cell::RefCell<Option<Background<squashfs::Written>>>,
+    },
 }
 
 impl System {
@@ -182,8 +214,32 @@ impl System {
     fn squashfs_file(&self) -> Result<&Path> {
         match &self.squashfs {
             SquashfsAt::File(p) => Ok(p),
-            SquashfsAt::InImage(_) => bail!("internal: the squashfs is not a file of its own"),
+            SquashfsAt::InImage { .. } => {
+                bail!("internal: the squashfs is not a file of its own")
+            }
         }
+    }
+
+    /// The system image, once written: waits for it while it is being
+    /// written into the disk image.
+    fn image(&self) -> Result<&SystemImage> {
+        if let Some(image) = self.image.get() {
+            return Ok(image);
+        }
+        let writing = match &self.squashfs {
+            SquashfsAt::InImage { writing, .. } => writing.borrow_mut().take(),
+            SquashfsAt::File(_) => None,
+        };
+        let writing = writing.ok_or_else(|| {
+            anyhow!("internal: the system image is neither written nor being written")
+        })?;
+        let written = writing.wait()?;
+        Ok(self.image.get_or_init(|| SystemImage::of(&written)))
+    }
+
+    /// The system image if it is written already.
+    fn image_if_written(&self) -> Option<&SystemImage> {
+        self.image.get()
     }
 }
 
@@ -412,43 +468,50 @@ fn prepare_system(
         compression_level: args.compression_level,
         ..Default::default()
     };
+    // The rootfs's files were hashed before the squashfs: the system's
+    // digest (for the identifiers' seed), from the same files, costs little.
+    let system_digest = ids::tree_digest(&usr, digests)?;
     // Without a cache entry to fill, the only node's disk image is started
     // now and the squashfs written straight into its system partition: no
-    // copy of it, no second pass. (An update bundle, several nodes or the
-    // cache need the squashfs as a file of its own.)
+    // copy of it, no second pass. It is written on a thread of its own, so
+    // that the node's boot and data partitions are written meanwhile. (An
+    // update bundle, several nodes or the cache need the squashfs as a file
+    // of its own, written here.)
     let into_image = pending.is_none() && nodes.len() == 1 && args.sign_key.is_none();
-    let (mut squashfs, written) = if into_image {
+    let (mut squashfs, image) = if into_image {
         let image = work.path().join("disk.img");
         let file = std::fs::File::create(&image)
             .with_context(|| format!("creating {}", image.display()))?;
         let start = plan.part(Role::SystemA)?.start;
-        let written =
-            squashfs::write_into(&usr, &file, start, squashfs_mtime, &squashfs_opts, &image)
-                .context("writing the system squashfs")?;
-        (
-            SquashfsAt::InImage(std::cell::Cell::new(Some(image))),
-            written,
-        )
+        let named = image.clone();
+        const WHAT: &str = "writing the system squashfs";
+        let writing = Background::spawn("squashfs", WHAT, move || {
+            squashfs::write_into(&usr, &file, start, squashfs_mtime, &squashfs_opts, &named)
+                .context(WHAT)
+        })?;
+        let at = SquashfsAt::InImage {
+            image: std::cell::Cell::new(Some(image)),
+            writing: std::cell::RefCell::new(Some(writing)),
+        };
+        (at, std::cell::OnceCell::new())
     } else {
         let path = out_dir.join(cache::SQUASHFS);
         let written = squashfs::write(&usr, &path, squashfs_mtime, &squashfs_opts)
             .context("writing the system squashfs")?;
-        (SquashfsAt::File(path), written)
+        let image = std::cell::OnceCell::new();
+        let _ = image.set(SystemImage::of(&written));
+        (SquashfsAt::File(path), image)
     };
-    let squashfs_size = written.size;
-    let squashfs_tail_sha256 = hex::encode(written.tail_sha256);
 
     let initramfs = initramfs.wait()?;
     // Identifiers follow from what goes into the image, not from how the
     // rootfs was packed: two rootfs archives that give the same filesystems
     // give the same disk identifiers, cmdline and data filesystem.
-    // The rootfs's files were hashed before the squashfs: the system's
-    // digest, from the same files, costs little.
     let rootfs_tree_sha256 = hex::encode(rootfs_digest);
     let seed = ids::seed(&[
         ("board", board_bytes),
         ("epoch", &epoch.to_le_bytes()),
-        ("system", &ids::tree_digest(&usr, digests)?),
+        ("system", &system_digest),
         ("compression-level", &args.compression_level.to_le_bytes()),
         ("initramfs", &Sha256::digest(&initramfs)),
         ("boot-files", &found.digest()?),
@@ -458,11 +521,14 @@ fn prepare_system(
     if let Some((store, key)) = &cached {
         state = "miss";
         if let Some(p) = &pending {
+            let written = image
+                .get()
+                .ok_or_else(|| anyhow!("internal: a cached system image not yet written"))?;
             let scalars = cache::Scalars {
                 epoch,
                 seed: hex::encode(&seed),
-                squashfs_size,
-                squashfs_tail_sha256: squashfs_tail_sha256.clone(),
+                squashfs_size: written.size,
+                squashfs_tail_sha256: written.tail_sha256.clone(),
                 rootfs_tree_sha256: rootfs_tree_sha256.clone(),
                 k3s: k3s.clone(),
             };
@@ -479,11 +545,10 @@ fn prepare_system(
         }
     }
     Ok(System {
+        squashfs,
+        image,
         _work: work,
         _pending: pending,
-        squashfs,
-        squashfs_size,
-        squashfs_tail_sha256,
         initramfs: tree::data(initramfs),
         data_tree,
         found,
@@ -515,12 +580,16 @@ impl System {
             add_airgap(&mut data_tree, images, c.scalars.epoch)?;
         }
         let seed = hex::decode(&c.scalars.seed).context("the cached seed")?;
+        let image = std::cell::OnceCell::new();
+        let _ = image.set(SystemImage {
+            size: c.scalars.squashfs_size,
+            tail_sha256: c.scalars.squashfs_tail_sha256,
+        });
         Ok(System {
+            squashfs: SquashfsAt::File(c.squashfs),
+            image,
             _work: work,
             _pending: None,
-            squashfs: SquashfsAt::File(c.squashfs),
-            squashfs_size: c.scalars.squashfs_size,
-            squashfs_tail_sha256: c.scalars.squashfs_tail_sha256,
             initramfs: tree::data(c.initramfs),
             data_tree,
             found: c.found,
@@ -542,13 +611,16 @@ impl System {
 fn place_system(sys: &System, image: &Path, total: u64, start: u64, size: u64) -> Result<Placing> {
     let ctx = || format!("writing disk image {}", image.display());
     match &sys.squashfs {
-        SquashfsAt::InImage(prebuilt) => {
+        SquashfsAt::InImage {
+            image: prebuilt, ..
+        } => {
             let from = prebuilt
                 .take()
                 .ok_or_else(|| anyhow!("internal: the disk image holding the squashfs is taken"))?;
             std::fs::rename(&from, image)
                 .with_context(|| format!("moving {} to {}", from.display(), image.display()))?;
-            // Its full size now: the boot partition is written into it next.
+            // Its full size now: the boot partition is written into it next
+            // (the squashfs, possibly still being written, lies within).
             std::fs::OpenOptions::new()
                 .write(true)
                 .open(image)
@@ -729,6 +801,12 @@ fn write_node_image(
         &sys.data_tree,
     )
     .context("writing the data partition")?;
+    // The system squashfs, written into the image meanwhile or before.
+    if sys.image_if_written().is_none() {
+        progress.step(format!("{name}: finishing the system squashfs"));
+    }
+    let system_image = sys.image()?;
+    system_image.check_fits(board, plan)?;
     output::sync(&image_path)?;
 
     let mut outputs = match &board.android {
@@ -741,7 +819,7 @@ fn write_node_image(
                 output::restrict(&image_path)?;
             }
             let bmap_name = format!("{image_name}.bmap");
-            let bmap = image_bmap(&image_path, plan, &tables, sys)?;
+            let bmap = image_bmap(&image_path, plan, &tables, system_image)?;
             let bmap_xml = bmap.to_xml();
             output::write_synced(&staging.output(&bmap_name), bmap_xml.as_bytes())?;
             let bmap_sha256 = hex::encode(Sha256::digest(bmap_xml.as_bytes()));
@@ -798,7 +876,7 @@ fn write_node_image(
         }),
         k3s: sys.k3s.clone(),
         disk: DiskInfo::new(plan, disk_id),
-        system_image_size: sys.squashfs_size,
+        system_image_size: system_image.size,
         system_cache: sys.cache,
         outputs,
     };
@@ -837,7 +915,7 @@ fn image_bmap(
     image: &Path,
     plan: &DiskPlan,
     tables: &[(u64, Vec<u8>)],
-    sys: &System,
+    sys: &SystemImage,
 ) -> Result<Bmap> {
     use std::os::unix::fs::FileExt;
     let mut meaningful: Vec<(u64, u64)> = tables
@@ -854,12 +932,12 @@ fn image_bmap(
     // Slot A holds the system squashfs as it is (padded to 4 KiB, so on
     // whole blocks): the digest of all but its first block was taken as it
     // was written, so those bytes are not read again.
-    let end = system.start + sys.squashfs_size.min(system.size);
-    let known: Vec<bmap::Known> = (sys.squashfs_size > squashfs::HEAD)
+    let end = system.start + sys.size.min(system.size);
+    let known: Vec<bmap::Known> = (sys.size > squashfs::HEAD)
         .then(|| bmap::Known {
             start: system.start + squashfs::HEAD,
             end,
-            sha256: sys.squashfs_tail_sha256.clone(),
+            sha256: sys.tail_sha256.clone(),
         })
         .into_iter()
         .collect();

@@ -444,6 +444,9 @@ fn rootfs_without_kernel_names_the_paths_tried() {
     );
 }
 
+/// Through the cache (the squashfs a file of its own, checked before any
+/// node's work) and without it (the squashfs written into the image while
+/// the boot and data partitions are, checked once it is done).
 #[test]
 fn rootfs_larger_than_the_system_partition_gives_both_sizes() {
     let dir = scratch("err-size");
@@ -451,15 +454,14 @@ fn rootfs_larger_than_the_system_partition_gives_both_sizes() {
     let data = data_dir_with_board(&dir, "qemu-aarch64", |t| {
         t.replace("system_size = \"640M\"", "system_size = \"2M\"")
     });
-    let out = dir.join("out");
-    fs::create_dir(&out).unwrap();
-    let res = build(
-        "qemu-aarch64",
-        &test_rootfs(),
-        &out,
-        &["--data-dir", data.to_str().unwrap()],
-    );
-    assert_clean_failure(&res, &out, &["MiB but the system partition holds 2.0 MiB"]);
+    for (name, extra) in [("cached", None), ("uncached", Some("--no-cache"))] {
+        let out = dir.join(name);
+        fs::create_dir(&out).unwrap();
+        let mut args = vec!["--data-dir", data.to_str().unwrap()];
+        args.extend(extra);
+        let res = build("qemu-aarch64", &test_rootfs(), &out, &args);
+        assert_clean_failure(&res, &out, &["MiB but the system partition holds 2.0 MiB"]);
+    }
 }
 
 #[test]

@@ -3,8 +3,8 @@
 //! Every filesystem is written straight into its partition of the image (the
 //! squashfs, the FAT boot partition, the ext4 data partition), so nothing is
 //! copied here: the image is sized with `set_len` (all holes where nothing
-//! was written), the partition tables are written at their offsets, and the
-//! file is synced. Readers see zeros in the holes, so the bytes are the same
+//! was written) and the partition tables are written at their offsets; the
+//! caller syncs the file once everything is in it. Readers see zeros in the holes, so the bytes are the same
 //! as a fully written image, and a 64 GiB image whose data partition is
 //! mostly empty takes little space and no time.
 
@@ -14,11 +14,11 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
 /// Makes `out` exactly `total` bytes with the table `blobs` written at their
-/// offsets, then fsyncs it. `present` names the regions (offset, size) an
-/// existing `out` already holds, written there by their makers (the
-/// partitions' filesystems), which are kept; with none, `out` is created (an
-/// existing file replaced in place; the caller writes to a temporary name
-/// and renames). Regions must lie inside the image and must not overlap;
+/// offsets; it is not synced (the caller syncs the finished image).
+/// `present` names the regions (offset, size) an existing `out` already
+/// holds, written there by their makers (the partitions' filesystems), which
+/// are kept; with none, `out` is created (an existing file replaced in place;
+/// the caller writes to a temporary name and renames). Regions must lie inside the image and must not overlap;
 /// they are checked before anything is written.
 pub fn assemble(
     out: &Path,
@@ -38,7 +38,6 @@ pub fn assemble(
         f.seek(SeekFrom::Start(*off)).with_context(ctx)?;
         f.write_all(data).with_context(ctx)?;
     }
-    f.sync_all().with_context(ctx)?;
     Ok(())
 }
 
