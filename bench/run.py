@@ -10,12 +10,15 @@ taken from this machine's /usr), then, in alternating runs:
   reference  the same layout with the standard tools: mksquashfs of /usr at the
              same compressor, level and block size (all cores), mkfs.vfat +
              mcopy for the boot partition, a gzip'd cpio initramfs, mke2fs -d
-             for the data partition, sfdisk for the MBR, dd conv=sparse
+             for the data partition, sfdisk for the MBR, dd conv=sparse, and
+             `sync` of the image (nodeimg's image is on the disk when it is
+             done: it syncs its outputs before it puts them in place)
 
 and prints, for each, the median of the runs: wall time, CPU time (user+sys of
 every process), peak RSS (the largest single process), the squashfs size, the
 image's allocated bytes (du) and the bytes its filesystems use; then the
-ratios nodeimg / reference. With --second-node it also times a second node's
+ratios nodeimg / reference, and the median of each run's own wall-time ratio
+(its two builds ran back to back). With --second-node it also times a second node's
 build from the same rootfs (the system image cache) against the first.
 
 Only the standard library; numbers, not pass/fail (see docs/performance.md).
@@ -346,6 +349,12 @@ def reference_build(rootfs, work, level, layout):
             m.run_rusage(["dd", f"if={part}", f"of={img}", "bs=4M", "conv=sparse,notrunc",
                           "oflag=seek_bytes", f"seek={offset}", "status=none"])
         offset += size
+    # On the disk before it counts as built, as nodeimg's image is (nodeimg
+    # syncs its outputs before it puts them in place): without this the
+    # image's writeback would happen after the clock stops.
+    before = m.wall
+    m.run_rusage(["sync", img])
+    m.sync = m.wall - before
     return m, image_facts(img)
 
 
@@ -404,6 +413,13 @@ def report(size_label, runs):
         print(f"{label:24}{fmt(a):>14}{fmt(b):>14}{a / b if b else float('nan'):>9.3f}")
     a_alloc = median([r["allocated"] / r["fs_used"] for r in runs["nodeimg"]])
     print(f"{'allocated / fs used':24}{a_alloc:>14.3f}")
+    # Each run's two builds ran one right after the other, on the machine as
+    # it then was: their ratio does not move with the machine's speed from
+    # one run to the next as the medians' ratio can.
+    paired = [n["wall"] / r["wall"] for n, r in zip(runs["nodeimg"], runs["reference"])]
+    med["wall_paired"] = median(paired)
+    print(f"{'wall time, run by run':24}{'':>28}{median(paired):>9.3f}  "
+          f"(median of {', '.join(f'{p:.3f}' for p in paired)})")
     return med
 
 
@@ -475,12 +491,15 @@ def main():
                     m, facts = reference_build(rootfs, os.path.join(args.work, "out-reference"), level, layout)
                 r = {"wall": m.wall, "cpu": m.cpu, "rss": m.rss, **facts}
                 runs[which].append(r)
-                print(f"  run {i + 1} {which:9}: {m.wall:7.2f} s wall, {m.cpu:7.2f} s CPU, "
+                synced = f", of which {m.sync:.2f} s its sync" if hasattr(m, "sync") else ""
+                print(f"  run {i + 1} {which:9}: {m.wall:7.2f} s wall{synced}, {m.cpu:7.2f} s CPU, "
                       f"{human(m.rss):>10} RSS, squashfs {human(facts['squashfs'])}", flush=True)
         entry = {}
         if not args.nodeimg_only:
             med = report(label, runs)
+            paired = med.pop("wall_paired")
             entry = {k: {"nodeimg": v[0], "reference": v[1]} for k, v in med.items()}
+            entry["wall_ratio_run_by_run"] = paired
         if args.second_node:
             entry["second_node"] = second_node(nodeimg, rootfs, args.work, level if has_level else None, data_dir)
         summary[label] = entry
