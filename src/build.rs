@@ -503,7 +503,7 @@ fn prepare_system(
         (SquashfsAt::File(path), image)
     };
 
-    let initramfs = initramfs.wait()?;
+    let mut initramfs = initramfs.wait()?;
     // Identifiers follow from what goes into the image, not from how the
     // rootfs was packed: two rootfs archives that give the same filesystems
     // give the same disk identifiers, cmdline and data filesystem.
@@ -513,7 +513,7 @@ fn prepare_system(
         ("epoch", &epoch.to_le_bytes()),
         ("system", &system_digest),
         ("compression-level", &args.compression_level.to_le_bytes()),
-        ("initramfs", &Sha256::digest(&initramfs)),
+        ("initramfs", &initramfs.sha256().context("the initramfs")?),
         ("boot-files", &found.digest()?),
         ("data", &ids::tree_digest(&data_tree, digests)?),
     ]);
@@ -541,6 +541,11 @@ fn prepare_system(
             };
             if let Some(entry) = store.keep(key, p, &what) {
                 squashfs = SquashfsAt::File(entry.join(cache::SQUASHFS));
+                // The entry took the pending directory's files with it.
+                initramfs = std::sync::Arc::new(tree::Content::from_path(
+                    entry.join(cache::INITRAMFS),
+                    initramfs.len(),
+                ));
             }
         }
     }
@@ -549,7 +554,7 @@ fn prepare_system(
         image,
         _work: work,
         _pending: pending,
-        initramfs: tree::data(initramfs),
+        initramfs,
         data_tree,
         found,
         epoch,

@@ -30,17 +30,23 @@ use crate::elf;
 use crate::tree::{self, lookup, Entry, Kind, Meta, Tree};
 
 /// Writes `tree` as a gzip'd newc archive to `path` ([`crate::fs::cpio::write_gzip`])
-/// on a thread of its own; its `wait` gives the archive's bytes. gzip keeps a
-/// core busy for a tenth of a second or more, which the system image's
-/// compression (on every core) would otherwise wait for.
+/// on a thread of its own; its `wait` gives the archive as the file's contents,
+/// its SHA-256 already taken. gzip keeps a core busy for a tenth of a second
+/// or more, which the system image's compression (on every core) would
+/// otherwise wait for. The archive (tens of MB) is not held in memory: it is
+/// read from the file when the boot partition is written.
 pub fn write_in_background(
     tree: Tree,
     path: std::path::PathBuf,
-) -> Result<crate::background::Background<Vec<u8>>> {
+) -> Result<crate::background::Background<tree::Data>> {
     const WHAT: &str = "writing the initramfs";
     crate::background::Background::spawn("initramfs", WHAT, move || {
         crate::fs::cpio::write_gzip(&tree, &path).context(WHAT)?;
-        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+        let ctx = || format!("reading {}", path.display());
+        let len = std::fs::metadata(&path).with_context(ctx)?.len();
+        let data = std::sync::Arc::new(tree::Content::from_path(&path, len));
+        data.sha256().with_context(ctx)?;
+        Ok(data)
     })
 }
 
