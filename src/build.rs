@@ -206,7 +206,19 @@ enum SquashfsAt {
     InImage {
         image: std::cell::Cell<Option<std::path::PathBuf>>,
         writing: std::cell::RefCell<Option<Background<squashfs::Written>>>,
+        /// Set when the build fails before waiting for it: the writer stops
+        /// soon instead of compressing the rest for nothing.
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     },
+}
+
+impl Drop for SquashfsAt {
+    fn drop(&mut self) {
+        // Before `writing` is dropped, which waits for the thread.
+        if let SquashfsAt::InImage { stop, .. } = self {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl System {
@@ -484,14 +496,18 @@ fn prepare_system(
             .with_context(|| format!("creating {}", image.display()))?;
         let start = plan.part(Role::SystemA)?.start;
         let named = image.clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
         const WHAT: &str = "writing the system squashfs";
         let writing = Background::spawn("squashfs", WHAT, move || {
-            squashfs::write_into(&usr, &file, start, squashfs_mtime, &squashfs_opts, &named)
+            let (t, opts) = (&usr, &squashfs_opts);
+            squashfs::write_into(t, &file, start, squashfs_mtime, opts, &named, &stopped)
                 .context(WHAT)
         })?;
         let at = SquashfsAt::InImage {
             image: std::cell::Cell::new(Some(image)),
             writing: std::cell::RefCell::new(Some(writing)),
+            stop,
         };
         (at, std::cell::OnceCell::new())
     } else {

@@ -464,6 +464,34 @@ fn rootfs_larger_than_the_system_partition_gives_both_sizes() {
     }
 }
 
+/// Without the cache the boot partition is written while the squashfs is
+/// compressed on another thread: a boot partition that cannot be written
+/// is the one error, and the squashfs's writer, told to stop, leaves nothing.
+#[test]
+fn a_boot_partition_failing_beside_the_squashfs_is_the_one_error() {
+    let dir = scratch("err-boot-beside");
+    let data = data_dir_with_board(&dir, "rpi4", |t| {
+        t.replace("boot_size = \"256M\"", "boot_size = \"16M\"")
+    });
+    let out = dir.join("out");
+    fs::create_dir(&out).unwrap();
+    let res = build(
+        "rpi4",
+        &test_rootfs(),
+        &out,
+        &["--data-dir", data.to_str().unwrap(), "--no-cache"],
+    );
+    assert_clean_failure(
+        &res,
+        &out,
+        &[
+            "writing the boot partition",
+            "16 MiB FAT32 partition is too small",
+        ],
+    );
+    assert!(!stderr(&res).contains("stopped"), "{}", stderr(&res));
+}
+
 #[test]
 fn medium_too_small_for_the_layout_is_refused() {
     let dir = scratch("err-medium");

@@ -89,6 +89,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -186,7 +187,7 @@ pub fn write(tree: &Tree, out: &Path, mtime: u32, opts: &Options) -> Result<Writ
     let res = (|| {
         let plan = Plan::new(tree, opts)?;
         let file = File::create(out).context("creating the image file")?;
-        let written = plan.write(&file, 0, mtime);
+        let written = plan.write(&file, 0, mtime, &AtomicBool::new(false));
         if written.is_err() {
             let _ = std::fs::remove_file(out);
         }
@@ -198,7 +199,9 @@ pub fn write(tree: &Tree, out: &Path, mtime: u32, opts: &Options) -> Result<Writ
 /// Writes the squashfs of `tree` into `file` from byte `offset` on (a
 /// partition of a disk image), as [`write`] does; the bytes around the image
 /// are not touched, and on failure what was written stays (the caller
-/// discards the file). `what` names the file for errors.
+/// discards the file). `what` names the file for errors. Once `stop` is set
+/// (by another thread: the build failed elsewhere) nothing more is read or
+/// compressed, and it fails as soon as the blocks in flight are done.
 pub fn write_into(
     tree: &Tree,
     file: &File,
@@ -206,8 +209,9 @@ pub fn write_into(
     mtime: u32,
     opts: &Options,
     what: &Path,
+    stop: &AtomicBool,
 ) -> Result<Written> {
-    let res = Plan::new(tree, opts).and_then(|plan| plan.write(file, offset, mtime));
+    let res = Plan::new(tree, opts).and_then(|plan| plan.write(file, offset, mtime, stop));
     res.with_context(|| {
         format!(
             "writing the squashfs into {} at offset {offset}",
@@ -598,7 +602,7 @@ impl<'a> Plan<'a> {
         })
     }
 
-    fn write(mut self, file: &File, base: u64, mtime: u32) -> Result<Written> {
+    fn write(mut self, file: &File, base: u64, mtime: u32, stop: &AtomicBool) -> Result<Written> {
         let level = self.opts.compression_level;
         let mut w = Out::new(file, base)?;
         // The superblock is written last: until then the image has no magic.
@@ -658,7 +662,7 @@ impl<'a> Plan<'a> {
                 }
                 Ok(())
             };
-            run_jobs(&source, threads(&self.opts), level, &mut sink)?;
+            run_jobs(&source, threads(&self.opts), level, &mut sink, stop)?;
         }
         hashing.finish()?;
         let jobs = source
@@ -1418,8 +1422,12 @@ fn run_jobs<'a>(
     threads: usize,
     level: i32,
     sink: &mut dyn FnMut(&Job<'a>, Done) -> Result<()>,
+    stop: &AtomicBool,
 ) -> Result<()> {
     let next = || -> Result<Option<(usize, Job<'a>)>> {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            bail!("stopped before it was complete");
+        }
         source
             .lock()
             .map_err(|_| anyhow!("a compression thread panicked"))?
@@ -1905,7 +1913,8 @@ pub(crate) mod tests {
         let total = offset + w1.size as usize + 8192;
         std::fs::write(&disk, vec![0xabu8; total]).unwrap();
         let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
-        let w2 = write_into(&tree, &f, offset as u64, 7, &opts(3, 2), &disk).unwrap();
+        let go = AtomicBool::new(false);
+        let w2 = write_into(&tree, &f, offset as u64, 7, &opts(3, 2), &disk, &go).unwrap();
         assert_eq!(w1, w2);
         let mut got = vec![0u8; total];
         std::fs::File::open(&disk)
@@ -1915,6 +1924,39 @@ pub(crate) mod tests {
         assert!(got[offset..offset + image.len()] == image[..]);
         assert!(got[..offset].iter().all(|&b| b == 0xab));
         assert!(got[offset + image.len()..].iter().all(|&b| b == 0xab));
+    }
+
+    /// Told to stop, on one thread or several, it compresses nothing more
+    /// and fails; the image has no superblock (its magic is written last).
+    #[test]
+    fn a_stopped_write_fails_without_a_superblock() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tree = full_tree();
+        for threads in [1, 2] {
+            let disk = dir.path().join(format!("disk-{threads}.img"));
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&disk)
+                .unwrap();
+            let stop = AtomicBool::new(true);
+            let err = write_into(&tree, &f, 4096, 7, &opts(3, threads), &disk, &stop).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("stopped before it was complete"),
+                "{err:#}"
+            );
+            let mut magic = [0u8; 4];
+            let read = f.read_at(&mut magic, 4096).unwrap();
+            assert!(read < 4 || &magic != b"hsqs", "no superblock");
+            // Nothing compressed: at most the compression options were written.
+            assert!(
+                f.metadata().unwrap().len() <= 4096 + HEAD + 6,
+                "{threads} threads"
+            );
+        }
     }
 
     #[test]
