@@ -4,7 +4,8 @@
 //! 2. find the kernel, modules, device trees, firmware and busybox in it
 //! 3. compose the initramfs; compose the system tree (overlays, usr-merge, factory /etc)
 //! 4. make the filesystems: squashfs of /usr (into the cache, or straight into the
-//!    only node's disk image), FAT boot (phones: boot.img), ext4 data
+//!    only node's disk image on a thread of its own, while the rest of this step
+//!    goes on), FAT boot (phones: boot.img), ext4 data
 //! 5. assemble the disk image (phones: as a sparse rootfs image); write its block
 //!    map (.bmap), build.json and SHA256SUMS; publish
 //!
