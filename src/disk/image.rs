@@ -4,9 +4,9 @@
 //! squashfs, the FAT boot partition, the ext4 data partition), so nothing is
 //! copied here: the image is sized with `set_len` (all holes where nothing
 //! was written) and the partition tables are written at their offsets; the
-//! caller syncs the file once everything is in it. Readers see zeros in the holes, so the bytes are the same
-//! as a fully written image, and a 64 GiB image whose data partition is
-//! mostly empty takes little space and no time.
+//! caller syncs the file once everything is in it. Readers see zeros in the
+//! holes, so the bytes are the same as a fully written image, and a 64 GiB
+//! image whose data partition is mostly empty takes little space and no time.
 
 use anyhow::{bail, Context, Result};
 use std::fs::File;
@@ -18,8 +18,9 @@ use std::path::Path;
 /// `present` names the regions (offset, size) an existing `out` already
 /// holds, written there by their makers (the partitions' filesystems), which
 /// are kept; with none, `out` is created (an existing file replaced in place;
-/// the caller writes to a temporary name and renames). Regions must lie inside the image and must not overlap;
-/// they are checked before anything is written.
+/// the caller writes to a temporary name and renames). Regions must lie
+/// inside the image and must not overlap; they are checked before anything
+/// is written.
 pub fn assemble(
     out: &Path,
     total: u64,
