@@ -59,30 +59,42 @@
 //! compress (`Hashing`), or, for files of a size others share, when the
 //! file's turn comes.
 //!
-//! Default level, measured with `perf::levels_on_test_rootfs` (ours vs
-//! `mksquashfs -comp zstd -Xcompression-level L -b 131072 -noappend`, both on
-//! all cores of a 2-core machine shared with other builds, so times are rough):
+//! Default level: 3, zstd's own default, where size against time bends.
+//! Measured 2026-12-01 on the benchmark's 500 MB rootfs (`bench/run.py`:
+//! 10,751 files, a 70 MiB binary, libraries, documentation), a whole
+//! `nodeimg build rpi4 --no-cache` per level on a 2-core machine (noisy:
+//! times move by 10-20 % between runs):
 //!
 //! ```text
-//! A: a Debian /usr sample (python3.11, git-core, perl, doc): 8,434 entries, 214 MB
-//! B: the test rootfs's /usr (mostly .ko.xz modules, busybox): 476 entries, 40 MB
-//!
-//! level   A ours       time    A mksquashfs  time  | B ours      time   B mksquashfs time
-//!   1     82,620,416   0.20 s  82,624,512    0.40 s | 22,941,696  0.20 s 22,970,368  0.32 s
-//!   3     80,048,128   0.24 s  80,121,856    0.51 s | 22,077,440  0.28 s 22,106,112  0.61 s
-//!   6     76,750,848   1.01 s  76,431,360    1.85 s | 21,127,168  0.58 s 21,147,648  0.96 s
-//!   9     76,103,680   1.67 s  75,780,096    3.07 s | 21,073,920  1.04 s 21,094,400  1.18 s
-//!  15     73,289,728  20.6  s  73,330,688   21.5  s | 19,922,944  6.49 s 19,951,616  5.59 s
-//!  19     72,794,112  67.6  s  72,998,912   74.0  s | 19,804,160 10.7  s 19,853,312 10.1  s
+//! level  squashfs bytes  vs 3     wall    CPU (user + system)
+//!   1    182,719,948    +4.1 %   1.95 s   3.3 s
+//!   2    178,132,832    +1.5 %   2.02 s   3.5 s
+//!   3    175,495,618     0       1.98 s   3.4 s
+//!   4    173,119,214    -1.4 %   2.82 s   5.1 s
+//!   5    169,772,083    -3.3 %   4.05 s   7.5 s
+//!   6    167,373,430    -4.6 %   4.67 s   8.8 s
+//!   7    166,882,739    -4.9 %   5.59 s  10.6 s
+//!   9    166,050,646    -5.4 %   6.86 s  13.1 s
+//! mksquashfs -comp zstd -Xcompression-level L -b 131072, /usr alone:
+//!   3    175,583,232             2.34 s   4.4 s
+//!   9    165,654,528             5.77 s  11.3 s
 //! ```
 //!
-//! The default is 9: 8 % smaller than level 1 and still a matter of seconds
-//! (1.7 s for A). Above 9 zstd switches to its slow match finders: 15
-//! (mksquashfs's default, and ours before) is only 3.7-5.5 % smaller than 9
-//! for 6-12 times the time, 19 only 4.3-6.0 % smaller for 10-40 times. For
-//! a 500 MB rootfs that is seconds instead of minutes on every build; where
-//! bytes matter more than build time (release images, update bundles),
-//! `nodeimg build --compression-level 19` trades the time back for them.
+//! (The squashfs alone, ours against mksquashfs's per level on any
+//! directory, is `perf::levels_on_test_rootfs` below.)
+//!
+//! Up to 3 a level costs almost nothing (zstd's fast match finders: 1 to 3
+//! is 4 % smaller for no measurable time); from 4 to 6 each percent saved
+//! costs about half a second of wall time here, from 6 to 9 nearly 3 s. 9
+//! (the default until 2026-12-01) is 5.4 % smaller than 3 for 3.5 times the
+//! wall time and 3.8 times the CPU. Above 9 zstd switches to its slow match
+//! finders: on a 214 MB Debian `/usr` sample, 15 (mksquashfs's default) was
+//! 3.7-5.5 % smaller than 9 for 6-12 times the time, 19 4.3-6.0 % for 10-40
+//! times. A node's image is built card after card and in every boot test,
+//! and written once to a card, so the default favours time; where bytes
+//! matter more than build time (release images, update bundles sent over a
+//! slow link), `nodeimg build --compression-level 19` trades the time back
+//! for them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -102,7 +114,7 @@ pub const BLOCK_SIZE: u32 = 128 * 1024;
 const BLOCK: usize = BLOCK_SIZE as usize;
 
 /// The zstd level used unless told otherwise (chosen by measurement, above).
-pub const DEFAULT_LEVEL: i32 = 9;
+pub const DEFAULT_LEVEL: i32 = 3;
 
 /// The zstd levels accepted (as mksquashfs's `-Xcompression-level`).
 pub const LEVELS: std::ops::RangeInclusive<i32> = 1..=22;
