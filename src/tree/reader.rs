@@ -100,7 +100,6 @@ pub fn read_dir_tree(root: &Path) -> Result<Tree> {
     if !md.is_dir() {
         bail!("{} is not a directory", root.display());
     }
-    let mut tree = Tree::new(meta_from_fs(&md));
     let walk = Walk {
         queue: Mutex::new((vec![(root.to_path_buf(), String::new())], 0)),
         ready: Condvar::new(),
@@ -118,13 +117,8 @@ pub fn read_dir_tree(root: &Path) -> Result<Tree> {
     if found.len() != threads {
         bail!("a thread listing {} panicked", root.display());
     }
-    let mut entries: Vec<(String, Entry)> = found.into_iter().flatten().collect();
-    // A parent's path sorts before its children's.
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
-    for (key, entry) in entries {
-        tree.insert(&key, entry)?;
-    }
-    Ok(tree)
+    let entries: Vec<(String, Entry)> = found.into_iter().flatten().collect();
+    Tree::from_listing(meta_from_fs(&md), entries)
 }
 
 /// The directories still to list, shared by the threads of `read_dir_tree`.
