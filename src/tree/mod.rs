@@ -201,7 +201,10 @@ impl Tree {
                     bail!("/{path} is listed twice");
                 }
                 if !dirs.contains(parent(path)) {
-                    bail!("/{path}: parent /{} is not a listed directory", parent(path));
+                    bail!(
+                        "/{path}: parent /{} is not a listed directory",
+                        parent(path)
+                    );
                 }
             }
         }
@@ -419,7 +422,11 @@ mod tests {
             one_by_one.insert(&p, e).unwrap();
         }
         let at_once = Tree::from_listing(Meta::root(0o700, 2), listing()).unwrap();
-        let all = |t: &Tree| t.iter().map(|(p, e)| (p.clone(), e.clone())).collect::<Vec<_>>();
+        let all = |t: &Tree| {
+            t.iter()
+                .map(|(p, e)| (p.clone(), e.clone()))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(all(&at_once), all(&one_by_one));
         assert_eq!(at_once.len(), 6);
 
@@ -428,7 +435,10 @@ mod tests {
             Tree::from_listing(m(), l).unwrap_err().to_string()
         };
         let err = refused(listing(), ("etc/x", Entry::dir(m())));
-        assert!(err.contains("/etc/x: parent /etc is not a listed directory"), "{err}");
+        assert!(
+            err.contains("/etc/x: parent /etc is not a listed directory"),
+            "{err}"
+        );
         let err = refused(listing(), ("a/y", Entry::dir(m())));
         assert!(err.contains("parent /a is not a listed directory"), "{err}");
         let err = refused(listing(), ("usr-x", Entry::dir(m())));
