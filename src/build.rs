@@ -722,6 +722,25 @@ fn write_node_image(
     // a thread of its own while this one writes the boot partition.
     let system = plan.part(Role::SystemA)?;
     let placing = place_system(sys, &image_path, plan.total, system.start, system.size)?;
+    // The data partition is made in its place in the image (nothing copied;
+    // the image stays sparse whatever its size) on a thread of its own too:
+    // mke2fs and debugfs, which mostly wait for the disk, run while this
+    // thread writes the boot partition.
+    let data_part = plan.part(Role::Data)?;
+    let data_writing = {
+        const WHAT: &str = "writing the data partition";
+        let (image, tree) = (image_path.clone(), sys.data_tree.clone());
+        let (start, size) = (data_part.start, data_part.size);
+        let opts = ext4::Ext4Options {
+            uuid: ids::uuid(&seed, "data-fs-uuid"),
+            hash_seed: ids::uuid(&seed, "data-fs-hash-seed"),
+            label: "nodeimg-data".to_string(),
+            mtime: sys.epoch,
+        };
+        Background::spawn("data-partition", WHAT, move || {
+            ext4::write_into(&image, start, size, &opts, &tree).context(WHAT)
+        })?
+    };
 
     // Boot: a FAT partition on the disk, or a phone's boot.img.
     let mut boot_images = Vec::new();
@@ -804,35 +823,29 @@ fn write_node_image(
         let boot = plan.part(Role::Boot)?;
         present.push((boot.start, boot.size));
     }
-    let data_part = plan.part(Role::Data)?;
+    present.push((data_part.start, data_part.size));
     image::assemble(&image_path, total, &blobs, &present).context("assembling the disk image")?;
 
-    // Made in its place in the image, not in a temporary file: nothing is
-    // copied, and the image stays sparse whatever the data partition's size.
     progress.step(format!("{name}: writing the data partition"));
-    ext4::write_into(
-        &image_path,
-        data_part.start,
-        data_part.size,
-        &ext4::Ext4Options {
-            uuid: ids::uuid(&seed, "data-fs-uuid"),
-            hash_seed: ids::uuid(&seed, "data-fs-hash-seed"),
-            label: "nodeimg-data".to_string(),
-            mtime: sys.epoch,
-        },
-        &sys.data_tree,
-    )
-    .context("writing the data partition")?;
+    data_writing.wait()?;
     // The system squashfs, written into the image meanwhile or before.
     if sys.image_if_written().is_none() {
         progress.step(format!("{name}: finishing the system squashfs"));
     }
     let system_image = sys.image()?;
     system_image.check_fits(board, plan)?;
-    output::sync(&image_path)?;
 
     let mut outputs = match &board.android {
         None => {
+            // On to the disk while its block map is made from the page cache
+            // (a second node's build waited for each in turn); it is on the
+            // disk before anything is published.
+            let syncing = {
+                let image = image_path.clone();
+                Background::spawn("image-sync", "syncing the disk image", move || {
+                    output::sync(&image)
+                })?
+            };
             // The image's checksums are its block map's: hashing only the mapped
             // ranges costs time in proportion to the payload, not to --size.
             progress.step(format!("{name}: mapping and hashing the image's blocks"));
@@ -845,6 +858,7 @@ fn write_node_image(
             let bmap_xml = bmap.to_xml();
             output::write_synced(&staging.output(&bmap_name), bmap_xml.as_bytes())?;
             let bmap_sha256 = hex::encode(Sha256::digest(bmap_xml.as_bytes()));
+            syncing.wait()?;
             vec![
                 OutputInfo {
                     file: image_name.clone(),
@@ -865,6 +879,8 @@ fn write_node_image(
             ]
         }
         Some(android) => {
+            // The raw image is not synced: it is read into the sparse image
+            // (synced as it is written) and removed.
             progress.step(format!("{name}: writing the sparse rootfs image"));
             let pieces = phone::write_rootfs(android, &image_path, &staging.output(""))
                 .context("writing the sparse rootfs image")?;
