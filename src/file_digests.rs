@@ -52,8 +52,8 @@ pub const USED_GRAIN: i64 = 86_400;
 
 /// The records by device and inode. Keys are a local machine's inode
 /// numbers, not anyone's input to collide on purpose: rustc-hash's fast
-/// hash, not SipHash (decoding a 100,000-record memo took a tenth of a
-/// second with SipHash, a third of a second node's work).
+/// hash, not SipHash (whose hashing of the keys was about a third of the
+/// 60-70 ms that reading a 100,000-record memo took).
 type ByInode = rustc_hash::FxHashMap<(u64, u64), Record>;
 
 const MAGIC: &[u8; 24] = b"nodeimg file-digests v1\n";
@@ -90,7 +90,7 @@ struct Memo {
     records: OnceLock<Mutex<Records>>,
     /// Reading and checking the memo file, begun by [`FileDigests::open`]
     /// on a thread of its own: a build lists its rootfs meanwhile (a memo of
-    /// 100,000 records took 50-60 ms to read, a fifth of a second node's
+    /// 100,000 records took 50-60 ms to read, a sixth of a second node's
     /// build of the 500 MB benchmark rootfs).
     loading: Mutex<Option<std::thread::JoinHandle<ByInode>>>,
 }
@@ -256,8 +256,8 @@ impl FileDigests {
     }
 
     /// Writes the memo back (a new file renamed into place), when anything
-    /// was learnt or a record's last use was refreshed. A memo that cannot be saved only costs speed: the
-    /// caller warns and goes on.
+    /// was learnt or a record's last use was refreshed. A memo that cannot be
+    /// saved only costs speed: the caller warns and goes on.
     pub fn save(&self) -> Result<()> {
         let Some(memo) = &self.inner else {
             return Ok(());
