@@ -512,15 +512,21 @@ mod tests {
         assert_eq!(memo.sha256_file(&p).unwrap(), sha(b"two"));
     }
 
-    #[test]
-    fn a_recorded_digest_is_used_without_reading_and_survives_a_save() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f");
+    /// A file "f" holding "content" in `dir`, and the memo (saved) that knows it.
+    fn saved_memo_of_one_file(dir: &Path) -> (PathBuf, PathBuf) {
+        let p = dir.join("f");
         fs::write(&p, b"content").unwrap();
-        let store = dir.path().join("cache/file-digests");
+        let store = dir.join("cache/file-digests");
         let memo = memo_unsettled(store.clone());
         memo.sha256_file(&p).unwrap();
         memo.save().unwrap();
+        (p, store)
+    }
+
+    #[test]
+    fn a_recorded_digest_is_used_without_reading_and_survives_a_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, store) = saved_memo_of_one_file(dir.path());
         // Poison the record: a recall must return it, proving no read.
         let again = FileDigests::open(store.clone());
         {
@@ -546,12 +552,7 @@ mod tests {
     fn a_build_that_learns_nothing_leaves_the_memo_file_alone() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f");
-        fs::write(&p, b"content").unwrap();
-        let store = dir.path().join("cache/file-digests");
-        let memo = memo_unsettled(store.clone());
-        memo.sha256_file(&p).unwrap();
-        memo.save().unwrap();
+        let (p, store) = saved_memo_of_one_file(dir.path());
         let ino = fs::metadata(&store).unwrap().ino();
 
         let again = FileDigests::open(store.clone());
