@@ -28,7 +28,7 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 // What identifies a file's state: device and inode, size, mtime, ctime.
@@ -86,30 +86,20 @@ struct Memo {
     now: i64,
     /// [`SETTLED`]; shorter in tests, whose files are always new.
     settle: Duration,
-    /// The records, once read; [`Memo::records`] waits for `loading`.
-    records: OnceLock<Mutex<Records>>,
-    /// Reading and checking the memo file, begun by [`FileDigests::open`]
-    /// on a thread of its own: a build lists its rootfs meanwhile (a memo of
-    /// 100,000 records took 50-60 ms to read, a sixth of a second node's
-    /// build of the 500 MB benchmark rootfs).
-    loading: Mutex<Option<std::thread::JoinHandle<ByInode>>>,
+    /// The records, read and checked on a thread of its own that
+    /// [`FileDigests::open`] starts; the first use waits for it. A build lists
+    /// its rootfs meanwhile (a memo of 100,000 records took 50-60 ms to read,
+    /// a sixth of a second node's build of the 500 MB benchmark rootfs).
+    records: LazyLock<Mutex<Records>, Loading>,
 }
 
+/// What gives a memo its records on first use.
+type Loading = Box<dyn FnOnce() -> Mutex<Records> + Send>;
+
 impl Memo {
-    /// The records, read first if they are not yet (waiting for the thread
-    /// reading them); `None` only if a thread holding them panicked.
+    /// The records; `None` only if a thread holding them panicked.
     fn records(&self) -> Option<MutexGuard<'_, Records>> {
-        let records = self.records.get_or_init(|| {
-            let loading = self.loading.lock().ok().and_then(|mut l| l.take());
-            // A load that cannot run or panicked is an empty memo: it only
-            // costs speed.
-            let by_inode = loading.and_then(|l| l.join().ok()).unwrap_or_default();
-            Mutex::new(Records {
-                by_inode,
-                changed: false,
-            })
-        });
-        records.lock().ok()
+        self.records.lock().ok()
     }
 }
 
@@ -135,17 +125,24 @@ impl FileDigests {
     pub fn open(path: PathBuf) -> FileDigests {
         let now = unix_now().0;
         let read = path.clone();
-        let loading = std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("file-digests".into())
-            .spawn(move || load(&read))
-            .ok();
+            .spawn(move || load(&read));
+        // A load that could not start or panicked is an empty memo: it only
+        // costs speed.
+        let loading: Loading = Box::new(move || {
+            let by_inode = thread.ok().and_then(|t| t.join().ok());
+            Mutex::new(Records {
+                by_inode: by_inode.unwrap_or_default(),
+                changed: false,
+            })
+        });
         FileDigests {
             inner: Some(Arc::new(Memo {
                 path,
                 now,
                 settle: SETTLED,
-                records: OnceLock::new(),
-                loading: Mutex::new(loading),
+                records: LazyLock::new(loading),
             })),
         }
     }
@@ -408,8 +405,7 @@ mod tests {
                 path: memo.path.clone(),
                 now: memo.now,
                 settle: Duration::ZERO,
-                records: OnceLock::from(Mutex::new(records)),
-                loading: Mutex::new(None),
+                records: LazyLock::new(Box::new(move || Mutex::new(records))),
             })),
         }
     }
