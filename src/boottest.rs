@@ -506,13 +506,43 @@ fn names_from_config_txt(cfg: &str) -> (String, String) {
     (kernel, initrd)
 }
 
+/// Boots to the console's shell; returns the time that took. Before it
+/// returns, the boot's own update commit has said its outcome
+/// ([`wait_for_commit`]).
 fn boot_to_shell(vm: &mut Vm, timeout: Duration) -> Result<Duration> {
     let start = Instant::now();
     vm.wait_for("nodeimg-init: switching", timeout)?;
     let left = timeout.saturating_sub(start.elapsed());
     vm.wait_for_shell(left)?;
-    Ok(vm.uptime())
+    let up = vm.uptime();
+    wait_for_commit(vm).context("waiting for the boot's `nodeimg update commit`")?;
+    Ok(up)
 }
+
+/// A node that carries the update helper runs `nodeimg update commit` at
+/// every boot, beside the console's shell, and the commit says its outcome on
+/// the console: at any moment, so in the middle of a check's output unless it
+/// is waited for. This waits (at most 300 s: a trial boot's health check has
+/// its own timeout) until it has spoken.
+fn wait_for_commit(vm: &mut Vm) -> Result<()> {
+    let helper = format!("/usr/{}", crate::update::release::PATH);
+    let cmd = format!(
+        "if [ -e {helper} ]; then if [ -d /run/systemd/system ]; then {WAIT_SYSTEMD}; else {WAIT_BUSYBOX}; fi; fi"
+    );
+    vm.sh(&cmd, Duration::from_secs(320))?;
+    Ok(())
+}
+
+/// With systemd the commit's unit is part of the boot, and `journalctl
+/// --sync` has journald pass its line to the console.
+const WAIT_SYSTEMD: &str =
+    "timeout 300 systemctl is-system-running --wait >/dev/null 2>&1; journalctl --sync 2>/dev/null";
+
+/// With busybox init the commit is an `::once:` line, started before the
+/// shell: wait while a process runs it. The `[c]` keeps grep from finding its
+/// own command line. `$i` is the number of seconds waited.
+const WAIT_BUSYBOX: &str = "i=0; while [ $i -lt 300 ] && cat /proc/[0-9]*/cmdline 2>/dev/null \
+     | tr '\\0' ' ' | grep -q 'nodeimg update [c]ommit'; do sleep 1; i=$((i+1)); done";
 
 fn timed(name: &'static str, r: &Result<Duration>, limit: Duration) -> Check {
     match r {
@@ -1135,6 +1165,38 @@ pub fn remove_partition(image: &Path, number: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The busybox wait, run here: it waits while a process runs `nodeimg
+    /// update commit` (a stand-in that sleeps, then leaves a file), and only
+    /// that long: its own grep must not count.
+    #[test]
+    fn the_busybox_commit_wait_lasts_as_long_as_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let helper = dir.path().join("nodeimg");
+        let done = dir.path().join("done");
+        std::fs::write(&helper, format!("sleep 2; touch {}\n", done.display())).unwrap();
+        let mut commit = std::process::Command::new("sh")
+            .arg(&helper)
+            .args(["update", "commit"])
+            .spawn()
+            .unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{WAIT_BUSYBOX}; echo $i"))
+            .output()
+            .unwrap();
+        let _ = commit.wait();
+        let waited: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        assert!(done.exists(), "returned before the commit ended");
+        assert!((1..300).contains(&waited), "waited {waited} s");
+        // Nothing running it: no wait at all.
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{WAIT_BUSYBOX}; echo $i"))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+    }
 
     #[test]
     fn config_txt_names_kernel_and_initramfs() {
