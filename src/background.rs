@@ -1,8 +1,8 @@
 //! Work on a thread of its own beside the build's main line (the initramfs's
 //! gzip, the squashfs written into a single node's disk image, the copy of a
 //! cached squashfs into a disk image, a node's data partition, the image's
-//! flushes): started with a
-//! name and what it does, waited for by its owner.
+//! flushes, the file-digest memo's reading): started with a name and what it
+//! does, waited for by its owner.
 //! A panic on the thread becomes an error that says what was being done;
 //! dropping the handle waits too, so no such thread outlives the files it
 //! works on (the work directory is removed after an error).

@@ -37,6 +37,7 @@ use crate::tree::content::FileStamp as Stamp;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
+use crate::background::Background;
 use crate::tree::Content;
 
 /// How much older than the start of hashing a file's timestamps must be
@@ -125,13 +126,13 @@ impl FileDigests {
     pub fn open(path: PathBuf) -> FileDigests {
         let now = unix_now().0;
         let read = path.clone();
-        let thread = std::thread::Builder::new()
-            .name("file-digests".into())
-            .spawn(move || load(&read));
+        let thread = Background::spawn("file-digests", "reading the file-digest memo", move || {
+            Ok(load(&read))
+        });
         // A load that could not start or panicked is an empty memo: it only
         // costs speed.
         let loading: Loading = Box::new(move || {
-            let by_inode = thread.ok().and_then(|t| t.join().ok());
+            let by_inode = thread.ok().and_then(|t| t.wait().ok());
             Mutex::new(Records {
                 by_inode: by_inode.unwrap_or_default(),
                 changed: false,
