@@ -525,9 +525,10 @@ fn boot_to_shell(vm: &mut Vm, timeout: Duration) -> Result<Duration> {
 /// is waited for. This waits (at most 300 s: a trial boot's health check has
 /// its own timeout) until it has spoken.
 fn wait_for_commit(vm: &mut Vm) -> Result<()> {
-    let helper = format!("/usr/{}", crate::update::release::PATH);
+    // The release file is there only on a system that accepts updates.
+    let release = format!("/usr/{}", crate::update::release::PATH);
     let cmd = format!(
-        "if [ -e {helper} ]; then if [ -d /run/systemd/system ]; then {WAIT_SYSTEMD}; else {WAIT_BUSYBOX}; fi; fi"
+        "if [ -e {release} ]; then if [ -d /run/systemd/system ]; then {WAIT_SYSTEMD}; else {WAIT_BUSYBOX}; fi; fi"
     );
     vm.sh(&cmd, Duration::from_secs(320))?;
     Ok(())
